@@ -1,0 +1,3 @@
+from speechcls.cli import app
+
+app(prog_name="speechcls")

@@ -1,0 +1,185 @@
+"""The index of a Speech Commands tree and its two splits; every later stage starts from here.
+
+Official layout::
+
+    ROOT/<word>/<speaker>_nohash_<n>.wav      one folder per class, sorted names = class indices
+    ROOT/validation_list.txt                   relative paths, one a line (speaker-disjoint)
+    ROOT/testing_list.txt
+    ROOT/_background_noise_/*.wav              long noise recordings, not a class
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from speechcls import config
+
+# `<speaker>_nohash_<n>.wav`: the speaker id is everything before `_nohash_` (hex in the release).
+_CLIP_NAME = re.compile(r"^(?P<speaker>.+?)_nohash_(?P<utterance>\d+)\.wav$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Clip:
+    path: str  # relative to the root, POSIX separators: "bed/0a7c2a8d_nohash_0.wav"
+    label: int  # index into DatasetIndex.classes
+    speaker: str
+    utterance: int
+
+
+@dataclass
+class DatasetIndex:
+    """Every clip of a tree, sorted by relative path, with its label and official split."""
+
+    root: Path
+    classes: list[str]
+    clips: list[Clip]
+    official: np.ndarray | None  # (N,) int8 codes into config.SPLITS; None where the tree has no lists
+    missing: dict[str, int] = field(default_factory=dict)  # list file -> entries naming absent files
+    background: list[str] = field(default_factory=list)  # relative paths of the noise recordings
+
+    @property
+    def name(self) -> str:
+        """The dataset's name: its folder name (it names the tree's feature stores in the cache)."""
+        return self.root.resolve().name
+
+    @property
+    def paths(self) -> list[str]:
+        return [c.path for c in self.clips]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.fromiter((c.label for c in self.clips), dtype=np.int64, count=len(self.clips))
+
+    @property
+    def speakers(self) -> list[str]:
+        return [c.speaker for c in self.clips]
+
+    def split(self, kind: str = "official", seed: int = config.SPLIT_SEED) -> np.ndarray:
+        """(N,) int8 split codes (0 train, 1 validation, 2 test) for `kind` "official" or "random"."""
+        if kind == "random":
+            return random_split(self.paths, seed)
+        if kind != "official":
+            raise ValueError(f"unknown split {kind!r}: choose 'official' or 'random'")
+        if self.official is None:
+            raise ValueError(
+                f"{self.root} has no {config.VALIDATION_LIST} / {config.TESTING_LIST}, so it has no "
+                "official split: use the random split (--split random) or add the lists"
+            )
+        return self.official
+
+
+def random_split(paths: list[str], seed: int = config.SPLIT_SEED) -> np.ndarray:
+    """The chapter's random 60/20/20 split, the one definition used by the index, store and trainer.
+
+    Sorted relative paths are permuted by a generator seeded with `seed`; the first floor(60 %) of the
+    permutation is train, the next floor(20 %) validation, the remainder test. The result is aligned
+    with `paths` as given (any order) and depends only on the set of paths and the seed.
+    Returns: (N,) int8 codes into config.SPLITS.
+    """
+    n = len(paths)
+    order = sorted(range(n), key=paths.__getitem__)
+    perm = np.random.default_rng(seed).permutation(n)
+    # integer arithmetic: 0.6 * n in floats can land just under a whole number
+    n_train = n * config.RANDOM_SPLIT_PERCENT[0] // 100
+    n_valid = n * config.RANDOM_SPLIT_PERCENT[1] // 100
+    codes = np.full(n, 2, dtype=np.int8)
+    sorted_idx = np.asarray(order, dtype=np.int64)[perm]
+    codes[sorted_idx[:n_train]] = 0
+    codes[sorted_idx[n_train : n_train + n_valid]] = 1
+    return codes
+
+
+def parse_clip_name(path: Path) -> tuple[str, int]:
+    """(speaker, utterance) from `<speaker>_nohash_<n>.wav`; ValueError naming the file otherwise."""
+    m = _CLIP_NAME.match(path.name)
+    if m is None:
+        raise ValueError(
+            f"{path}: not a Speech Commands clip name; expected <speaker>_nohash_<n>.wav. "
+            "Rename or remove the file, or point --root at a tree in the official layout."
+        )
+    return m["speaker"], int(m["utterance"])
+
+
+def _read_list(root: Path, name: str) -> list[str] | None:
+    path = root / name
+    if not path.is_file():
+        return None
+    entries = []
+    for line in path.read_text().splitlines():
+        line = line.strip().replace("\\", "/")
+        if line:
+            entries.append(line.removeprefix("./"))
+    return entries
+
+
+def index_tree(root: str | Path) -> DatasetIndex:
+    """Index a tree in the official layout. Raises ValueError naming the path for a tree without word
+    folders or a clip whose name lacks `_nohash_`. List entries naming absent files are only counted."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(
+            f"{root}: no such directory. Download the dataset (speechcls download), make a synthetic "
+            "one (speechcls synth), or point --root at a Speech Commands tree."
+        )
+    # A word folder: a visible folder that is not `_background_noise_` (nor any `_`-prefixed one).
+    word_dirs = sorted(
+        d for d in root.iterdir() if d.is_dir() and not d.name.startswith(("_", "."))
+    )
+    word_dirs = [d for d in word_dirs if any(d.glob("*.wav"))]
+    if not word_dirs:
+        raise ValueError(
+            f"{root}: no word folders with .wav files; expected the official layout "
+            "<word>/<speaker>_nohash_<n>.wav. Point --root at the folder that holds the word folders."
+        )
+    classes = [d.name for d in word_dirs]
+    clips = []
+    for label, d in enumerate(word_dirs):
+        for wav in sorted(d.iterdir()):
+            if wav.suffix.lower() != ".wav" or not wav.is_file():
+                continue
+            speaker, utterance = parse_clip_name(wav)
+            clips.append(Clip(f"{d.name}/{wav.name}", label, speaker, utterance))
+    clips.sort(key=lambda c: c.path)
+
+    validation = _read_list(root, config.VALIDATION_LIST)
+    testing = _read_list(root, config.TESTING_LIST)
+    official = None
+    missing = {}
+    if validation is not None or testing is not None:
+        position = {c.path: i for i, c in enumerate(clips)}
+        official = np.zeros(len(clips), dtype=np.int8)
+        for code, name, entries in ((1, config.VALIDATION_LIST, validation), (2, config.TESTING_LIST, testing)):
+            absent = 0
+            for entry in entries or ():
+                i = position.get(entry)
+                if i is None:
+                    absent += 1
+                elif official[i] not in (0, code):
+                    raise ValueError(
+                        f"{root}: {entry} is listed in both {config.VALIDATION_LIST} and "
+                        f"{config.TESTING_LIST}; a clip belongs to one split. Fix the lists."
+                    )
+                else:
+                    official[i] = code
+            missing[name] = absent
+
+    bg_dir = root / config.BACKGROUND_DIR
+    background = sorted(f"{config.BACKGROUND_DIR}/{p.name}" for p in bg_dir.glob("*.wav")) if bg_dir.is_dir() else []
+    return DatasetIndex(root, classes, clips, official, missing, background)
+
+
+def split_counts(codes: np.ndarray) -> dict[str, int]:
+    counts = Counter(int(c) for c in codes)
+    return {name: counts.get(i, 0) for i, name in enumerate(config.SPLITS)}
+
+
+def speakers_by_split(index: DatasetIndex, codes: np.ndarray) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {name: set() for name in config.SPLITS}
+    for clip, code in zip(index.clips, codes):
+        out[config.SPLITS[code]].add(clip.speaker)
+    return out

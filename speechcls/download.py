@@ -1,0 +1,198 @@
+"""Fetch a Speech Commands release: resumable HTTP download, SHA-256 check, safe extraction.
+
+Written on the standard library (urllib, hashlib, tarfile) because no well-kept package does all three
+of resume-by-Range, verify-before-extract and refuse-escaping-members; `tarfile`'s "data" filter is
+still applied as a second guard after our own checks, which refuse (rather than rewrite, as the filter
+does) absolute member names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import shutil
+import socket
+import tarfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Callable
+
+from speechcls import config
+
+DONE_MARKER = ".speechcls-extracted"  # written last into a finished tree; its presence = nothing to redo
+
+
+class DownloadError(RuntimeError):
+    """The transfer failed (network, HTTP status, short read); a partial file is kept for resuming."""
+
+
+class UnsafeArchiveError(ValueError):
+    """A member would land outside the target folder; nothing of the archive is left extracted."""
+
+
+@dataclass
+class Progress:
+    """Callbacks a front end (the CLI's rich bar) passes in; the library itself prints nothing."""
+
+    start: Callable[[int | None, int], None] = lambda total, done: None  # total bytes (None unknown), resumed from
+    advance: Callable[[int], None] = lambda n: None
+
+
+def archive_path(root: Path) -> Path:
+    """The archive sits beside the tree it unpacks to: data/speech_commands_v0.01.tar.gz."""
+    return root.with_name(root.name + ".tar.gz")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(config.CHUNK_BYTES):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fetch(url: str, dest: Path, progress: Progress | None = None) -> Path:
+    """Download `url` to `dest`, resuming `dest`.part with an HTTP Range request where it exists.
+
+    A server that ignores the Range (answers 200) restarts the transfer from zero. A failed or short
+    transfer raises DownloadError and keeps the .part file, so the next call continues where it ended.
+    """
+    progress = progress or Progress()
+    part = dest.with_name(dest.name + ".part")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"User-Agent": "speechcls"})
+    if have:
+        request.add_header("Range", f"bytes={have}-")
+    try:
+        response = urllib.request.urlopen(request, timeout=config.CONNECT_TIMEOUT_S)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and have:  # the .part already holds every byte the server has
+            part.replace(dest)
+            return dest
+        raise DownloadError(f"{url}: HTTP {e.code} {e.reason}") from e
+    except (urllib.error.URLError, socket.timeout, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise DownloadError(f"cannot reach {url} ({reason})") from e
+    with response:
+        if have and response.status != 206:  # Range ignored: the body is the whole file again
+            have = 0
+        length = response.headers.get("Content-Length")
+        total = have + int(length) if length is not None else None
+        progress.start(total, have)
+        got = have
+        try:
+            with open(part, "ab" if have else "wb") as f:
+                while block := response.read(config.CHUNK_BYTES):
+                    f.write(block)
+                    got += len(block)
+                    progress.advance(len(block))
+        except (OSError, http.client.HTTPException) as e:  # reset connection, IncompleteRead, timeout
+            raise DownloadError(f"{url}: transfer broke off after {got} bytes ({e!r}); run again to resume") from e
+    if total is not None and got < total:
+        raise DownloadError(f"{url}: transfer broke off after {got} of {total} bytes; run again to resume")
+    part.replace(dest)
+    return dest
+
+
+def _check_member(member: tarfile.TarInfo, target: Path) -> None:
+    """Refuse any member that could write outside `target`: absolute names, `..`, links pointing out,
+    device files. `target` must be resolved."""
+    name = member.name
+    pure = PurePosixPath(name)
+    if pure.is_absolute() or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        raise UnsafeArchiveError(f"archive member {name!r} has an absolute path; refusing to extract")
+    dest = (target / name).resolve()
+    if not dest.is_relative_to(target):
+        raise UnsafeArchiveError(f"archive member {name!r} would land outside {target}; refusing to extract")
+    if member.issym() or member.islnk():
+        link = PurePosixPath(member.linkname)
+        if link.is_absolute():
+            raise UnsafeArchiveError(f"archive member {name!r} links to absolute path {member.linkname!r}; refusing")
+        base = dest.parent if member.issym() else target  # hard link names are relative to the archive root
+        if not (base / link).resolve().is_relative_to(target):
+            raise UnsafeArchiveError(
+                f"archive member {name!r} links to {member.linkname!r}, outside {target}; refusing to extract"
+            )
+    if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+        raise UnsafeArchiveError(f"archive member {name!r} is a device or fifo; refusing to extract")
+
+
+def extract(archive: Path, target: Path) -> None:
+    """Extract `archive` into `target` (which must not exist yet), all or nothing.
+
+    Members go to a sibling temporary folder first; only when every member passed the checks is it
+    renamed to `target`, so an unsafe or broken archive leaves nothing behind.
+    """
+    target = Path(target)
+    tmp = target.with_name(f".{target.name}.extracting")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    real = tmp.resolve()
+    try:
+        with tarfile.open(archive, mode="r|*") as tar:  # streaming: one pass over a 1.4 GB gzip
+            for member in tar:
+                _check_member(member, real)
+                tar.extract(member, real, filter="data")  # second guard; also drops setuid bits
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    tmp.rename(target)
+
+
+def download_release(
+    version: str = config.DEFAULT_VERSION,
+    root: str | Path | None = None,
+    url: str | None = None,
+    sha256: str | None = None,
+    progress: Progress | None = None,
+) -> tuple[Path, str]:
+    """Make sure the release `version` is extracted at `root` (default data/speech_commands_<version>).
+
+    Returns (root, what happened: "present" | "extracted"). Steps are skipped when already done: a
+    finished tree (marker file) is left alone; a finished archive is not downloaded again.
+    A checksum mismatch deletes the archive and extracts nothing.
+    """
+    rel = config.release(version)
+    root = Path(root) if root is not None else config.default_root(version)
+    url = url or rel.url
+    expected = (sha256 or rel.sha256).lower()
+    if (root / DONE_MARKER).is_file():
+        return root, "present"
+    if root.exists() and any(root.iterdir()):
+        raise ValueError(
+            f"{root} exists but was not completed by speechcls download. If it is a copy of the "
+            "dataset, use it as it is (--root it in later commands); otherwise remove it and run again."
+        )
+    archive = archive_path(root)
+    if not archive.is_file():
+        try:
+            fetch(url, archive, progress)
+        except DownloadError as e:
+            raise DownloadError(
+                f"{e}.\nWithout network access, copy the extracted dataset somewhere and pass its folder as "
+                f"--root (e.g. --root /path/to/{rel.name}), or make demo data with `speechcls synth`."
+            ) from e
+    actual = sha256_file(archive)
+    if actual != expected:
+        archive.unlink()
+        raise ValueError(
+            f"{archive}: SHA-256 {actual} does not match the expected {expected}; nothing was extracted "
+            "and the archive was removed. Run again to download it anew, or check --url / --sha256."
+        )
+    if root.exists():
+        root.rmdir()  # empty (checked above); extract() renames its temporary folder onto it
+    extract(archive, root)
+    (root / DONE_MARKER).write_text(f"{expected}  {url}\n")
+    return root, "extracted"
+
+
+def remove_archive(root: Path) -> None:
+    """Free the disk an extracted archive occupies (1.4 GB for v0.01); called by `--remove-archive`."""
+    a = archive_path(root)
+    if a.exists():
+        os.remove(a)

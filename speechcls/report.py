@@ -1,0 +1,65 @@
+"""Tables for people: what a tree holds (`speechcls data info`)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from speechcls import config
+from speechcls.dataset import DatasetIndex, speakers_by_split, split_counts
+from speechcls.decode import AudioSurvey
+
+
+def print_index(index: DatasetIndex, seed: int, survey: AudioSurvey | None, console) -> None:
+    from rich.table import Table
+
+    official = index.official
+    rand = index.split("random", seed)
+    console.print(f"[bold]{index.name}[/]  ({index.root})")
+    console.print(
+        f"{len(index.classes)} classes, {len(index.clips)} clips, "
+        f"{len(set(index.speakers))} speakers, {len(index.background)} background noise files"
+    )
+
+    table = Table(title="clips per class", title_justify="left")
+    table.add_column("label", justify="right")
+    table.add_column("class")
+    table.add_column("clips", justify="right")
+    if official is not None:
+        for name in config.SPLITS:
+            table.add_column(name, justify="right")
+    per_class = Counter(c.label for c in index.clips)
+    per_class_split = Counter((c.label, int(s)) for c, s in zip(index.clips, official)) if official is not None else None
+    for label, name in enumerate(index.classes):
+        row = [str(label), name, str(per_class[label])]
+        if per_class_split is not None:
+            row += [str(per_class_split[label, i]) for i in range(len(config.SPLITS))]
+        table.add_row(*row)
+    console.print(table)
+
+    splits = Table(title="splits", title_justify="left")
+    splits.add_column("split")
+    for name in config.SPLITS:
+        splits.add_column(name, justify="right")
+    splits.add_column("speakers shared", justify="right")
+    for title, codes in (("official", official), (f"random 60/20/20 (seed {seed})", rand)):
+        if codes is None:
+            continue
+        counts = split_counts(codes)
+        groups = speakers_by_split(index, codes)
+        shared = len((groups["train"] & groups["validation"]) | (groups["train"] & groups["test"]) | (groups["validation"] & groups["test"]))
+        splits.add_row(title, *(f"{counts[n]} ({len(groups[n])} spk)" for n in config.SPLITS), str(shared))
+    console.print(splits)
+
+    if official is None:
+        console.print(f"official split: none ({config.VALIDATION_LIST} / {config.TESTING_LIST} not in the tree)")
+    for name, absent in index.missing.items():
+        console.print(f"{name}: {absent} entries name files not in this tree")
+    if survey is not None:
+        rates = ", ".join(f"{r} Hz: {n}" for r, n in sorted(survey.sample_rates.items()))
+        chans = ", ".join(f"{c} ch: {n}" for c, n in sorted(survey.channels.items()))
+        console.print(f"audio: {rates or '-'}; {chans or '-'}; {survey.short} shorter than 1 s, {survey.long} longer")
+        console.print(f"unreadable files: {len(survey.unreadable)}")
+        for path, reason in sorted(survey.unreadable.items())[:20]:
+            console.print(f"  {path}: {reason}", markup=False)
+        if len(survey.unreadable) > 20:
+            console.print(f"  ... and {len(survey.unreadable) - 20} more")

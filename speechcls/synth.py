@@ -1,0 +1,240 @@
+"""Offline demo data: a Speech Commands tree spoken by the espeak-ng synthesizer.
+
+Each voice (English accent x voice variant x rate x pitch) is one "speaker" and says every word once.
+Clips are resampled to 16 kHz with torchaudio (the same resampler featurize uses), trimmed of the
+synthesizer's silence, scaled to a random peak, placed at a random offset inside one second and
+written as mono PCM16 of exactly 16,000 samples. Speakers, not clips, are split into train /
+validation / test, so the lists are speaker-disjoint like the release's. Everything random comes from
+generators seeded by (seed, voice, word), so a seed gives the same bytes whatever the thread order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from speechcls import config
+
+ESPEAK = "espeak-ng"
+MARKER = ".speechcls-synth.json"  # written last; holds the parameters, so a rerun can tell "done"
+
+# English accents of espeak-ng 1.51 (`espeak-ng --voices=en`).
+ACCENTS = (
+    "en-us", "en-us-nyc", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029",
+)  # fmt: skip
+# Human-sounding voice variants (`espeak-ng --voices=variant`); robots, whispers and croaks left out.
+VARIANTS = (
+    "m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5", "Alex", "Andy", "Annie",
+    "adam", "david", "ed", "john", "linda", "max", "paul", "rob", "robert", "steph", "klatt", "klatt2", "klatt3",
+)  # fmt: skip
+RATES = (120, 140, 160, 180)  # words per minute; at 120 the longest word still fits in one second
+PITCHES = (30, 40, 50, 60, 70)  # espeak-ng's 0-99 pitch scale
+NOISE_FILES = {"white_noise.wav": 0.0, "pink_noise.wav": 1.0, "brown_noise.wav": 2.0}  # name -> spectral slope
+NOISE_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class Voice:
+    accent: str
+    variant: str
+    rate: int
+    pitch: int
+
+    @property
+    def speaker(self) -> str:
+        """8 hex digits like the release's speaker ids, stable for the voice's parameters."""
+        key = f"{self.accent}+{self.variant}/{self.rate}/{self.pitch}"
+        return hashlib.sha1(key.encode()).hexdigest()[:8]
+
+
+@dataclass(frozen=True)
+class SynthParams:
+    words: tuple[str, ...]
+    voices: int
+    seed: int
+    noise: float
+
+
+def espeak_version() -> str:
+    """The synthesizer's version line; ValueError with install instructions when it is missing."""
+    exe = shutil.which(ESPEAK)
+    if exe is None:
+        raise ValueError(
+            "espeak-ng is not installed; `speechcls synth` speaks the words with it. Install it with "
+            "`sudo apt-get install espeak-ng` (Debian/Ubuntu), `sudo dnf install espeak-ng` (Fedora) or "
+            "`brew install espeak-ng` (macOS), then run again."
+        )
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True, check=True).stdout
+    return out.split("Data at")[0].strip()
+
+
+def choose_voices(n: int, seed: int) -> list[Voice]:
+    """n distinct voices drawn without replacement from the accent x variant x rate x pitch grid."""
+    grid = [Voice(*v) for v in itertools.product(ACCENTS, VARIANTS, RATES, PITCHES)]
+    if not 3 <= n <= len(grid):
+        raise ValueError(f"--voices {n}: need 3 to {len(grid)} (one speaker at least per split)")
+    pick = np.random.default_rng([seed, 0]).choice(len(grid), size=n, replace=False)
+    voices = [grid[i] for i in pick]
+    if len({v.speaker for v in voices}) != n:  # 8 hex digits over a few thousand voices: never seen
+        raise RuntimeError("two synthetic voices hash to the same speaker id; choose another --seed")
+    return voices
+
+
+def _speak(voice: Voice, word: str, tmp: Path) -> tuple[np.ndarray, int]:
+    out = tmp / f"{voice.speaker}_{word}.wav"
+    cmd = [ESPEAK, "-v", f"{voice.accent}+{voice.variant}", "-s", str(voice.rate), "-p", str(voice.pitch), "-w", str(out), word]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0 or not out.is_file():
+        raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.strip()}")
+    import soundfile as sf
+
+    audio, rate = sf.read(out, dtype="float32", always_2d=True)
+    out.unlink()
+    return audio.mean(axis=1), rate
+
+
+def _resample(audio: np.ndarray, rate: int) -> np.ndarray:
+    if rate == config.SAMPLE_RATE:
+        return audio
+    import torch
+    import torchaudio.functional as AF
+
+    return AF.resample(torch.from_numpy(audio), rate, config.SAMPLE_RATE).numpy()
+
+
+def _trim(audio: np.ndarray, rel_threshold: float = 0.01, margin: int = 320) -> np.ndarray:
+    """Drop the synthesizer's leading and trailing silence, keeping a 20 ms margin."""
+    loud = np.flatnonzero(np.abs(audio) > rel_threshold * np.abs(audio).max())
+    if loud.size == 0:
+        return audio
+    return audio[max(loud[0] - margin, 0) : loud[-1] + margin + 1]
+
+
+def colored_noise(n: int, slope: float, rng: np.random.Generator) -> np.ndarray:
+    """Noise whose power falls as 1/f**slope (0 white, 1 pink, 2 brown), peak 0.5."""
+    spectrum = np.fft.rfft(rng.standard_normal(n))
+    f = np.fft.rfftfreq(n)
+    f[0] = f[1]
+    noise = np.fft.irfft(spectrum / f ** (slope / 2), n)
+    return (0.5 * noise / np.abs(noise).max()).astype(np.float32)
+
+
+def to_pcm16(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(x * 32767.0), -32768, 32767).astype(np.int16)
+
+
+def make_clip(voice: Voice, v_idx: int, w_idx: int, word: str, params: SynthParams, noises: list[np.ndarray], tmp: Path) -> np.ndarray:
+    """One clip of exactly CLIP_SAMPLES int16 samples."""
+    rng = np.random.default_rng([params.seed, 1, v_idx, w_idx])
+    audio, rate = _speak(voice, word, tmp)
+    speech = _trim(_resample(audio, rate))[: config.CLIP_SAMPLES]
+    peak = rng.uniform(0.25, 0.9)
+    speech = speech * (peak / max(float(np.abs(speech).max()), 1e-6))
+    clip = np.zeros(config.CLIP_SAMPLES, dtype=np.float32)
+    offset = int(rng.integers(0, config.CLIP_SAMPLES - speech.size + 1))
+    clip[offset : offset + speech.size] = speech
+    if params.noise > 0:
+        bg = noises[int(rng.integers(len(noises)))]
+        start = int(rng.integers(0, bg.size - config.CLIP_SAMPLES))
+        clip += params.noise * peak * rng.uniform(0.5, 1.0) * bg[start : start + config.CLIP_SAMPLES] / 0.5
+    return to_pcm16(clip)
+
+
+def synthesize(
+    out: str | Path | None = None,
+    words: tuple[str, ...] = config.V001_WORDS,
+    voices: int = config.SYNTH_VOICES,
+    seed: int = 0,
+    noise: float = config.SYNTH_NOISE,
+    overwrite: bool = False,
+    workers: int | None = None,
+    on_clip: Callable[[], None] = lambda: None,
+) -> tuple[Path, str]:
+    """Write the tree to `out` (default data/synth_commands). Returns (out, "present" | "written").
+
+    A tree already written with the same parameters is left as it is; any other non-empty `out` is
+    refused unless `overwrite`. The tree is built in a temporary sibling folder and renamed into place,
+    so an interrupted run never leaves a tree that looks finished.
+    """
+    out = Path(out) if out is not None else config.data_dir() / config.SYNTH_DIRNAME
+    words = tuple(dict.fromkeys(w.strip().lower() for w in words if w.strip()))
+    for w in words:
+        if not w.replace("-", "").isalnum() or w.startswith(("_", ".")):
+            raise ValueError(f"word {w!r} cannot be a class folder name: use letters, digits and '-' only")
+    if not words:
+        raise ValueError("--words is empty: give at least one word")
+    if not noise >= 0:
+        raise ValueError(f"--noise {noise}: must be >= 0")
+    params = SynthParams(words, voices, seed, float(noise))
+    version = espeak_version()
+    chosen = choose_voices(voices, seed)
+    record = {**asdict(params), "words": list(words), "espeak": version}
+
+    marker = out / MARKER
+    if marker.is_file() and json.loads(marker.read_text()) == record and not overwrite:
+        return out, "present"
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ValueError(
+            f"{out} already holds a different tree; pass --overwrite to replace it or choose another --out"
+        )
+
+    tmp_tree = out.with_name(f".{out.name}.synth-tmp")
+    shutil.rmtree(tmp_tree, ignore_errors=True)
+    (tmp_tree / config.BACKGROUND_DIR).mkdir(parents=True)
+    import soundfile as sf
+
+    noise_rng = np.random.default_rng([seed, 2])
+    noises = []
+    for name, slope in NOISE_FILES.items():
+        bg = colored_noise(NOISE_SECONDS * config.SAMPLE_RATE, slope, noise_rng)
+        noises.append(bg)
+        sf.write(tmp_tree / config.BACKGROUND_DIR / name, to_pcm16(bg), config.SAMPLE_RATE, subtype="PCM_16")
+    for w in words:
+        (tmp_tree / w).mkdir()
+
+    def job(task: tuple[int, int]) -> None:
+        v_idx, w_idx = task
+        voice, word = chosen[v_idx], words[w_idx]
+        clip = make_clip(voice, v_idx, w_idx, word, params, noises, scratch)
+        sf.write(tmp_tree / word / f"{voice.speaker}_nohash_0.wav", clip, config.SAMPLE_RATE, subtype="PCM_16")
+        on_clip()
+
+    tasks = [(v, w) for v in range(len(chosen)) for w in range(len(words))]
+    with tempfile.TemporaryDirectory(prefix="speechcls-synth-") as scratch_dir:
+        scratch = Path(scratch_dir)
+        # espeak-ng runs as a subprocess and libsndfile releases the GIL: threads keep both cores busy
+        with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+            for _ in pool.map(job, tasks):
+                pass
+
+    speakers = sorted(v.speaker for v in chosen)
+    order = np.random.default_rng([seed, 3]).permutation(len(speakers))
+    n_held = max(1, len(speakers) * config.SYNTH_HELDOUT_PERCENT // 100)
+    held = {
+        config.VALIDATION_LIST: {speakers[i] for i in order[:n_held]},
+        config.TESTING_LIST: {speakers[i] for i in order[n_held : 2 * n_held]},
+    }
+    for name, group in held.items():
+        lines = sorted(f"{w}/{s}_nohash_0.wav" for w in words for s in group)
+        (tmp_tree / name).write_text("".join(line + "\n" for line in lines))
+    (tmp_tree / "README.md").write_text(
+        "Synthetic Speech Commands-style tree written by `speechcls synth` with espeak-ng "
+        f"({version}).\nNot human speech: for demos and tests of the pipeline only.\n"
+    )
+    (tmp_tree / MARKER).write_text(json.dumps(record, indent=1) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_tree.rename(out)
+    return out, "written"

@@ -1,0 +1,41 @@
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# Real speech lives beside the checkout (never inside it): ../shared/data from the project root.
+SHARED_DATA = Path(os.environ.get("SPEECHCLS_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def mini_root() -> Path:
+    root = SHARED_DATA / "speech_commands_v0.01_mini"
+    if not root.is_dir():
+        pytest.skip(f"real Speech Commands clips not found at {root} (set SPEECHCLS_SHARED_DATA)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def fsdd_root() -> Path:
+    root = SHARED_DATA / "fsdd"
+    if not root.is_dir():
+        pytest.skip(f"FSDD not found at {root} (set SPEECHCLS_SHARED_DATA)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def espeak():
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng; .ci/run installs it)")
+
+
+@pytest.fixture(scope="session")
+def synth_tree(tmp_path_factory, espeak) -> Path:
+    """A small synthetic tree in the official layout, shared by the tests that only read it."""
+    from speechcls.synth import synthesize
+
+    out = tmp_path_factory.mktemp("synth") / "synth_commands"
+    synthesize(out, words=("yes", "no", "up", "down"), voices=6, seed=3, noise=0.05)
+    return out

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Set speechcls up on a fresh machine, idempotently (fast when already done):
+#   1. the system package the demo and tests need: espeak-ng (synthetic speech);
+#   2. a virtual environment ($VENV, default .venv) with speechcls and its test extra, editable.
+# torch comes from pip's usual sources; on the development machines pip takes 2.14.1 from local disk.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+
+if ! command -v espeak-ng >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1; then
+        SUDO=""
+        [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+        echo "setup: installing espeak-ng (apt-get)"
+        $SUDO apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq espeak-ng >/dev/null
+    else
+        echo "setup: espeak-ng is missing; install it with your package manager (brew/dnf install espeak-ng)" >&2
+    fi
+fi
+
+stamp="$VENV/.speechcls-installed"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+    echo "setup: installing speechcls into $VENV (first time: about a minute)"
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+    "$VENV/bin/python" -m pip install -q -e '.[test]'
+    touch "$stamp"
+fi
