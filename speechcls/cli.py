@@ -139,6 +139,85 @@ def synth(
         typer.echo(f"{tree}: {voices} voices x {len(set(word_list))} words = {voices * len(set(word_list))} clips")
 
 
+@app.command()
+@user_errors
+def featurize(
+    variant: Annotated[str, typer.Option(help="spectrogram | mel | complex | waveform.")] = "spectrogram",
+    root: Annotated[
+        Optional[Path],
+        typer.Option(help="The tree [default: data/speech_commands_<version>, downloaded if absent]."),
+    ] = None,
+    version: VersionOpt = config.DEFAULT_VERSION,
+    out: Annotated[
+        Optional[Path], typer.Option(help="Store to write [default: cache/<dataset>/<variant>-<hash>.zarr].")
+    ] = None,
+    backend: Annotated[str, typer.Option(help="auto | torch | dali (DALI: spectrogram and mel on CPU).")] = "auto",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Clips per batched feature call.", min=1)] = config.BATCH_SIZE,
+    dtype: Annotated[str, typer.Option(help="float32 | float16 (waveform is always int16).")] = "float32",
+    n_fft: Annotated[int, typer.Option(help="FFT size.")] = 512,
+    win_length: Annotated[int, typer.Option(help="Window length in samples (0.03 s).")] = 480,
+    hop_length: Annotated[int, typer.Option(help="Hop length in samples (0.01 s).")] = 160,
+    n_mels: Annotated[int, typer.Option(help="Mel filters (mel only).")] = 128,
+    f_min: Annotated[float, typer.Option(help="Lowest frequency (Hz) of the mel filters.")] = 0.0,
+    f_max: Annotated[Optional[float], typer.Option(help="Highest frequency (Hz) [default: sample rate / 2].")] = None,
+    normalized: Annotated[bool, typer.Option(help="Divide by the window's norm, as the chapter does.")] = True,
+    chunk_rows: Annotated[Optional[int], typer.Option(help="Rows per Zarr chunk [default: ~16 MB].", min=1)] = None,
+    codec: Annotated[str, typer.Option(help="none | zstd-<level> | blosc-<cname>-<level>-<shuffle>.")] = "",
+    overwrite: Annotated[bool, typer.Option(help="Replace a store made with other settings.")] = False,
+) -> None:
+    """Turn every clip into features in batched device passes and store them in a chunked Zarr cache."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from speechcls import store
+    from speechcls.featurize import featurize as run
+
+    _check_version(version)
+    params = config.FeatureParams(
+        variant=variant, n_fft=n_fft, win_length=win_length, hop_length=hop_length, n_mels=n_mels,
+        f_min=f_min, f_max=f_max, normalized=normalized, dtype=dtype,
+    ).validate()  # fmt: skip
+    with Progress(
+        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]} clips/s"), TimeRemainingColumn(), console=_console(stderr=True), transient=True,
+    ) as bar:  # fmt: skip
+        task = bar.add_task(f"featurize {variant}", total=None, rate="-")
+        state = {}
+
+        def on_start(total, done):
+            import time
+
+            state.update(t=time.perf_counter(), done=0)
+            bar.update(task, total=total, completed=done)
+
+        def on_block(n):
+            import time
+
+            state["done"] += n
+            rate = state["done"] / max(time.perf_counter() - state["t"], 1e-9)
+            bar.update(task, advance=n, rate=f"{rate:,.0f}")
+
+        result = run(
+            params, root, version, out, backend, device, batch_size, chunk_rows, codec or store.DEFAULT_CODEC,
+            overwrite, on_start=on_start, on_block=on_block,
+        )  # fmt: skip
+    err = _console(stderr=True)
+    for rel, reason in sorted(result.skipped.items())[:20]:
+        err.print(f"skipped {rel}: {reason}", markup=False)
+    if len(result.skipped) > 20:
+        err.print(f"... {len(result.skipped) - 20} more skipped (all listed in the store's attrs)")
+    typer.echo(result.line())
+
+
+@app.command()
+@user_errors
+def info(store_path: Annotated[Path, typer.Argument(metavar="STORE", help="A feature store (.zarr folder).")]) -> None:
+    """Variant, shape, dtype, chunks, codec, size on disk, ratio, classes, counts per split, skipped files."""
+    from speechcls import report, store
+
+    report.print_store(store.store_info(store_path), _console())
+
+
 @data_app.command("info")
 @user_errors
 def data_info(

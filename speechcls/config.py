@@ -63,6 +63,88 @@ V001_WORDS = (
     "sheila", "six", "stop", "three", "tree", "two", "up", "wow", "yes", "zero",
 )  # fmt: skip
 
+# --- features ----------------------------------------------------------------------------------------
+VARIANTS = ("spectrogram", "mel", "complex", "waveform")
+CHANNELS = {"spectrogram": 1, "mel": 1, "complex": 2, "waveform": 1}  # complex: (real, imaginary)
+DTYPES = ("float32", "float16")  # of stored features; `waveform` is always stored as int16
+
+
+@dataclass(frozen=True)
+class FeatureParams:
+    """What a stored feature is: the chapter's settings as defaults. Power is fixed by the variant
+    (spectrogram and mel: 2, complex: none), as in the chapter."""
+
+    variant: str = "spectrogram"
+    n_fft: int = 512
+    win_length: int = 480  # 0.03 s at 16 kHz
+    hop_length: int = 160  # 0.01 s: 1 + 16000 // 160 = 101 frames (torch.stft centres its frames)
+    n_mels: int = 128  # mel only; HTK scale, no filter normalization (torchaudio's defaults)
+    f_min: float = 0.0
+    f_max: float | None = None  # None = sample_rate / 2
+    normalized: bool = True  # divide by the window's L2 norm, as the chapter's transform_spectrogram
+    sample_rate: int = SAMPLE_RATE
+    clip_samples: int = CLIP_SAMPLES
+    dtype: str = "float32"
+
+    def validate(self) -> "FeatureParams":
+        """Refuse impossible settings before any work, naming the values."""
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown variant {self.variant!r}: choose one of {', '.join(VARIANTS)}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
+        if self.n_fft < 2:
+            raise ValueError(f"n_fft must be at least 2, got {self.n_fft}")
+        if not 0 < self.win_length <= self.n_fft:
+            raise ValueError(f"require 0 < win_length <= n_fft, got win_length={self.win_length}, n_fft={self.n_fft}")
+        if self.hop_length <= 0:
+            raise ValueError(f"hop_length must be positive, got {self.hop_length}")
+        if self.sample_rate <= 0 or self.clip_samples <= 0:
+            raise ValueError(f"sample_rate and clip_samples must be positive, got {self.sample_rate}, {self.clip_samples}")
+        if self.clip_samples <= self.n_fft // 2:
+            raise ValueError(f"clip_samples={self.clip_samples} is too short for n_fft={self.n_fft} (reflect padding)")
+        f_max = self.sample_rate / 2 if self.f_max is None else self.f_max
+        if not 0 <= self.f_min < f_max <= self.sample_rate / 2:
+            raise ValueError(f"require 0 <= f_min < f_max <= sample_rate / 2, got f_min={self.f_min}, f_max={f_max}")
+        if self.variant == "mel" and not 0 < self.n_mels <= self.n_fft // 2 + 1:
+            raise ValueError(
+                f"require 0 < n_mels <= n_fft // 2 + 1 = {self.n_fft // 2 + 1}, got n_mels={self.n_mels}"
+            )
+        return self
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """(C, F, T) of one stored item; (1, L) for waveform."""
+        if self.variant == "waveform":
+            return (1, self.clip_samples)
+        freq = self.n_mels if self.variant == "mel" else self.n_fft // 2 + 1
+        return (CHANNELS[self.variant], freq, 1 + self.clip_samples // self.hop_length)
+
+    @property
+    def store_dtype(self) -> str:
+        return "int16" if self.variant == "waveform" else self.dtype
+
+    def describing(self) -> dict:
+        """Only the fields that define the stored numbers (the mel ones only for mel)."""
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        if self.variant != "mel":
+            d.pop("n_mels")
+        if self.variant == "waveform":  # the clip itself: no STFT settings, always int16
+            d = {k: d[k] for k in ("variant", "sample_rate", "clip_samples")} | {"dtype": "int16"}
+        return d
+
+    def key(self) -> str:
+        """Short hash of variant, feature parameters and dtype: names the default store."""
+        import hashlib
+        import json
+
+        return hashlib.sha1(json.dumps(self.describing(), sort_keys=True).encode()).hexdigest()[:8]
+
+
+# --- the feature store --------------------------------------------------------------------------------
+STORE_FORMAT_VERSION = 1  # bump on any change of layout; readers refuse another version
+ROW_ORDER_SEED = 0  # rows are written in a seeded shuffled order, so every chunk mixes classes
+BATCH_SIZE = 256  # clips per batched feature call (rounded up to whole chunks)
+
 # --- download ----------------------------------------------------------------------------------------
 CONNECT_TIMEOUT_S = 10.0  # offline, `download` must fail in seconds, not hang
 CHUNK_BYTES = 1 << 20  # read size while streaming the archive to disk and hashing it

@@ -8,6 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from speechcls import config
 
 
@@ -50,3 +52,97 @@ def survey(root: Path, paths: list[str], workers: int = 8) -> AudioSurvey:
             elif frames_16k > config.CLIP_SAMPLES:
                 out.long += 1
     return out
+
+
+class BadAudio(ValueError):
+    """A file that cannot give one clip of audio; featurize skips it and records the reason."""
+
+
+def read_audio(path: Path) -> tuple[np.ndarray, int]:
+    """Decode a whole file to float32 mono (downmixed by the channel mean) and its sample rate.
+
+    Raises BadAudio for what cannot be one clip: not audio, a broken header, an empty file, and a file
+    truncated inside its data (libsndfile then reads what is there without an error; its header log
+    says "data : N (should be M)", which is what we check).
+    """
+    import soundfile as sf
+
+    try:
+        with sf.SoundFile(str(path)) as f:
+            if f.frames == 0:
+                raise BadAudio("no audio samples")
+            for line in f.extra_info.splitlines():
+                if line.startswith("data") and "should be" in line:
+                    raise BadAudio(f"truncated: header {line.strip()!r}")
+            audio = f.read(dtype="float32", always_2d=True)
+            rate = f.samplerate
+    except BadAudio:
+        raise
+    except Exception as e:  # LibsndfileError (not audio, bad header, empty file), OSError (unreadable)
+        raise BadAudio(_reason(e, path)) from e
+    if audio.shape[0] == 0:
+        raise BadAudio("no audio samples")
+    mono = audio.mean(axis=1, dtype=np.float32) if audio.shape[1] > 1 else audio[:, 0]
+    if not np.isfinite(mono).all():
+        raise BadAudio("samples are NaN or infinite")
+    return np.ascontiguousarray(mono), rate
+
+
+def _reason(e: Exception, path: Path) -> str:
+    text = str(e).replace(f"Error opening {str(path)!r}: ", "").strip()
+    return text or type(e).__name__
+
+
+def resample(audio: np.ndarray, rate: int, target: int) -> np.ndarray:
+    """torchaudio's resample (sinc interpolation, its defaults): the one resampler of both backends."""
+    import torch
+    import torchaudio.functional as AF
+
+    return AF.resample(torch.from_numpy(audio), rate, target).numpy()
+
+
+def fit_length(audio: np.ndarray, n: int) -> np.ndarray:
+    """Pad with zeros at the end / truncate to exactly n samples, as the chapter's nnf_pad does."""
+    if audio.shape[0] >= n:
+        return audio[:n]
+    return np.pad(audio, (0, n - audio.shape[0]))
+
+
+def load_clip(path: Path, sample_rate: int = config.SAMPLE_RATE, samples: int = config.CLIP_SAMPLES) -> tuple[np.ndarray, bool]:
+    """One clip ready for features: float32 mono at `sample_rate`, exactly `samples` long.
+    Returns (audio, resampled?). Raises BadAudio."""
+    audio, rate = read_audio(path)
+    if rate != sample_rate:
+        audio = resample(audio, rate, sample_rate)
+    return fit_length(audio, samples), rate != sample_rate
+
+
+@dataclass
+class Batch:
+    """One block of decoded clips, in row order."""
+
+    wave: np.ndarray  # (B, L) float32; zeros where the clip was skipped
+    valid: np.ndarray  # (B,) bool
+    skipped: dict[str, str]  # relative path -> reason
+    resampled: int
+
+
+def decode_batch(root: Path, paths: list[str], sample_rate: int, samples: int, pool: ThreadPoolExecutor) -> Batch:
+    """Decode `paths` with soundfile on a thread pool (libsndfile releases the GIL while it reads)."""
+
+    def one(rel: str):
+        try:
+            return load_clip(root / rel, sample_rate, samples)
+        except BadAudio as e:
+            return e
+
+    wave = np.zeros((len(paths), samples), dtype=np.float32)
+    valid = np.zeros(len(paths), dtype=bool)
+    skipped, resampled = {}, 0
+    for i, (rel, out) in enumerate(zip(paths, pool.map(one, paths))):
+        if isinstance(out, BadAudio):
+            skipped[rel] = str(out)
+            continue
+        wave[i], valid[i] = out[0], True
+        resampled += out[1]
+    return Batch(wave, valid, skipped, resampled)

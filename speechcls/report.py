@@ -63,3 +63,27 @@ def print_index(index: DatasetIndex, seed: int, survey: AudioSurvey | None, cons
             console.print(f"  {path}: {reason}", markup=False)
         if len(survey.unreadable) > 20:
             console.print(f"  ... and {len(survey.unreadable) - 20} more")
+
+
+def print_store(info: dict, console) -> None:
+    state = "complete" if info["complete"] else "[bold red]INCOMPLETE[/] (run the featurize command again to finish)"
+    console.print(f"[bold]{info['path']}[/]: {info['variant']} store, {state}")
+    console.print(
+        f"features {tuple(info['shape'])} {info['dtype']}, chunks {tuple(info['chunks'])}, codec {info['codec']}"
+    )
+    console.print(
+        f"{info['bytes_on_disk'] / 1e6:.1f} MB on disk; features {info['features_bytes_on_disk'] / 1e6:.1f} MB, "
+        f"compression {info['compression_ratio']:.2f}x"
+    )
+    params = ", ".join(f"{k}={v}" for k, v in info["params"].items() if k != "variant")
+    console.print(f"parameters: {params}", markup=False)
+    ds = info.get("dataset", {})
+    console.print(f"dataset: {ds.get('name')} from {ds.get('source_root')}", markup=False)
+    console.print(f"{len(info['classes'])} classes: {', '.join(info['classes'])}", markup=False)
+    console.print(
+        f"valid clips: {info['valid']} of {info['shape'][0]}; "
+        + ", ".join(f"{k} {v}" for k, v in info["per_split"].items())
+    )
+    console.print(f"skipped files: {len(info['skipped'])}")
+    for path, reason in sorted(info["skipped"].items())[:20]:
+        console.print(f"  {path}: {reason}", markup=False)

@@ -1,0 +1,86 @@
+"""NVIDIA DALI graphs: the only module that imports DALI, and only when called.
+
+DALI serves the power variants (spectrogram, mel) on CPU threads. It has no complex output, so the
+complex and waveform variants always go through torch. Clips are decoded by the shared soundfile
+decoder (same skip rules, same torchaudio resampler) and fed in through `external_source`.
+
+Matching torchaudio (held by tests/test_dali.py): torch.stft's periodic Hann window is passed in as
+`window_fn`, frames are centred with reflect padding like `center=True`, and `normalized=True` is a
+division of the power by sum(w**2) afterwards; mel uses the HTK formula without filter normalization.
+Measured on the 300 real clips: max error relative to each item's max 6.4e-7 (spectrogram), 9.5e-6 (mel).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from speechcls.config import FeatureParams
+
+DALI_VARIANTS = ("spectrogram", "mel")
+PARITY_RTOL = {"spectrogram": 2e-6, "mel": 3e-5}  # stated tolerance: max |dali - torchaudio| / max |torchaudio|
+
+
+def available() -> bool:
+    try:
+        import nvidia.dali  # noqa: F401
+    except Exception:  # ImportError, or a wheel that cannot load its libraries
+        return False
+    return True
+
+
+def _window(params: FeatureParams) -> np.ndarray:
+    import torch
+
+    return torch.hann_window(params.win_length).numpy()  # periodic, as torchaudio's Spectrogram uses
+
+
+def build_pipeline(params: FeatureParams, batch_size: int, workers: int):
+    """external_source "wave" (B x (L,) float32) -> spectrogram [-> mel_filter_bank] -> (B, F, T), CPU only."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    window = _window(params).tolist()
+
+    @pipeline_def(batch_size=batch_size, num_threads=workers, device_id=None, prefetch_queue_depth=1)
+    def graph():
+        wave = fn.external_source(name="wave", dtype=types.FLOAT, ndim=1)
+        spec = fn.spectrogram(
+            wave, nfft=params.n_fft, window_length=params.win_length, window_step=params.hop_length,
+            window_fn=window, center_windows=True, reflect_padding=True, power=2, layout="ft",
+        )  # fmt: skip
+        if params.variant == "mel":
+            f_max = params.sample_rate / 2 if params.f_max is None else params.f_max
+            spec = fn.mel_filter_bank(
+                spec, sample_rate=params.sample_rate, nfilter=params.n_mels, freq_low=params.f_min,
+                freq_high=f_max, mel_formula="htk", normalize=False,
+            )  # fmt: skip
+        return spec  # the one output: (F, T) per sample
+
+    pipe = graph()
+    pipe.build()
+    return pipe
+
+
+class DaliEngine:
+    """Decodes with the shared soundfile decoder, transforms with a DALI CPU pipeline."""
+
+    def __init__(self, params: FeatureParams, batch_size: int, workers: int):
+        if params.variant not in DALI_VARIANTS + ("complex", "waveform"):
+            raise ValueError(f"unknown variant {params.variant!r}")
+        self.params = params
+        self.pipe = build_pipeline(params, batch_size, workers) if params.variant in DALI_VARIANTS else None
+        w = _window(params).astype(np.float64)
+        self.scale = np.float32(1.0 / (w**2).sum()) if params.normalized else np.float32(1.0)
+
+    def decode(self, root: Path, rels: list[str], pool: ThreadPoolExecutor):
+        from speechcls.decode import decode_batch
+
+        return decode_batch(root, rels, self.params.sample_rate, self.params.clip_samples, pool)
+
+    def transform(self, wave: np.ndarray) -> np.ndarray:
+        """(B, L) float32 -> (B, 1, F, T) float32."""
+        self.pipe.feed_input("wave", list(wave))
+        (out,) = self.pipe.run()
+        return (out.as_array() * self.scale)[:, None]

@@ -1,0 +1,301 @@
+"""`speechcls featurize`: every clip of a tree -> features in batched device passes -> a Zarr store.
+
+    index (sorted clips) -> seeded row order -> blocks of whole chunks:
+        decode block b+1 (thread pool)  ||  features of block b on the device -> write block b
+
+One code path for CPU and CUDA; the DALI backend swaps the decoder (and, for spectrogram and mel, the
+transform) for DALI's, within the tolerance its parity test states.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from speechcls import config, store
+from speechcls.config import FeatureParams
+from speechcls.dataset import DatasetIndex, index_tree
+
+
+@dataclass
+class FeaturizeResult:
+    path: Path
+    status: str  # "written" | "resumed" | "present"
+    clips: int
+    skipped: dict[str, str]
+    resampled: int
+    seconds: float  # of this run
+    computed: int  # clips computed in this run
+    bytes_on_disk: int
+    compression_ratio: float
+    backend: str = ""
+    device: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def clips_per_s(self) -> float:
+        return self.computed / self.seconds if self.seconds > 0 else float("nan")
+
+    def line(self) -> str:
+        size = self.bytes_on_disk / 1e6
+        if self.status == "present":
+            return (
+                f"{self.path}: already complete: {self.clips} clips, {len(self.skipped)} skipped, "
+                f"{size:.1f} MB on disk, compression {self.compression_ratio:.2f}x"
+            )
+        return (
+            f"{self.path}: {self.clips} clips, {len(self.skipped)} skipped, {self.seconds:.1f} s, "
+            f"{self.clips_per_s:.0f} clips/s, {size:.1f} MB on disk, compression {self.compression_ratio:.2f}x"
+        )
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is visible to torch; use --device cpu or auto")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"--device {device!r}: choose auto, cpu or cuda")
+    return device
+
+
+def resolve_backend(backend: str, params: FeatureParams, device: str) -> str:
+    from speechcls import dali
+
+    if backend == "auto":
+        # DALI's CPU pipeline decodes and (spectrogram, mel) transforms faster than torch on a CPU-only
+        # machine; with CUDA, torch's batched STFT on the GPU is the fast path and needs no DALI.
+        use = device == "cpu" and params.variant in dali.DALI_VARIANTS and dali.available()
+        return "dali" if use else "torch"
+    if backend == "dali":
+        if not dali.available():
+            raise ValueError(
+                "--backend dali: NVIDIA DALI is not installed; `pip install nvidia-dali-cuda130` (Linux x86_64) "
+                "or use --backend torch"
+            )
+        return "dali"
+    if backend != "torch":
+        raise ValueError(f"--backend {backend!r}: choose auto, torch or dali")
+    return "torch"
+
+
+def resolve_root(root: str | Path | None, version: str) -> Path:
+    """The tree to read: --root, else data/speech_commands_<version>, downloaded if absent."""
+    if root is not None:
+        return Path(root)
+    root = config.default_root(version)
+    if not root.is_dir():
+        from speechcls.download import download_release
+
+        download_release(version, root)
+    return root
+
+
+def row_arrays(index: DatasetIndex, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The seeded row order (row r holds clip perm[r]) and the per-row arrays known before decoding."""
+    perm = np.random.default_rng(seed).permutation(len(index.clips))
+    clips = [index.clips[i] for i in perm]
+    official = index.official[perm] if index.official is not None else np.full(len(perm), -1, dtype=np.int8)
+    rows = {
+        "label": np.array([c.label for c in clips], dtype=np.int64),
+        "split": official.astype(np.int8),
+        "speaker": np.array([c.speaker for c in clips], dtype=str),
+        "path": np.array([c.path for c in clips], dtype=str),
+    }
+    return perm, rows
+
+
+def _existing(path: Path, request: dict, engine: dict, overwrite: bool) -> str | None:
+    """What to do with a store already at `path`: None (create), "present" or "resume"."""
+    if not path.exists():
+        return None
+    if overwrite:
+        return None
+    if not (path / "zarr.json").is_file():
+        if any(path.iterdir()):
+            raise ValueError(f"{path} exists and is not a feature store; remove it, choose another --out, or --overwrite")
+        return None
+    attrs = store.read_attrs(path)
+    old = attrs.get("request")
+    if old != request:
+        diff = sorted(k for k in set(old or {}) | set(request) if (old or {}).get(k) != request.get(k))
+        raise ValueError(
+            f"{path} holds a store made with other settings (differs in: {', '.join(diff)}); "
+            "pass --overwrite to replace it or --out for a new store"
+        )
+    if attrs.get("complete"):
+        return "present"
+    if attrs.get("engine") != engine:
+        raise ValueError(
+            f"{path} was started with {attrs.get('engine')}, not {engine}: finish it with the same --backend and "
+            "--device (resumed stores must be byte-identical), or --overwrite"
+        )
+    return "resume"
+
+
+def featurize(
+    params: FeatureParams,
+    root: str | Path | None = None,
+    version: str = config.DEFAULT_VERSION,
+    out: str | Path | None = None,
+    backend: str = "auto",
+    device: str = "auto",
+    batch_size: int = config.BATCH_SIZE,
+    chunk_rows: int | None = None,
+    codec: str = store.DEFAULT_CODEC,
+    overwrite: bool = False,
+    row_seed: int = config.ROW_ORDER_SEED,
+    workers: int | None = None,
+    on_start: Callable[[int, int], None] = lambda total, done: None,
+    on_block: Callable[[int], None] = lambda n: None,
+) -> FeaturizeResult:
+    """Featurize the tree at `root` into the store at `out` (default cache/<dataset>/<variant>-<hash>.zarr).
+
+    A complete store with the same settings is left as it is; an incomplete one is resumed; one with
+    other settings is an error unless `overwrite`. Unreadable clips are skipped and recorded.
+    """
+    params.validate()
+    if batch_size <= 0:
+        raise ValueError(f"--batch-size must be positive, got {batch_size}")
+    store.make_codec(codec)  # refuse a bad codec name before any work
+    device = resolve_device(device)
+    backend = resolve_backend(backend, params, device)
+    root = resolve_root(root, version)
+    index = index_tree(root)
+    perm, rows = row_arrays(index, row_seed)
+    chunk_rows = chunk_rows or store.default_chunk_rows(params)
+    layout = store.Layout(len(perm), chunk_rows, -(-batch_size // chunk_rows) * chunk_rows)
+    path = Path(out) if out is not None else store.default_store_path(index.name, params)
+    request = {
+        "format_version": config.STORE_FORMAT_VERSION,
+        "params": params.describing(),
+        "rows": store.rows_digest(list(rows["path"]), rows["label"]),
+        "row_order_seed": row_seed,
+        "n": len(perm),
+        "codec": codec,
+        "chunk_rows": chunk_rows,
+    }
+    engine = {"backend": backend, "device": device}
+    status = _existing(path, request, engine, overwrite)
+    if status == "present":
+        info = store.store_info(path)
+        return FeaturizeResult(
+            path, "present", len(perm), info["skipped"], store.read_attrs(path).get("resampled", 0), 0.0, 0,
+            info["bytes_on_disk"], info["compression_ratio"], backend, device,
+        )  # fmt: skip
+
+    from speechcls.features import empty_mel_filters
+
+    try:
+        if status == "resume":
+            writer = store.StoreWriter.reopen(path)
+            layout = writer.layout
+        else:
+            attrs = {
+                "variant": params.variant,
+                "params": params.describing(),
+                "sample_rate": params.sample_rate,
+                "clip_samples": params.clip_samples,
+                "classes": index.classes,
+                "dataset": {
+                    "name": index.name,
+                    "version": version if index.name == config.release(version).name else None,
+                    "source_root": str(Path(root).resolve()),
+                    "official_split": index.official is not None,
+                    "missing_list_entries": index.missing,
+                },
+                "row_order_seed": row_seed,
+                "engine": engine,
+                "packages": store.package_versions(),
+                "command": " ".join(["speechcls", *map(shlex.quote, sys.argv[1:])]) if _from_cli() else None,
+                "notes": (
+                    [f"{empty_mel_filters(params)} of {params.n_mels} mel filters are all zero at n_fft "
+                     f"{params.n_fft} (torchaudio warns); expected with the chapter's settings"]
+                    if empty_mel_filters(params) else []
+                ),
+            }  # fmt: skip
+            writer = store.StoreWriter.create(path, params, request, rows, layout, codec, attrs)
+        result = _run(writer, layout, index.root, rows["path"], params, backend, device, workers, on_start, on_block)
+    except OSError as e:
+        raise ValueError(
+            f"cannot write the store at {path}: {e.strerror or e}. Free space or choose another --out; the store "
+            "is not marked complete and the same command resumes it"
+        ) from e
+    result.status = "resumed" if status == "resume" else "written"
+    return result
+
+
+def _from_cli() -> bool:
+    return Path(sys.argv[0]).name in ("speechcls", "__main__.py")
+
+
+def _run(writer, layout, root, paths, params, backend, device, workers, on_start, on_block) -> FeaturizeResult:
+    import torch
+
+    from speechcls import decode
+    from speechcls.features import FeatureExtractor
+
+    start_block = writer.blocks_done
+    on_start(layout.n, layout.block(start_block).start if start_block < layout.n_blocks else layout.n)
+    workers = workers or min(8, (os.cpu_count() or 1) * 2)
+    extractor = FeatureExtractor(params).to(device)
+    out_dtype = torch.float16 if params.store_dtype == "float16" else None
+    if backend == "dali":
+        from speechcls import dali
+
+        engine = dali.DaliEngine(params, batch_size=layout.block_rows, workers=workers)
+        decode_block = lambda rels, pool: engine.decode(root, rels, pool)  # noqa: E731
+        transform = engine.transform if params.variant in dali.DALI_VARIANTS else None
+    else:
+        decode_block = lambda rels, pool: decode.decode_batch(root, rels, params.sample_rate, params.clip_samples, pool)  # noqa: E731
+        transform = None
+
+    t0 = time.perf_counter()
+    computed = 0
+    with ThreadPoolExecutor(workers) as pool, ThreadPoolExecutor(1) as ahead:
+        pending = None
+        for b in range(start_block, layout.n_blocks):
+            rels = list(paths[layout.block(b)])
+            batch = pending.result() if pending is not None else decode_block(rels, pool)
+            if b + 1 < layout.n_blocks:  # decode the next block while this one is transformed and written
+                pending = ahead.submit(decode_block, list(paths[layout.block(b + 1)]), pool)
+            if transform is not None:
+                feats = transform(batch.wave)
+            else:
+                with torch.inference_mode():
+                    x = torch.from_numpy(batch.wave).to(device, non_blocking=True)
+                    y = extractor(x)  # (B, C, F, T) or (B, 1, L) int16
+                    if out_dtype is not None:
+                        y = y.to(out_dtype)  # cast on the device: half the bytes to copy back
+                    feats = y.cpu().numpy()  # note: a sync point; the next block is decoding meanwhile
+            if out_dtype is not None and feats.dtype != np.float16:
+                feats = feats.astype(np.float16)
+            writer.write_block(b, feats, batch.valid, batch.skipped, batch.resampled)
+            computed += len(rels)
+            on_block(len(rels))
+    seconds = time.perf_counter() - t0
+    feat_bytes = store.dir_bytes(Path(writer.group.store.root) / "features")
+    raw = writer.features.nbytes
+    writer.finish(
+        {
+            "seconds": seconds,
+            "clips_per_s": computed / seconds if seconds else None,
+            "features_bytes_on_disk": feat_bytes,
+            "compression_ratio": raw / feat_bytes if feat_bytes else None,
+        }
+    )
+    return FeaturizeResult(
+        Path(writer.group.store.root), "written", layout.n, writer.skipped, writer.resampled, seconds, computed,
+        store.dir_bytes(Path(writer.group.store.root)), raw / feat_bytes if feat_bytes else float("nan"),
+        backend, device,
+    )  # fmt: skip

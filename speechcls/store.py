@@ -1,0 +1,249 @@
+"""The feature store: one Zarr v3 group per (dataset, variant, parameters, dtype).
+
+Layout (N = every indexed clip, rows in a seeded shuffled order so each chunk mixes classes)::
+
+    features  (N, C, F, T) float32|float16   ((N, 1, L) int16 for waveform), chunked along N only
+    valid     (N,) bool       false: the clip was skipped (its row stays, zero-filled)
+    label     (N,) int16      index into attrs["classes"]
+    split     (N,) int8       official split: 0 train, 1 validation, 2 test (-1: the tree has no lists)
+    speaker   (N,) str
+    path      (N,) str        relative to the source root
+
+Writing and reading are separate objects. Crash safety: zarr's LocalStore writes every chunk and every
+zarr.json through a temporary file and a rename, the blocks are written in order, and the progress
+(blocks done, skipped files) is recorded in the attributes after each block, so a killed run resumes at
+the first unrecorded block; `complete` is set last. Readers refuse an incomplete store or another
+format version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from speechcls import config
+from speechcls.config import FeatureParams
+
+# Chosen by benchmarks/store_codecs.py on real speech (table in benchmarks/results/): blosc's byte
+# shuffle groups the float exponents together, so zstd finds runs that plain zstd does not.
+DEFAULT_CODEC = "blosc-zstd-1-shuffle"
+DEFAULT_CHUNK_BYTES = 16 << 20  # ~16 MB of raw features per chunk: few files, whole-chunk reads stay cheap
+
+
+class IncompleteStore(ValueError):
+    pass
+
+
+def make_codec(spec: str):
+    """Compressor list from a short name: "none", "zstd-<level>", "blosc-<cname>-<level>-<shuffle>"."""
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    parts = spec.split("-")
+    try:
+        if spec == "none":
+            return []
+        if parts[0] == "zstd" and len(parts) == 2:
+            return [ZstdCodec(level=int(parts[1]))]
+        if parts[0] == "blosc" and len(parts) == 4:
+            return [BloscCodec(cname=parts[1], clevel=int(parts[2]), shuffle=parts[3].replace("none", "noshuffle"))]
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"bad codec {spec!r}: {e}") from e
+    raise ValueError(f"bad codec {spec!r}: use none, zstd-<level> or blosc-<lz4|zstd|blosclz>-<level>-<shuffle|bitshuffle|none>")
+
+
+def default_chunk_rows(params: FeatureParams) -> int:
+    item = int(np.prod(params.shape)) * np.dtype(params.store_dtype).itemsize
+    return int(max(16, min(1024, DEFAULT_CHUNK_BYTES // item)))
+
+
+def default_store_path(dataset: str, params: FeatureParams) -> Path:
+    """cache/<dataset>/<variant>-<hash>.zarr: where `speechcls train` looks."""
+    return config.cache_dir() / dataset / f"{params.variant}-{params.key()}.zarr"
+
+
+def rows_digest(paths: list[str], labels: np.ndarray) -> str:
+    """Fingerprint of what the rows hold, so a changed tree never silently reuses a store."""
+    h = hashlib.sha1()
+    for p, y in zip(paths, labels.tolist()):
+        h.update(f"{p}\t{y}\n".encode())
+    return h.hexdigest()
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("speechcls", "torch", "torchaudio", "zarr", "numcodecs", "soundfile", "nvidia-dali-cuda130"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+@dataclass
+class Layout:
+    """How the N rows are cut: chunks of the arrays, blocks of work (whole chunks)."""
+
+    n: int
+    chunk_rows: int
+    block_rows: int
+
+    @property
+    def n_blocks(self) -> int:
+        return -(-self.n // self.block_rows)
+
+    def block(self, b: int) -> slice:
+        return slice(b * self.block_rows, min((b + 1) * self.block_rows, self.n))
+
+
+class StoreWriter:
+    """Creates a store or reopens an unfinished one, writes blocks in order, marks it complete."""
+
+    def __init__(self, group, layout: Layout):
+        self.group = group
+        self.layout = layout
+        self.features = group["features"]
+        self.valid = group["valid"]
+        progress = group.attrs["progress"]
+        self.blocks_done: int = progress["blocks_done"]
+        self.skipped: dict[str, str] = dict(progress["skipped"])
+        self.resampled: int = progress["resampled"]
+
+    @classmethod
+    def create(
+        cls,
+        path: Path,
+        params: FeatureParams,
+        request: dict,
+        rows: dict[str, np.ndarray],
+        layout: Layout,
+        codec: str,
+        attrs: dict,
+    ) -> "StoreWriter":
+        import zarr
+
+        compressors = make_codec(codec)
+        path = Path(path)
+        if path.exists():
+            shutil.rmtree(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        group = zarr.open_group(str(path), mode="w")
+        n = layout.n
+        group.create_array(
+            "features", shape=(n, *params.shape), chunks=(layout.chunk_rows, *params.shape),
+            dtype=params.store_dtype, compressors=compressors, fill_value=0,
+        )  # fmt: skip
+        group.create_array("valid", shape=(n,), chunks=(layout.chunk_rows,), dtype="bool", fill_value=False)
+        for name, values in rows.items():  # label, split, speaker, path: known before any decoding
+            arr = group.create_array(name, shape=(n,), chunks=(max(n, 1),), dtype=values.dtype if values.dtype.kind != "U" else str)
+            arr[:] = values
+        group.attrs.update(
+            {
+                **attrs,
+                "format_version": config.STORE_FORMAT_VERSION,
+                "request": request,
+                "codec": codec,
+                "chunk_rows": layout.chunk_rows,
+                "block_rows": layout.block_rows,
+                "complete": False,
+                "progress": {"blocks_done": 0, "skipped": {}, "resampled": 0},
+            }
+        )
+        return cls(group, layout)
+
+    @classmethod
+    def reopen(cls, path: Path) -> "StoreWriter":
+        import zarr
+
+        group = zarr.open_group(str(path), mode="r+")
+        n = group["features"].shape[0]
+        return cls(group, Layout(n, group.attrs["chunk_rows"], group.attrs["block_rows"]))
+
+    def write_block(self, b: int, features: np.ndarray, valid: np.ndarray, skipped: dict[str, str], resampled: int) -> None:
+        if b != self.blocks_done:
+            raise AssertionError(f"blocks are written in order: expected {self.blocks_done}, got {b}")
+        rows = self.layout.block(b)
+        features[~valid] = 0  # a skipped clip keeps its row, zero-filled
+        self.features[rows] = features
+        self.valid[rows] = valid
+        self.blocks_done += 1
+        self.skipped.update(skipped)
+        self.resampled += resampled
+        # recorded only once the block's chunks are on disk: a kill before this line redoes the block
+        self.group.attrs["progress"] = {"blocks_done": self.blocks_done, "skipped": self.skipped, "resampled": self.resampled}
+
+    def finish(self, extra: dict) -> None:
+        if self.blocks_done != self.layout.n_blocks:
+            raise AssertionError("finish() before every block was written")
+        self.group.attrs.update({**extra, "skipped": self.skipped, "resampled": self.resampled, "complete": True})
+
+
+def read_attrs(path: Path) -> dict:
+    import zarr
+
+    return dict(zarr.open_group(str(path), mode="r").attrs)
+
+
+def open_store(path: str | Path, require_complete: bool = True):
+    """Open a store for reading: checks the format version and, by default, completeness."""
+    import zarr
+
+    path = Path(path)
+    if not (path / "zarr.json").is_file():
+        raise ValueError(f"{path}: not a speechcls feature store (no zarr.json); make one with `speechcls featurize`")
+    group = zarr.open_group(str(path), mode="r")
+    version = group.attrs.get("format_version")
+    if version != config.STORE_FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: store format version {version}, this speechcls reads version {config.STORE_FORMAT_VERSION}; "
+            "featurize again with --overwrite"
+        )
+    if require_complete and not group.attrs.get("complete"):
+        progress = group.attrs.get("progress", {})
+        raise IncompleteStore(
+            f"{path}: the store is incomplete ({progress.get('blocks_done', 0)} of "
+            f"{-(-group['features'].shape[0] // group.attrs['block_rows'])} blocks written); finish it by running "
+            f"the same command again: {group.attrs.get('command', 'speechcls featurize ...')}"
+        )
+    return group
+
+
+def store_info(path: str | Path) -> dict:
+    """What `speechcls info STORE` prints."""
+    group = open_store(path, require_complete=False)
+    attrs = dict(group.attrs)
+    feats = group["features"]
+    valid = group["valid"][:]
+    split = group["split"][:]
+    on_disk = dir_bytes(Path(path) / "features")
+    raw = feats.nbytes
+    per_split = {}
+    for code, name in enumerate(config.SPLITS):
+        per_split[name] = int(((split == code) & valid).sum())
+    return {
+        "path": str(path),
+        "variant": attrs["params"]["variant"],
+        "complete": attrs.get("complete", False),
+        "shape": list(feats.shape),
+        "dtype": str(feats.dtype),
+        "chunks": list(feats.chunks),
+        "codec": attrs["codec"],
+        "bytes_on_disk": dir_bytes(path),
+        "features_bytes_on_disk": on_disk,
+        "compression_ratio": raw / on_disk if on_disk else float("nan"),
+        "classes": attrs["classes"],
+        "valid": int(valid.sum()),
+        "per_split": per_split,
+        "skipped": attrs.get("skipped", attrs.get("progress", {}).get("skipped", {})),
+        "params": attrs["params"],
+        "dataset": attrs.get("dataset", {}),
+    }
