@@ -8,10 +8,13 @@ export VENV
 setup:
 	@bash tools/setup.sh
 
-# The main job end to end on offline demo data: synthesize a Speech Commands-style tree, describe it.
+# The main job end to end on offline demo data: synthesize a Speech Commands-style tree, describe it,
+# featurize it (mel) into the Zarr cache and describe the store.
 demo: setup
 	$(BIN)/speechcls synth --voices 40 --noise 0.05
 	$(BIN)/speechcls data info --root data/synth_commands
+	$(BIN)/speechcls featurize --variant mel --root data/synth_commands
+	$(BIN)/speechcls info cache/synth_commands/mel-*.zarr
 
 test: setup
 	$(BIN)/python -m pytest -q

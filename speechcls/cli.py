@@ -211,11 +211,12 @@ def featurize(
 
 @app.command()
 @user_errors
-def info(store_path: Annotated[Path, typer.Argument(metavar="STORE", help="A feature store (.zarr folder).")]) -> None:
+def info(stores: Annotated[list[Path], typer.Argument(metavar="STORE...", help="Feature stores (.zarr folders).")]) -> None:
     """Variant, shape, dtype, chunks, codec, size on disk, ratio, classes, counts per split, skipped files."""
     from speechcls import report, store
 
-    report.print_store(store.store_info(store_path), _console())
+    for path in stores:
+        report.print_store(store.store_info(path), _console())
 
 
 @data_app.command("info")

@@ -127,8 +127,10 @@ class Batch:
     resampled: int
 
 
-def decode_batch(root: Path, paths: list[str], sample_rate: int, samples: int, pool: ThreadPoolExecutor) -> Batch:
-    """Decode `paths` with soundfile on a thread pool (libsndfile releases the GIL while it reads)."""
+def decode_batch(root: Path, paths: list[str], sample_rate: int, samples: int, pool: ThreadPoolExecutor, group: int = 32) -> Batch:
+    """Decode `paths` with soundfile on a thread pool. libsndfile releases the GIL while it reads, so
+    threads overlap cold-disk latency; on a warm page cache decoding is Python-bound, so each task takes
+    `group` files (per-file tasks on 4 threads ran 6,300 clips/s here, groups of 32 on 2: 10,000)."""
 
     def one(rel: str):
         try:
@@ -136,10 +138,15 @@ def decode_batch(root: Path, paths: list[str], sample_rate: int, samples: int, p
         except BadAudio as e:
             return e
 
+    def some(rels: list[str]):
+        return [one(rel) for rel in rels]
+
     wave = np.zeros((len(paths), samples), dtype=np.float32)
     valid = np.zeros(len(paths), dtype=bool)
     skipped, resampled = {}, 0
-    for i, (rel, out) in enumerate(zip(paths, pool.map(one, paths))):
+    groups = [paths[i : i + group] for i in range(0, len(paths), group)]
+    results = (out for outs in pool.map(some, groups) for out in outs)
+    for i, (rel, out) in enumerate(zip(paths, results)):
         if isinstance(out, BadAudio):
             skipped[rel] = str(out)
             continue

@@ -247,7 +247,7 @@ def _run(writer, layout, root, paths, params, backend, device, workers, on_start
 
     start_block = writer.blocks_done
     on_start(layout.n, layout.block(start_block).start if start_block < layout.n_blocks else layout.n)
-    workers = workers or min(8, (os.cpu_count() or 1) * 2)
+    workers = workers or os.cpu_count() or 1
     extractor = FeatureExtractor(params).to(device)
     out_dtype = torch.float16 if params.store_dtype == "float16" else None
     if backend == "dali":

@@ -28,9 +28,11 @@ import numpy as np
 from speechcls import config
 from speechcls.config import FeatureParams
 
-# Chosen by benchmarks/store_codecs.py on real speech (table in benchmarks/results/): blosc's byte
-# shuffle groups the float exponents together, so zstd finds runs that plain zstd does not.
-DEFAULT_CODEC = "blosc-zstd-1-shuffle"
+# Chosen by benchmarks/store_codecs.py on the 300 real clips (benchmarks/results/store_codecs-cpu2.md):
+# real speech's spectra barely compress (1.06x to 1.2x whatever the codec); blosc lz4 after a bit
+# shuffle gets within a few percent of the best zstd ratio while writing 800-1,150 MB/s and reading
+# 2.3-3.8 GB/s on 2 cores, 1.5-3x zstd's speeds: featurize and streaming are not held up by the codec.
+DEFAULT_CODEC = "blosc-lz4-5-bitshuffle"
 DEFAULT_CHUNK_BYTES = 16 << 20  # ~16 MB of raw features per chunk: few files, whole-chunk reads stay cheap
 
 

@@ -151,6 +151,21 @@ def make_clip(voice: Voice, v_idx: int, w_idx: int, word: str, params: SynthPara
     return to_pcm16(clip)
 
 
+def write_lists(tree: Path, speakers: list[str], words: tuple[str, ...], seed: int) -> None:
+    """Speaker-disjoint validation_list.txt / testing_list.txt: SYNTH_HELDOUT_PERCENT of the speakers
+    each (at least one), drawn by a seeded permutation; every clip `<word>/<speaker>_nohash_0.wav`."""
+    speakers = sorted(speakers)
+    order = np.random.default_rng([seed, 3]).permutation(len(speakers))
+    n_held = max(1, len(speakers) * config.SYNTH_HELDOUT_PERCENT // 100)
+    held = {
+        config.VALIDATION_LIST: {speakers[i] for i in order[:n_held]},
+        config.TESTING_LIST: {speakers[i] for i in order[n_held : 2 * n_held]},
+    }
+    for name, group in held.items():
+        lines = sorted(f"{w}/{s}_nohash_0.wav" for w in words for s in group)
+        (tree / name).write_text("".join(line + "\n" for line in lines))
+
+
 def synthesize(
     out: str | Path | None = None,
     words: tuple[str, ...] = config.V001_WORDS,
@@ -218,16 +233,7 @@ def synthesize(
             for _ in pool.map(job, tasks):
                 pass
 
-    speakers = sorted(v.speaker for v in chosen)
-    order = np.random.default_rng([seed, 3]).permutation(len(speakers))
-    n_held = max(1, len(speakers) * config.SYNTH_HELDOUT_PERCENT // 100)
-    held = {
-        config.VALIDATION_LIST: {speakers[i] for i in order[:n_held]},
-        config.TESTING_LIST: {speakers[i] for i in order[n_held : 2 * n_held]},
-    }
-    for name, group in held.items():
-        lines = sorted(f"{w}/{s}_nohash_0.wav" for w in words for s in group)
-        (tmp_tree / name).write_text("".join(line + "\n" for line in lines))
+    write_lists(tmp_tree, [v.speaker for v in chosen], words, seed)
     (tmp_tree / "README.md").write_text(
         "Synthetic Speech Commands-style tree written by `speechcls synth` with espeak-ng "
         f"({version}).\nNot human speech: for demos and tests of the pipeline only.\n"

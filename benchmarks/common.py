@@ -1,0 +1,99 @@
+"""What every benchmark shares: the machine it ran on, timing with warm-up and repeats, result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine() -> dict:
+    import torch
+
+    info = {
+        "cpus": os.cpu_count(),
+        "cpu": cpu_model(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    try:
+        from importlib.metadata import version
+
+        for pkg in ("torchaudio", "zarr", "numcodecs", "nvidia-dali-cuda130"):
+            info[pkg] = version(pkg)
+    except Exception:
+        pass
+    return info
+
+
+def machine_tag(info: dict) -> str:
+    """Result files are named by machine: e.g. cpu2, or h100 where a GPU ran."""
+    if "gpu" in info:
+        name = info["gpu"].lower()
+        for short in ("h200", "h100", "a100", "l4", "t4"):
+            if short in name:
+                return short
+        return name.replace(" ", "-")
+    return f"cpu{info['cpus']}"
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], object], repeats: int = 3, warmup: int = 1, device: str = "cpu") -> dict:
+    """Warm up, then time `repeats` calls (synchronized on CUDA): median, min, max seconds."""
+    for _ in range(warmup):
+        fn()
+        sync(device)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": repeats}
+
+
+def write_results(name: str, info: dict, rows: list[dict], markdown: str, out_dir: Path = RESULTS) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"{name}-{machine_tag(info)}"
+    stem.with_suffix(".json").write_text(json.dumps({"machine": info, "results": rows}, indent=1) + "\n")
+    header = f"# {name} on {machine_tag(info)}\n\n" + ", ".join(f"{k}: {v}" for k, v in info.items()) + "\n\n"
+    stem.with_suffix(".md").write_text(header + markdown + "\n")
+    return stem
+
+
+def md_table(rows: list[dict], columns: list[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r.get(c, "")) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
+    return str(v)

@@ -1,0 +1,116 @@
+"""featurize throughput: the peer's one on-the-fly pass vs `speechcls featurize` end to end, per variant.
+
+Peer: one pass of the DataLoader over every clip (batch 128, shuffle), num_workers 0 and the machine's
+core count. Ours: `featurize()` from the tree into a fresh, complete store (index, decode, features,
+compression, writes), for each backend (torch, DALI where installed) and device (CPU, CUDA where present).
+The ratio is ours / the faster peer. Median of --repeats after one warm-up run each.
+
+    python benchmarks/featurize.py [--root TREE] [--voices 134] [--variants mel,spectrogram] [--quick]
+
+Without --root it synthesizes a tree (`speechcls synth`, 30 words x --voices) under benchmarks/.data/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, md_table, timed, write_results  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+def bench_tree(root: Path | None, voices: int) -> Path:
+    if root is not None:
+        return root
+    from speechcls.synth import synthesize
+
+    out, _ = synthesize(HERE / ".data" / f"synth_{voices}v", voices=voices, seed=0, noise=0.05)
+    return out
+
+
+def peer_pass(root: Path, params, workers: int) -> None:
+    import torch
+
+    from peer import peer_loader
+
+    threads = torch.get_num_threads()
+    try:
+        for _x, _y in peer_loader(root, params, num_workers=workers):
+            pass
+    finally:
+        torch.set_num_threads(threads)  # the peer runs on 1 thread; ours gets the machine's default back
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--root", type=Path, default=None, help="a Speech Commands tree [default: synthesize one]")
+    ap.add_argument("--voices", type=int, default=134, help="synthetic voices (x 30 words) without --root")
+    ap.add_argument("--variants", default="spectrogram,mel,complex,waveform")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--engines", default="all", help="backend/device pairs, e.g. torch/cuda,dali/cpu [default: all available]")
+    ap.add_argument("--peer-workers", default=None, help="DataLoader num_workers to time, e.g. 0,16 [default: 0 and the core count]")
+    ap.add_argument("--quick", action="store_true", help="one repeat, no warm-up, workers 0 only (for tests)")
+    ap.add_argument("--out", type=Path, default=None, help="results folder [default: benchmarks/results]")
+    args = ap.parse_args()
+    import torch
+
+    from speechcls import dali
+    from speechcls.config import FeatureParams
+    from speechcls.dataset import index_tree
+    from speechcls.featurize import featurize
+
+    root = bench_tree(args.root, args.voices)
+    n = len(index_tree(root).clips)
+    repeats, warmup = (1, 0) if args.quick else (args.repeats, 1)
+    cores = os.cpu_count() or 1
+    worker_counts = [0] if args.quick else sorted({0, cores})
+    if args.peer_workers:
+        worker_counts = [int(w) for w in args.peer_workers.split(",")]
+    engines = [("torch", "cpu")] + ([("dali", "cpu")] if dali.available() else [])
+    if torch.cuda.is_available():
+        engines.append(("torch", "cuda"))
+    if args.engines != "all":
+        engines = [tuple(e.split("/")) for e in args.engines.split(",")]
+    rows = []
+    tmp = Path(tempfile.mkdtemp(prefix="speechcls-bench-"))
+    try:
+        for variant in args.variants.split(","):
+            params = FeatureParams(variant)
+            peer_best = 0.0
+            for workers in worker_counts:
+                t = timed(lambda: peer_pass(root, params, workers), repeats, warmup)
+                rate = n / t["median_s"]
+                peer_best = max(peer_best, rate)
+                rows.append({"variant": variant, "way": f"peer, num_workers={workers}", "clips_per_s": rate,
+                             "min_s": t["min_s"], "median_s": t["median_s"], "max_s": t["max_s"], "threads": 1})  # fmt: skip
+                print(f"{variant:11s} {rows[-1]['way']:32s} {rate:8.0f} clips/s", flush=True)
+            for backend, device in engines:
+                if backend == "dali" and variant not in dali.DALI_VARIANTS:
+                    continue  # DALI serves only the power variants; the others would time torch twice
+
+                def run():
+                    featurize(params, root, out=tmp / "s.zarr", backend=backend, device=device, overwrite=True)
+
+                t = timed(run, repeats, warmup, device)
+                rate = n / t["median_s"]
+                rows.append({"variant": variant, "way": f"speechcls featurize {backend}/{device}", "clips_per_s": rate,
+                             "min_s": t["min_s"], "median_s": t["median_s"], "max_s": t["max_s"],
+                             "threads": torch.get_num_threads(), "ratio_vs_peer": rate / peer_best})  # fmt: skip
+                print(f"{variant:11s} {rows[-1]['way']:32s} {rate:8.0f} clips/s  x{rate / peer_best:.1f} vs peer", flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    info = machine() | {"clips": n, "data": str(root)}
+    md = md_table(rows, ["variant", "way", "clips_per_s", "median_s", "min_s", "max_s", "threads", "ratio_vs_peer"])
+    stem = write_results("featurize", info, rows, md, args.out) if args.out else write_results("featurize", info, rows, md)
+    print(md)
+    print(f"wrote {stem}.json and {stem}.md")
+
+
+if __name__ == "__main__":
+    main()
