@@ -219,6 +219,170 @@ def info(stores: Annotated[list[Path], typer.Argument(metavar="STORE...", help="
         report.print_store(store.store_info(path), _console())
 
 
+StoreOpt = Annotated[
+    Optional[Path], typer.Option(help="Feature store [default: the one complete store under the cache].")
+]
+VariantOpt = Annotated[Optional[str], typer.Option(help="Narrow the store search to this variant.")]
+
+
+def _train_config(**kw) -> "config.TrainConfig":
+    kw["store"] = str(kw["store"]) if kw.get("store") else ""
+    return config.TrainConfig(**kw).validate()
+
+
+@app.command()
+@user_errors
+def train(
+    store: StoreOpt = None,
+    variant: VariantOpt = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run folder [default: runs/<store>-<time>].")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue the interrupted run in this folder.")] = None,
+    features: Annotated[str, typer.Option(help="For a waveform store: the variant computed on the device.")] = "",
+    split: Annotated[str, typer.Option(help="official (speaker-disjoint lists) | random (60/20/20).")] = "official",
+    split_seed: Annotated[int, typer.Option(help="Seed of the random split.")] = config.SPLIT_SEED,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs (the one-cycle schedule spans them).")] = 50,
+    batch_size: Annotated[int, typer.Option(help="Examples per batch.")] = 128,
+    max_lr: Annotated[float, typer.Option(help="Peak of the one-cycle learning rate.")] = 1e-2,
+    patience: Annotated[int, typer.Option(help="Epochs without a lower validation loss before stopping.")] = 3,
+    min_epochs: Annotated[int, typer.Option(help="Early stopping does not count before this epoch.")] = 0,
+    seed: Annotated[int, typer.Option(help="Model init, dropout and batch order.")] = 0,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    precision: Annotated[str, typer.Option(help="fp32 | bf16 | fp16 (CUDA autocast).")] = "fp32",
+    channels_last: Annotated[bool, typer.Option(help="channels_last memory format.")] = False,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
+    loader: Annotated[str, typer.Option(help="auto | device | host | stream.")] = "auto",
+    workers: Annotated[int, typer.Option(help="Reader threads of the streaming loader.")] = 1,
+) -> None:
+    """Train the chapter's CNN on a feature store: Adam, one-cycle LR, early stopping; then test."""
+    from speechcls import train as tr
+
+    cfg = _train_config(
+        store=store, features=features, split=split, split_seed=split_seed, epochs=epochs, batch_size=batch_size,
+        max_lr=max_lr, patience=patience, min_epochs=min_epochs, seed=seed, device=device, precision=precision,
+        channels_last=channels_last, compile=compile, loader=loader, workers=workers,
+    )  # fmt: skip
+    if resume is not None:
+        run_dir = resume
+    else:
+        from speechcls.loader import find_store
+
+        run_dir = out or tr.default_run_dir(cfg, Path(cfg.store) if cfg.store else find_store(variant))
+    metrics = _fit_with_progress(tr, cfg, run_dir, variant, resume is not None)
+    typer.echo(
+        f"{run_dir}: test loss {metrics['test_loss']:.4f} acc {metrics['test_acc']:.4f} after {metrics['epochs_run']} "
+        f"epochs (best {metrics['best_epoch']}), {metrics['train_samples_per_s']:.0f} train samples/s, "
+        f"{metrics['loader_mode']} loader on {metrics['device']}"
+    )
+
+
+def _fit_with_progress(tr, cfg, run_dir, variant, resume):
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    console = _console(stderr=True)
+    with Progress(
+        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
+        console=console, transient=True,
+    ) as bar:  # fmt: skip
+        state = {}
+
+        def epoch_start(epoch, batches):
+            state.update(task=bar.add_task(f"epoch {epoch}", total=batches, stats=""), t=time.perf_counter(), n=0)
+
+        def batch(n, loss, acc):
+            state["n"] += n
+            rate = state["n"] / max(time.perf_counter() - state["t"], 1e-9)
+            stats = f"{rate:,.0f} samples/s" + ("" if loss != loss else f"  loss {loss:.4f} acc {acc:.4f}")
+            bar.update(state["task"], advance=1, **({"stats": stats} if loss == loss or state["n"] == n else {}))
+
+        def epoch_end(row):
+            bar.remove_task(state["task"])
+            t, v = row["train"], row["valid"]
+            console.print(
+                f"epoch {t['epoch']}: train loss {t['loss']:.4f} acc {t['acc']:.4f} | valid loss {v['loss']:.4f} "
+                f"acc {v['acc']:.4f} | {row['samples_per_s']:,.0f} samples/s" + ("  *best" if row["best"] else "")
+            )
+
+        return tr.fit(cfg, run_dir, variant, resume, tr.Hooks(epoch_start, batch, epoch_end))
+
+
+@app.command("lr-find")
+@user_errors
+def lr_find(
+    store: StoreOpt = None,
+    variant: VariantOpt = None,
+    out: Annotated[Path, typer.Option(help="Folder for lr_find.csv and lr_find.png.")] = Path("runs/lr_find"),
+    features: Annotated[str, typer.Option(help="For a waveform store: the variant computed on the device.")] = "",
+    batch_size: Annotated[int, typer.Option(help="Examples per batch.")] = 128,
+    steps: Annotated[int, typer.Option(help="Steps of the sweep at most.")] = 100,
+    start_lr: Annotated[float, typer.Option(help="First learning rate.")] = 1e-7,
+    end_lr: Annotated[float, typer.Option(help="Last learning rate.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Model init and batch order.")] = 0,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+) -> None:
+    """Learning-rate range test: loss against an exponentially growing LR; suggests a max LR."""
+    from speechcls import train as tr
+
+    if not 0 < start_lr < end_lr:
+        raise typer.BadParameter(f"need 0 < --start-lr < --end-lr, got {start_lr}, {end_lr}")
+    if steps < 2:
+        raise typer.BadParameter(f"--steps must be at least 2, got {steps}")
+    cfg = _train_config(store=store, features=features, batch_size=batch_size, seed=seed, device=device)
+    r = tr.lr_find(cfg, out, variant, start_lr, end_lr, steps)
+    typer.echo(
+        f"{out}/lr_find.csv, lr_find.png: {len(r['lr'])} steps; lowest smoothed loss at lr {r['min_loss_lr']:.3g}; "
+        f"suggested max LR {r['suggested_max_lr']:.3g}"
+    )
+
+
+@app.command()
+@user_errors
+def evaluate(
+    run: Annotated[Path, typer.Argument(metavar="RUN_DIR|CHECKPOINT", help="A run folder (best.pt) or a .pt file.")],
+    split: Annotated[str, typer.Option(help="test | validation | train.")] = "test",
+    store: StoreOpt = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+) -> None:
+    """Loss, accuracy, per-class accuracy, confusion matrix (CSV) and the most-confused pairs."""
+    from speechcls import report
+    from speechcls import train as tr
+
+    r = tr.evaluate(run, split, str(store) if store else None, device)
+    folder = run if run.is_dir() else run.parent
+    csv_path = folder / f"confusion_{split}.csv"
+    tr.write_confusion(csv_path, r["confusion"], r["classes"])
+    report.print_evaluation(r, _console())
+    typer.echo(f"confusion matrix: {csv_path}")
+
+
+@app.command()
+@user_errors
+def predict(
+    checkpoint: Annotated[Path, typer.Argument(help="A run folder (best.pt) or a .pt file.")],
+    files: Annotated[list[Path], typer.Argument(metavar="FILE.wav...", help="Audio files to classify.")],
+    top: Annotated[int, typer.Option(help="Labels per file.", min=1)] = 3,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+) -> None:
+    """Classify audio files with a trained checkpoint (the features it was trained on)."""
+    import json
+
+    from speechcls import train as tr
+
+    results = tr.predict(checkpoint, files, top, device)
+    if json_out:
+        typer.echo(json.dumps(results, indent=1))
+    else:
+        for r in results:
+            if "error" in r:
+                typer.echo(f"{r['file']}: error: {r['error']}", err=True)
+            else:
+                typer.echo(f"{r['file']}: " + ", ".join(f"{t['label']} {t['prob']:.3f}" for t in r["top"]))
+    if any("error" in r for r in results):
+        raise typer.Exit(1 if all("error" in r for r in results) else 0)
+
+
 @data_app.command("info")
 @user_errors
 def data_info(

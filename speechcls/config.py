@@ -145,6 +145,53 @@ STORE_FORMAT_VERSION = 1  # bump on any change of layout; readers refuse another
 ROW_ORDER_SEED = 0  # rows are written in a seeded shuffled order, so every chunk mixes classes
 BATCH_SIZE = 256  # clips per batched feature call (rounded up to whole chunks)
 
+# --- training (the chapter's recipe as the defaults) -------------------------------------------------
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run needs, saved as config.json and inside every checkpoint, so a run can be rebuilt."""
+
+    store: str = ""  # the feature store; "" = the one complete store under the cache
+    features: str = ""  # for a waveform store: the variant computed on the device per batch ("" = spectrogram)
+    split: str = "official"  # official (the lists, speaker-disjoint) | random (the chapter's 60/20/20)
+    split_seed: int = SPLIT_SEED
+    epochs: int = 50  # the maximum; the one-cycle schedule spans all of them
+    batch_size: int = 128
+    max_lr: float = 1e-2  # chosen by the chapter from its LR finder
+    patience: int = 3  # epochs without a lower validation loss before stopping
+    min_epochs: int = 0  # early stopping does not count before this epoch (0 = the chapter's behaviour)
+    seed: int = 0  # model init, dropout and the batch order (a function of seed and epoch)
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast on CUDA; the features stay float32)
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the model
+    loader: str = "auto"  # auto | device | host | stream
+    workers: int = 1  # background reader threads of the streaming loader
+    dropout2d: float = 0.2
+    dropout: float = 0.5
+
+    def validate(self) -> "TrainConfig":
+        if self.split not in ("official", "random"):
+            raise ValueError(f"--split {self.split!r}: choose official or random")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"--precision {self.precision!r}: choose fp32, bf16 or fp16")
+        if self.loader not in ("auto", "device", "host", "stream"):
+            raise ValueError(f"--loader {self.loader!r}: choose auto, device, host or stream")
+        if self.features not in ("", "spectrogram", "mel", "complex"):
+            raise ValueError(f"--features {self.features!r}: choose spectrogram, mel or complex")
+        for name in ("epochs", "batch_size", "workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.batch_size < 2:
+            raise ValueError("--batch-size must be at least 2 (BatchNorm1d cannot train on one example)")
+        if not self.max_lr > 0:
+            raise ValueError(f"--max-lr must be positive, got {self.max_lr}")
+        if self.patience < 1 or self.min_epochs < 0:
+            raise ValueError(f"--patience must be >= 1 and --min-epochs >= 0, got {self.patience}, {self.min_epochs}")
+        return self
+
+
+RUNS_DIRNAME = "runs"  # runs/<name>/ under the working directory, unless --out
+
 # --- download ----------------------------------------------------------------------------------------
 CONNECT_TIMEOUT_S = 10.0  # offline, `download` must fail in seconds, not hang
 CHUNK_BYTES = 1 << 20  # read size while streaming the archive to disk and hashing it

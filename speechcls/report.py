@@ -87,3 +87,17 @@ def print_store(info: dict, console) -> None:
     console.print(f"skipped files: {len(info['skipped'])}")
     for path, reason in sorted(info["skipped"].items())[:20]:
         console.print(f"  {path}: {reason}", markup=False)
+
+
+def print_evaluation(r: dict, console) -> None:
+    from rich.table import Table
+
+    console.print(f"[bold]{r['split']}[/]: {r['n']} clips, loss {r['loss']:.4f}, accuracy {r['acc']:.4f}")
+    table = Table(title="per-class accuracy", title_justify="left")
+    table.add_column("class")
+    table.add_column("acc", justify="right")
+    for c, a in r["per_class_acc"].items():
+        table.add_row(c, "-" if a is None else f"{a:.3f}")
+    console.print(table)
+    if r["most_confused"]:
+        console.print("most confused (true -> predicted: count): " + ", ".join(f"{t} -> {p}: {n}" for t, p, n in r["most_confused"]))
