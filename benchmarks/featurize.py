@@ -35,16 +35,10 @@ def bench_tree(root: Path | None, voices: int) -> Path:
 
 
 def peer_pass(root: Path, params, workers: int) -> None:
-    import torch
-
     from peer import peer_loader
 
-    threads = torch.get_num_threads()
-    try:
-        for _x, _y in peer_loader(root, params, num_workers=workers):
-            pass
-    finally:
-        torch.set_num_threads(threads)  # the peer runs on 1 thread; ours gets the machine's default back
+    for _x, _y in peer_loader(root, params, num_workers=workers):
+        pass
 
 
 def main() -> None:

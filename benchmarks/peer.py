@@ -50,11 +50,30 @@ def _one_thread(_worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
-def peer_loader(root: Path, params: FeatureParams, batch_size: int = 128, num_workers: int = 0, shuffle: bool = True, indices=None, seed: int = 0):
-    torch.set_num_threads(1)  # the main process too: it does all the work when num_workers == 0
+class PeerLoader:
+    """The DataLoader, iterated with 1 torch thread in this process too (it does all the work when
+    num_workers == 0); the thread count is given back after each epoch, so what runs next in the same
+    benchmark process (our way) gets the machine's default."""
+
+    def __init__(self, loader: torch.utils.data.DataLoader):
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield from self.loader
+        finally:
+            torch.set_num_threads(threads)
+
+
+def peer_loader(root: Path, params: FeatureParams, batch_size: int = 128, num_workers: int = 0, shuffle: bool = True, indices=None, seed: int = 0) -> PeerLoader:
     ds = PeerDataset(root, params, indices)
     g = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(
+    return PeerLoader(torch.utils.data.DataLoader(
         ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, worker_init_fn=_one_thread,
         generator=g, persistent_workers=False,
-    )  # fmt: skip
+    ))  # fmt: skip

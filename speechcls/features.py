@@ -21,6 +21,17 @@ from speechcls.config import FeatureParams
 EMPTY_MEL_FILTER = "At least one mel filterbank has all zero values"
 
 
+def resolve_device(device: str) -> str:
+    """"auto" -> "cuda" when torch sees a GPU, else "cpu"; a CUDA request without CUDA is an error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device != "cpu" and device != "cuda" and not device.startswith("cuda:"):
+        raise ValueError(f"--device {device!r}: choose auto, cpu or cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is visible to torch; use --device cpu or auto")
+    return device
+
+
 def make_transform(params: FeatureParams) -> torch.nn.Module:
     """The torchaudio transform that defines `params.variant` (identity-free: not for waveform)."""
     stft = dict(

@@ -57,18 +57,6 @@ class FeaturizeResult:
         )
 
 
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is visible to torch; use --device cpu or auto")
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"--device {device!r}: choose auto, cpu or cuda")
-    return device
-
-
 def resolve_backend(backend: str, params: FeatureParams, device: str) -> str:
     from speechcls import dali
 
@@ -168,6 +156,8 @@ def featurize(
     if batch_size <= 0:
         raise ValueError(f"--batch-size must be positive, got {batch_size}")
     store.make_codec(codec)  # refuse a bad codec name before any work
+    from speechcls.features import resolve_device
+
     device = resolve_device(device)
     backend = resolve_backend(backend, params, device)
     root = resolve_root(root, version)

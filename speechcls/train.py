@@ -49,13 +49,9 @@ class Setup:
 
 
 def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is visible to torch; use --device cpu or auto")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ValueError(f"--device {device!r}: choose auto, cpu or cuda")
-    return torch.device(device)
+    from speechcls.features import resolve_device as resolve
+
+    return torch.device(resolve(device))
 
 
 def seed_everything(seed: int) -> None:
@@ -166,6 +162,21 @@ def write_confusion(path: Path, confusion: np.ndarray, classes: list[str]) -> No
             w.writerow([c, *row])
 
 
+def train_step(model, optimizer, scheduler, scaler, cfg: TrainConfig, device: torch.device, x, y):
+    """One optimizer step on a batch: autocast forward, (scaled) backward, step, LR schedule step.
+    Returns the detached loss and the logits. Shared by fit() and the training benchmark."""
+    with _autocast(cfg, device):
+        logits = model(_prep(x, cfg))
+        loss = F.cross_entropy(logits.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    if scheduler is not None:
+        scheduler.step()
+    return loss.detach(), logits
+
+
 def _checkpoint_meta(s: Setup) -> dict:
     return {
         "config": asdict(s.cfg) | {"store": str(s.store)},
@@ -228,14 +239,7 @@ def fit(cfg: TrainConfig, out: Path, variant: str | None = None, resume: bool = 
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         for x, y in train_loader:
-            with _autocast(s.cfg, device):
-                logits = step_model(_prep(x, s.cfg))
-                loss = F.cross_entropy(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
+            loss, logits = train_step(step_model, optimizer, scheduler, scaler, s.cfg, device, x, y)
             total_loss += loss.detach() * len(y)  # stays on the device: no sync per batch
             correct += (logits.argmax(1) == y).sum()
             n += len(y)

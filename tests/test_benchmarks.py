@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from helpers import copy_tree
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,3 +49,47 @@ def test_make_tree_is_an_official_layout_tree(tmp_path):
     assert all(groups.values()) and not (groups["train"] & (groups["validation"] | groups["test"]))
     info = sf.info(tmp_path / "t" / index.paths[0])
     assert (info.samplerate, info.frames, info.channels) == (16000, 16000, 1)
+
+
+def test_train_step_quick(tmp_path, mini_root):
+    tree = copy_tree(mini_root, tmp_path / "tree", per_word=4)
+    run("train_step.py", "--quick", "--root", str(tree), "--variants", "mel", "--device", "cpu", "--out", str(tmp_path))
+    data = json.loads(next(tmp_path.glob("train_step-*.json")).read_text())
+    ways = [r["way"] for r in data["results"]]
+    assert ways[0] == "device tensors" and ways[1].startswith("speechcls loader") and ways[2] == "peer, num_workers=0"
+    assert data["results"][0]["input_overhead_pct"] == 0
+    assert all(r["samples_per_s"] > 0 for r in data["results"])
+
+
+def test_input_pipeline_quick(tmp_path, mini_root):
+    tree = copy_tree(mini_root, tmp_path / "tree", per_word=4)
+    run("input_pipeline.py", "--quick", "--root", str(tree), "--variants", "mel", "--device", "cpu", "--out", str(tmp_path))
+    data = json.loads(next(tmp_path.glob("input_pipeline-*.json")).read_text())
+    ways = [r["way"] for r in data["results"]]
+    assert ways == ["peer, num_workers=0", "speechcls device", "speechcls host", "speechcls stream",
+                    "speechcls waveform device + on-device", "speechcls waveform host + on-device",
+                    "speechcls waveform stream + on-device"]  # fmt: skip
+    n = data["machine"]["train_clips"]
+    for r in data["results"]:
+        assert r["samples"] == n and r["samples_per_s"] > 0
+        assert r["GB_per_s"] * 1e9 / r["samples_per_s"] == pytest.approx(128 * 101 * 4, rel=1e-6)  # float32 mel
+    assert all(r["ratio_vs_peer"] > 0 for r in data["results"][1:])
+
+
+def test_speechcls_bench_runs_the_scripts_and_prints_ratios(tmp_path, mini_root):
+    from typer.testing import CliRunner
+
+    from speechcls.cli import app
+
+    tree = copy_tree(mini_root, tmp_path / "tree", per_word=2)
+    r = CliRunner().invoke(app, ["bench", "featurize", "--quick", "--root", str(tree), "--out", str(tmp_path / "res")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "res").glob("featurize-*.json")
+    assert "speechcls bench" in r.output and "vs peer" in r.output
+    bad = CliRunner().invoke(app, ["bench", "nonsense"])
+    assert bad.exit_code == 1 and "unknown benchmark" in bad.output
+
+
+def test_gpu_check_script_is_valid_bash():
+    subprocess.run(["bash", "-n", str(REPO / "benchmarks" / "gpu_check.sh")], check=True)
+    subprocess.run(["bash", "-n", str(REPO / "tools" / "gpu_wheels.sh")], check=True)

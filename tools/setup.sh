@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set speechcls up on a fresh machine, idempotently (fast when already done):
-#   1. the system package the demo and tests need: espeak-ng (synthetic speech);
+#   1. the system packages the demo and tests need: espeak-ng (synthetic speech), chromium (report test);
 #   2. a virtual environment ($VENV, default .venv) with speechcls and its test extra, editable.
 # torch comes from pip's usual sources; on the development machines pip takes 2.14.1 from local disk.
 set -euo pipefail
@@ -8,15 +8,19 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 
-if ! command -v espeak-ng >/dev/null 2>&1; then
+# espeak-ng speaks the demo data; chromium renders the HTML report in the tests (Debian's packages)
+missing=()
+command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ]; then
     if command -v apt-get >/dev/null 2>&1; then
         SUDO=""
         [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-        echo "setup: installing espeak-ng (apt-get)"
+        echo "setup: installing ${missing[*]} (apt-get)"
         $SUDO apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq espeak-ng >/dev/null
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
     else
-        echo "setup: espeak-ng is missing; install it with your package manager (brew/dnf install espeak-ng)" >&2
+        echo "setup: ${missing[*]} missing; install with your package manager (e.g. brew install espeak-ng chromium)" >&2
     fi
 fi
 

@@ -1,0 +1,65 @@
+"""`speechcls bench`: runs the benchmark scripts of a source checkout (benchmarks/*.py) and prints a
+short table of the ratios last. The scripts and the peer they measure against live in benchmarks/,
+beside the package, not inside it: they are for measuring, not for import by users.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPTS = {
+    "featurize": "featurize.py",
+    "input": "input_pipeline.py",
+    "train": "train_step.py",
+    "store": "store_codecs.py",
+}
+
+
+def benchmarks_dir() -> Path:
+    here = Path(__file__).resolve().parents[1] / "benchmarks"
+    if not (here / "common.py").is_file():
+        raise ValueError(
+            f"no benchmarks/ beside the speechcls package ({here}): `speechcls bench` runs from a source "
+            "checkout (git clone, then pip install -e .)"
+        )
+    return here
+
+
+def run(which: list[str], quick: bool = False, root: Path | None = None, out: Path | None = None, extra: list[str] = ()) -> list[Path]:
+    """Run each benchmark in a fresh process (timings are not disturbed by the others' threads and
+    memory); returns the JSON result files written."""
+    folder = benchmarks_dir()
+    out = Path(out) if out else folder / "results"
+    written = []
+    for name in which:
+        if name not in SCRIPTS:
+            raise ValueError(f"unknown benchmark {name!r}: choose {', '.join(SCRIPTS)} or all")
+        cmd = [sys.executable, str(folder / SCRIPTS[name]), "--out", str(out), *extra]
+        if quick:
+            cmd.append("--quick")
+        if root is not None and name != "store":
+            cmd += ["--root", str(root)]
+        before = {p: p.stat().st_mtime for p in out.glob("*.json")} if out.is_dir() else {}
+        subprocess.run(cmd, check=True)
+        written += [p for p in out.glob("*.json") if before.get(p) != p.stat().st_mtime]
+    return written
+
+
+def summary(files: list[Path]) -> list[tuple[str, str, str, str]]:
+    """(benchmark, variant, way, the number that matters) for the short table."""
+    rows = []
+    for f in files:
+        data = json.loads(f.read_text())
+        name = f.stem.rsplit("-", 1)[0]
+        for r in data["results"]:
+            if "ratio_vs_peer" in r:
+                rate = r.get("clips_per_s", r.get("samples_per_s"))
+                rows.append((name, r["variant"], r["way"], f"{rate:,.0f}/s, x{r['ratio_vs_peer']:.2f} vs peer"))
+            elif "input_overhead_pct" in r and r["way"].startswith("speechcls"):
+                rows.append((name, r["variant"], r["way"], f"{r['samples_per_s']:,.1f}/s, input overhead {r['input_overhead_pct']:.1f} %"))
+            elif name == "store_codecs" and r["codec"] == "blosc-lz4-5-bitshuffle":
+                rows.append((name, f"{r['variant']} {r['dtype']}", f"chunk {r['chunk_rows']}", f"ratio {r['ratio']:.2f}"))
+    return rows

@@ -1,0 +1,293 @@
+"""The chapter's figures from the command line (matplotlib, Agg backend: no display needed).
+
+Each function writes one file whose format follows its suffix (.png, .svg, .pdf) and returns its path.
+Figure numbers refer to the chapter: wave 22.1, dft 22.2, spectrogram 22.3, melbank 22.7,
+mel-vs-fourier 22.8, lr 22.4/22.9/22.12, curves 22.5/22.10/22.13, confusion 22.6/22.11/22.14.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from speechcls import config
+from speechcls.config import FeatureParams
+
+FIGSIZE = (9, 5.5)  # inches at DPI: 900 x 550 pixels, above the 640 x 480 a figure needs to be legible
+DPI = 100
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, out: Path) -> Path:
+    out = Path(out)
+    if out.suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise ValueError(f"--out {out}: use a .png, .svg or .pdf file name")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=DPI)
+    _plt().close(fig)
+    return out
+
+
+def _clip(path: Path, pad: bool = True) -> np.ndarray:
+    """The clip as featurize sees it: mono float32 at 16 kHz (padded / truncated to one second)."""
+    from speechcls.decode import BadAudio, fit_length, read_audio, resample
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    try:
+        audio, rate = read_audio(path)
+    except BadAudio as e:
+        raise ValueError(f"{path}: not readable audio ({e})") from e
+    if rate != config.SAMPLE_RATE:
+        audio = resample(audio, rate, config.SAMPLE_RATE)
+    return fit_length(audio, config.CLIP_SAMPLES) if pad else audio
+
+
+def _features(wave: np.ndarray, variant: str, power: float | None = None):
+    import torch
+
+    from speechcls.features import FeatureExtractor, make_transform
+
+    params = FeatureParams(variant)
+    if power is not None:  # the chapter displays sqrt magnitudes: power 0.5
+        t = make_transform(params)
+        t.power = power
+        return t(torch.from_numpy(wave)).numpy()
+    return FeatureExtractor(params)(torch.from_numpy(wave)[None])[0].numpy()
+
+
+def wave(file: Path, out: Path) -> Path:
+    x = _clip(file, pad=False)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=FIGSIZE)
+    ax.plot(np.arange(len(x)) / config.SAMPLE_RATE, x, lw=0.4, color="#222222")
+    ax.set(title=f"{Path(file).name}: sound wave", xlabel="time [s]", ylabel="amplitude")
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def dft(file: Path, out: Path) -> Path:
+    x = _clip(file)
+    mag = np.abs(np.fft.fft(x))[: len(x) // 2]
+    freqs = np.arange(len(mag)) * config.SAMPLE_RATE / len(x)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=FIGSIZE)
+    ax.plot(freqs, mag, lw=0.4, color="#222222")
+    ax.set(title=f"{Path(file).name}: discrete Fourier transform (first half)", xlabel="frequency [Hz]", ylabel="magnitude")
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def spectrogram(file: Path, out: Path, variant: str = "spectrogram") -> Path:
+    """Spectrogram as an image: sqrt magnitude like the chapter, log-frequency axis in Hz, time in s;
+    mel: the mel power (sqrt) on mel bands; complex: real and imaginary parts in two panels."""
+    if variant not in ("spectrogram", "mel", "complex"):
+        raise ValueError(f"--variant {variant!r}: choose spectrogram, mel or complex")
+    x = _clip(file)
+    params = FeatureParams(variant)
+    frames = params.shape[-1]
+    t = np.arange(frames) * params.hop_length / config.SAMPLE_RATE
+    plt = _plt()
+    name = Path(file).name
+    if variant == "complex":
+        z = _features(x, "complex")  # (2, F, T)
+        freqs = np.arange(z.shape[1]) * config.SAMPLE_RATE / params.n_fft
+        fig, axes = plt.subplots(1, 2, figsize=(12, 5.5), sharey=True)
+        lim = np.abs(z).max() ** 0.5
+        for ax, part, title in zip(axes, z, ("real", "imaginary")):
+            shown = np.sign(part) * np.abs(part) ** 0.5  # signed sqrt keeps the sign visible
+            m = ax.pcolormesh(t, freqs[1:], shown[1:], shading="nearest", cmap="RdBu_r", vmin=-lim, vmax=lim)
+            ax.set(yscale="log", title=f"{title} part (signed square root)", xlabel="time [s]")
+        axes[0].set_ylabel("frequency [Hz] (log)")
+        fig.suptitle(f"{name}: complex spectrogram")
+        fig.colorbar(m, ax=axes)
+        return _save(fig, out)
+    fig, ax = plt.subplots(figsize=FIGSIZE)
+    if variant == "mel":
+        spec = _features(x, "mel")[0] ** 0.5
+        mels = np.linspace(_hz_to_mel(0), _hz_to_mel(config.SAMPLE_RATE / 2), params.n_mels + 2)[1:-1]
+        freqs = _mel_to_hz(mels)  # centre frequency of each HTK filter
+        title = f"{name}: mel spectrogram, {params.n_mels} filters"
+    else:
+        spec = _features(x, "spectrogram", power=0.5)
+        freqs = np.arange(spec.shape[0]) * config.SAMPLE_RATE / params.n_fft
+        spec, freqs = spec[1:], freqs[1:]  # 0 Hz has no place on a log axis
+        title = f"{name}: spectrogram, window {params.win_length}"
+    m = ax.pcolormesh(t, freqs, spec, shading="nearest", cmap="gray")
+    ax.set(yscale="log", title=title, xlabel="time [s]", ylabel="frequency [Hz] (log)")
+    fig.colorbar(m, ax=ax, label="magnitude (square root)")
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def _hz_to_mel(f):
+    return 2595.0 * np.log10(1.0 + np.asarray(f) / 700.0)  # HTK, as torchaudio's default
+
+
+def _mel_to_hz(m):
+    return 700.0 * (10 ** (np.asarray(m) / 2595.0) - 1.0)
+
+
+def melbank(out: Path, n_mels: int = 16) -> Path:
+    import torchaudio
+
+    if not 1 <= n_mels <= 257:
+        raise ValueError(f"--n-mels {n_mels}: choose 1 to 257")
+    fb = torchaudio.functional.melscale_fbanks(257, 0.0, config.SAMPLE_RATE / 2, n_mels, config.SAMPLE_RATE).numpy()
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=FIGSIZE)
+    for j in range(n_mels):
+        ax.plot(np.arange(1, 258), fb[:, j], lw=1)
+    ax.set(title=f"Mel filter bank: {n_mels} filters over 257 Fourier coefficients", xlabel="Fourier coefficient", ylabel="contribution to mel coefficient")
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def mel_vs_fourier(file: Path, out: Path, frame: int = 31) -> Path:
+    """One frame's Fourier coefficients (first 128) and its 128 mel coefficients, as in fig. 22.8."""
+    x = _clip(file)
+    spec = _features(x, "spectrogram")[0]  # (257, 101)
+    if not 0 <= frame < spec.shape[1]:
+        raise ValueError(f"--frame {frame}: choose 0 to {spec.shape[1] - 1}")
+    mel = _features(x, "mel")[0]
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=FIGSIZE)
+    k = np.arange(1, 129)
+    ax.plot(k, spec[:128, frame], label="fourier", lw=1.2)
+    ax.plot(k, mel[:, frame], label="mel", lw=1.2)
+    ax.set(title=f"{Path(file).name}: frame {frame}, Fourier vs mel coefficients", xlabel="coefficient", ylabel="magnitude (power)")
+    ax.legend()
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def lr(source: Path, out: Path, beta: float = 0.98) -> Path:
+    path = Path(source)
+    if path.is_dir():
+        path = path / "lr_find.csv"
+    if not path.is_file():
+        raise ValueError(f"{path}: no lr_find.csv; run `speechcls lr-find --out DIR` first")
+    with open(path, newline="") as f:
+        rows = [(float(r["lr"]), float(r["loss"])) for r in csv.DictReader(f)]
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    lrs, losses = map(np.array, zip(*rows))
+    avg, smooth = 0.0, []
+    for i, v in enumerate(losses):
+        avg = beta * avg + (1 - beta) * v
+        smooth.append(avg / (1 - beta ** (i + 1)))
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=FIGSIZE)
+    ax.plot(lrs, losses, color="#bbbbbb", lw=0.8, label="loss")
+    ax.plot(lrs, smooth, color="#1f77b4", lw=1.6, label="smoothed")
+    ax.set(xscale="log", title="Learning rate finder", xlabel="learning rate", ylabel="loss")
+    ax.legend()
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def _run_file(run: Path, name: str, hint: str) -> Path:
+    run = Path(run)
+    if not run.is_dir():
+        raise ValueError(f"{run}: no such run folder")
+    path = run / name
+    if not path.is_file():
+        raise ValueError(f"{run}: no {name} in this folder; {hint}")
+    return path
+
+
+def curves(run: Path, out: Path) -> Path:
+    from speechcls.train import read_log
+
+    log = read_log(_run_file(run, "log.csv", "is it a `speechcls train` run folder?"))
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    for ax, key in zip(axes, ("loss", "acc")):
+        for split, style in (("train", "-o"), ("valid", "-s")):
+            pts = [(r["epoch"], r[key]) for r in log if r["set"] == split]
+            if pts:
+                ax.plot(*zip(*pts), style, ms=3, label=split)
+        ax.set(xlabel="epoch", ylabel=key, title=f"{Path(run).name}: {key}")
+        ax.legend()
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def confusion(run: Path, out: Path, min_share: float = 0.001) -> Path:
+    """Row-normalized confusion heatmap (rows = true class) and the chapter's alluvial view:
+    predictions (left) flowing into targets (right); pairs rarer than `min_share` of the test set
+    are hidden, as in the chapter (a thousandth)."""
+    metrics = json.loads(_run_file(run, "metrics.json", "train (or evaluate) first").read_text())
+    conf = np.array(metrics["confusion"], dtype=float)
+    classes = metrics["classes"]
+    k = len(classes)
+    plt = _plt()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(16, 8), gridspec_kw={"width_ratios": [1.1, 1]})
+    norm = conf / np.maximum(conf.sum(1, keepdims=True), 1)
+    im = ax1.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax1.set_xticks(range(k), classes, rotation=90, fontsize=7)
+    ax1.set_yticks(range(k), classes, fontsize=7)
+    ax1.set(xlabel="predicted", ylabel="true", title=f"confusion (row-normalized), test acc {metrics['test_acc']:.3f}")
+    fig.colorbar(im, ax=ax1, fraction=0.046)
+    _alluvial(ax2, conf, classes, min_share)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def _alluvial(ax, conf: np.ndarray, classes: list[str], min_share: float) -> None:
+    """Bands from predicted (x=0) to target (x=1), stacked in class order on both sides; correct
+    predictions light grey, errors darker, as in the chapter's figure."""
+    total = conf.sum()
+    shown = np.where(conf >= min_share * total, conf, 0)
+    k = len(classes)
+    gap = 0.004 * shown.sum()
+    left_size = shown.sum(0)  # by predicted class
+    right_size = shown.sum(1)  # by true class
+    left_top = np.concatenate([[0], np.cumsum(left_size + gap)])[:-1]
+    right_top = np.concatenate([[0], np.cumsum(right_size + gap)])[:-1]
+    left_used, right_used = left_top.copy(), right_top.copy()
+    s = np.linspace(0, 1, 50)
+    ease = 3 * s**2 - 2 * s**3
+    for p in range(k):  # predicted
+        for t in range(k):  # true
+            n = shown[t, p]
+            if n <= 0:
+                continue
+            y0a, y1a = left_used[p], left_used[p] + n
+            y0b, y1b = right_used[t], right_used[t] + n
+            left_used[p] += n
+            right_used[t] += n
+            lower = y0a + (y0b - y0a) * ease
+            upper = y1a + (y1b - y1a) * ease
+            color = "#d1d1d1" if p == t else "#7a7a7a"
+            ax.fill_between(0.1 + 0.8 * s, lower, upper, color=color, alpha=0.9 if p != t else 0.8, lw=0)
+    for i, c in enumerate(classes):
+        for x, top, size, ha in ((0.1, left_top[i], left_size[i], "right"), (0.9, right_top[i], right_size[i], "left")):
+            if size > 0:
+                ax.add_patch(_rect(x - 0.01, top, 0.02, size))
+                ax.text(x + (-0.02 if ha == "right" else 0.02), top + size / 2, c, ha=ha, va="center", fontsize=7)
+    ax.set_xlim(-0.1, 1.1)
+    ax.set_ylim(max(left_top[-1] + left_size[-1], right_top[-1] + right_size[-1]), 0)
+    ax.set_xticks([0.1, 0.9], ["predicted", "target"])
+    ax.set_yticks([])
+    for side in ("top", "right", "left"):
+        ax.spines[side].set_visible(False)
+    ax.set_title(f"predictions flowing into targets (pairs under {min_share:g} of the test set hidden)")
+
+
+def _rect(x, y, w, h):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((x, y), w, h, color="#333333")
