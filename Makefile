@@ -20,7 +20,7 @@ demo: setup
 	$(BIN)/speechcls featurize --variant mel --root $(DEMO_TREE)
 	$(BIN)/speechcls info cache/synth_commands/mel-*.zarr
 	@if [ -f $(DEMO_RUN)/metrics.json ]; then echo "$(DEMO_RUN): already trained"; else \
-		$(BIN)/speechcls train --variant mel --epochs 6 --min-epochs 6 --out $(DEMO_RUN); fi
+		$(BIN)/speechcls train --variant mel --epochs 16 --min-epochs 16 --out $(DEMO_RUN); fi
 	$(BIN)/speechcls evaluate $(DEMO_RUN)
 	$(BIN)/speechcls predict $(DEMO_RUN) $(DEMO_TREE)/$$(head -n 1 $(DEMO_TREE)/testing_list.txt)
 	$(BIN)/speechcls plot spectrogram $(DEMO_TREE)/$$(head -n 1 $(DEMO_TREE)/testing_list.txt) --out $(DEMO_RUN)/spectrogram.png

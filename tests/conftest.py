@@ -9,20 +9,21 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SPEECHCLS_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+def _shared(name: str, what: str) -> Path:
+    root = SHARED_DATA / name
+    if not root.is_dir():
+        pytest.skip(f"{what} not found at {root} (set SPEECHCLS_SHARED_DATA)")
+    return root
+
+
 @pytest.fixture(scope="session")
 def mini_root() -> Path:
-    root = SHARED_DATA / "speech_commands_v0.01_mini"
-    if not root.is_dir():
-        pytest.skip(f"real Speech Commands clips not found at {root} (set SPEECHCLS_SHARED_DATA)")
-    return root
+    return _shared("speech_commands_v0.01_mini", "real Speech Commands clips")
 
 
 @pytest.fixture(scope="session")
 def fsdd_root() -> Path:
-    root = SHARED_DATA / "fsdd"
-    if not root.is_dir():
-        pytest.skip(f"FSDD not found at {root} (set SPEECHCLS_SHARED_DATA)")
-    return root
+    return _shared("fsdd", "FSDD")
 
 
 @pytest.fixture(scope="session")
