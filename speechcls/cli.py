@@ -179,9 +179,13 @@ def featurize(
         variant=variant, n_fft=n_fft, win_length=win_length, hop_length=hop_length, n_mels=n_mels,
         f_min=f_min, f_max=f_max, normalized=normalized, dtype=dtype,
     ).validate()  # fmt: skip
+    from speechcls import dist
+
+    main = dist.from_env().main  # under torchrun, rank 0 alone shows progress and the summary
     with Progress(
         "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]} clips/s"), TimeRemainingColumn(), console=_console(stderr=True), transient=True,
+        TextColumn("{task.fields[rate]} clips/s"), TimeRemainingColumn(), console=_console(stderr=True),
+        transient=True, disable=not main,
     ) as bar:  # fmt: skip
         task = bar.add_task(f"featurize {variant}", total=None, rate="-")
         state = {}
@@ -203,6 +207,8 @@ def featurize(
             params, root, version, out, backend, device, batch_size, chunk_rows, codec or store.DEFAULT_CODEC,
             overwrite, on_start=on_start, on_block=on_block,
         )  # fmt: skip
+    if not main:
+        return
     err = _console(stderr=True)
     for rel, reason in sorted(result.skipped.items())[:20]:
         err.print(f"skipped {rel}: {reason}", markup=False)

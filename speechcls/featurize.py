@@ -176,7 +176,18 @@ def featurize(
         "chunk_rows": chunk_rows,
     }
     engine = {"backend": backend, "device": device}
-    status = _existing(path, request, engine, overwrite)
+    from speechcls import dist
+
+    rank = dist.init(device)
+    # rank 0 alone decides (and creates the store); every rank gets its verdict, errors included,
+    # so no rank waits at a barrier for a store that will never come
+    try:
+        status = _existing(path, request, engine, overwrite) if rank.main else None
+    except ValueError as e:
+        status = e
+    status = dist.broadcast(rank, status)
+    if isinstance(status, ValueError):
+        raise status
     if status == "present":
         info = store.store_info(path)
         return FeaturizeResult(
@@ -184,38 +195,20 @@ def featurize(
             info["bytes_on_disk"], info["compression_ratio"], backend, device,
         )  # fmt: skip
 
-    from speechcls.features import empty_mel_filters
-
     try:
-        if status == "resume":
+        if not rank.main:
+            dist.barrier(rank)  # rank 0 has made or checked the store
             writer = store.StoreWriter.reopen(path)
-            layout = writer.layout
+        elif status == "resume":
+            writer = store.StoreWriter.reopen(path)
+            dist.barrier(rank)
         else:
-            attrs = {
-                "variant": params.variant,
-                "params": params.describing(),
-                "sample_rate": params.sample_rate,
-                "clip_samples": params.clip_samples,
-                "classes": index.classes,
-                "dataset": {
-                    "name": index.name,
-                    "version": version if index.name == config.release(version).name else None,
-                    "source_root": str(Path(root).resolve()),
-                    "official_split": index.official is not None,
-                    "missing_list_entries": index.missing,
-                },
-                "row_order_seed": row_seed,
-                "engine": engine,
-                "packages": store.package_versions(),
-                "command": " ".join(["speechcls", *map(shlex.quote, sys.argv[1:])]) if _from_cli() else None,
-                "notes": (
-                    [f"{empty_mel_filters(params)} of {params.n_mels} mel filters are all zero at n_fft "
-                     f"{params.n_fft} (torchaudio warns); expected with the chapter's settings"]
-                    if empty_mel_filters(params) else []
-                ),
-            }  # fmt: skip
+            attrs = _store_attrs(params, index, version, root, row_seed, engine)
             writer = store.StoreWriter.create(path, params, request, rows, layout, codec, attrs)
-        result = _run(writer, layout, index.root, rows["path"], params, backend, device, workers, on_start, on_block)
+            dist.barrier(rank)  # the store exists: the others may open it
+        layout = writer.layout
+        device = dist.local_device(device, rank)
+        result = _run(writer, layout, index.root, rows["path"], params, backend, device, workers, on_start, on_block, rank)
     except OSError as e:
         raise ValueError(
             f"cannot write the store at {path}: {e.strerror or e}. Free space or choose another --out; the store "
@@ -225,18 +218,51 @@ def featurize(
     return result
 
 
+def _store_attrs(params: FeatureParams, index: DatasetIndex, version: str, root, row_seed: int, engine: dict) -> dict:
+    """What a new store records about itself, besides its layout."""
+    from speechcls.features import empty_mel_filters
+
+    empty = empty_mel_filters(params)
+    return {
+        "variant": params.variant,
+        "params": params.describing(),
+        "sample_rate": params.sample_rate,
+        "clip_samples": params.clip_samples,
+        "classes": index.classes,
+        "dataset": {
+            "name": index.name,
+            "version": version if index.name == config.release(version).name else None,
+            "source_root": str(Path(root).resolve()),
+            "official_split": index.official is not None,
+            "missing_list_entries": index.missing,
+        },
+        "row_order_seed": row_seed,
+        "engine": engine,
+        "packages": store.package_versions(),
+        "command": " ".join(["speechcls", *map(shlex.quote, sys.argv[1:])]) if _from_cli() else None,
+        "notes": (
+            [f"{empty} of {params.n_mels} mel filters are all zero at n_fft {params.n_fft} (torchaudio warns); "
+             "expected with the chapter's settings"] if empty else []
+        ),  # fmt: skip
+    }
+
+
 def _from_cli() -> bool:
     return Path(sys.argv[0]).name in ("speechcls", "__main__.py")
 
 
-def _run(writer, layout, root, paths, params, backend, device, workers, on_start, on_block) -> FeaturizeResult:
+def _run(writer, layout, root, paths, params, backend, device, workers, on_start, on_block, rank) -> FeaturizeResult:
+    """Featurize the blocks not yet done that belong to this rank (contiguous ranges of blocks, so
+    ranks write disjoint chunk files); rank 0 marks the store complete once every rank is through."""
     import torch
 
-    from speechcls import decode
+    from speechcls import decode, dist
     from speechcls.features import FeatureExtractor
 
-    start_block = writer.blocks_done
-    on_start(layout.n, layout.block(start_block).start if start_block < layout.n_blocks else layout.n)
+    mine = [b for b in range(layout.n_blocks) if b * rank.world // layout.n_blocks == rank.rank]
+    todo = [b for b in writer.todo() if b in set(mine)]
+    size = lambda blocks: sum(layout.block(b).stop - layout.block(b).start for b in blocks)  # noqa: E731
+    on_start(size(mine), size(mine) - size(todo))
     workers = workers or os.cpu_count() or 1
     extractor = FeatureExtractor(params).to(device)
     out_dtype = torch.float16 if params.store_dtype == "float16" else None
@@ -254,11 +280,11 @@ def _run(writer, layout, root, paths, params, backend, device, workers, on_start
     computed = 0
     with ThreadPoolExecutor(workers) as pool, ThreadPoolExecutor(1) as ahead:
         pending = None
-        for b in range(start_block, layout.n_blocks):
+        for k, b in enumerate(todo):
             rels = list(paths[layout.block(b)])
             batch = pending.result() if pending is not None else decode_block(rels, pool)
-            if b + 1 < layout.n_blocks:  # decode the next block while this one is transformed and written
-                pending = ahead.submit(decode_block, list(paths[layout.block(b + 1)]), pool)
+            if k + 1 < len(todo):  # decode the next block while this one is transformed and written
+                pending = ahead.submit(decode_block, list(paths[layout.block(todo[k + 1])]), pool)
             if transform is not None:
                 feats = transform(batch.wave)
             else:
@@ -270,22 +296,26 @@ def _run(writer, layout, root, paths, params, backend, device, workers, on_start
                     feats = y.cpu().numpy()  # note: a sync point; the next block is decoding meanwhile
             if out_dtype is not None and feats.dtype != np.float16:
                 feats = feats.astype(np.float16)
-            writer.write_block(b, feats, batch.valid, batch.skipped, batch.resampled)
+            writer.write_block(b, feats, batch.valid, batch.skipped, batch.resampled, rels)
             computed += len(rels)
             on_block(len(rels))
     seconds = time.perf_counter() - t0
-    feat_bytes = store.dir_bytes(Path(writer.group.store.root) / "features")
+    dist.barrier(rank)  # every rank's blocks are on disk
+    store_root = Path(writer.group.store.root)
+    feat_bytes = store.dir_bytes(store_root / "features")
     raw = writer.features.nbytes
-    writer.finish(
-        {
-            "seconds": seconds,
-            "clips_per_s": computed / seconds if seconds else None,
-            "features_bytes_on_disk": feat_bytes,
-            "compression_ratio": raw / feat_bytes if feat_bytes else None,
-        }
-    )
+    if rank.main:
+        writer.finish(
+            {
+                "seconds": seconds,
+                "clips_per_s": computed / seconds if seconds else None,
+                "features_bytes_on_disk": feat_bytes,
+                "compression_ratio": raw / feat_bytes if feat_bytes else None,
+                "ranks": rank.world,
+            }
+        )
+    dist.barrier(rank)  # rank 0 has marked it complete
     return FeaturizeResult(
-        Path(writer.group.store.root), "written", layout.n, writer.skipped, writer.resampled, seconds, computed,
-        store.dir_bytes(Path(writer.group.store.root)), raw / feat_bytes if feat_bytes else float("nan"),
-        backend, device,
+        store_root, "written", layout.n, writer.skipped(), int(writer.resampled[:].sum()), seconds, computed,
+        store.dir_bytes(store_root), raw / feat_bytes if feat_bytes else float("nan"), backend, device,
     )  # fmt: skip

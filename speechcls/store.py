@@ -8,12 +8,15 @@ Layout (N = every indexed clip, rows in a seeded shuffled order so each chunk mi
     split     (N,) int8       official split: 0 train, 1 validation, 2 test (-1: the tree has no lists)
     speaker   (N,) str
     path      (N,) str        relative to the source root
+    skip_reason (N,) str      why a clip was skipped ("" for a valid row), chunked like features
+    done      (B,) bool       block b (a run of whole chunks) is written; one file per block
+    resampled (B,) int32      clips of block b that were resampled; one file per block
 
 Writing and reading are separate objects. Crash safety: zarr's LocalStore writes every chunk and every
-zarr.json through a temporary file and a rename, the blocks are written in order, and the progress
-(blocks done, skipped files) is recorded in the attributes after each block, so a killed run resumes at
-the first unrecorded block; `complete` is set last. Readers refuse an incomplete store or another
-format version.
+zarr.json through a temporary file and a rename; a block's `done` flag is written after its chunks, so a
+killed run redoes exactly the blocks not marked done; `complete` is set last. Every per-block record is
+a file of its own, so ranks of a distributed run writing disjoint blocks never write the same file.
+Readers refuse an incomplete store or another format version.
 """
 
 from __future__ import annotations
@@ -108,17 +111,16 @@ class Layout:
 
 
 class StoreWriter:
-    """Creates a store or reopens an unfinished one, writes blocks in order, marks it complete."""
+    """Creates a store or reopens an unfinished one, writes blocks, marks it complete."""
 
     def __init__(self, group, layout: Layout):
         self.group = group
         self.layout = layout
         self.features = group["features"]
         self.valid = group["valid"]
-        progress = group.attrs["progress"]
-        self.blocks_done: int = progress["blocks_done"]
-        self.skipped: dict[str, str] = dict(progress["skipped"])
-        self.resampled: int = progress["resampled"]
+        self.done = group["done"]
+        self.reasons = group["skip_reason"]
+        self.resampled = group["resampled"]
 
     @classmethod
     def create(
@@ -139,12 +141,15 @@ class StoreWriter:
             shutil.rmtree(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         group = zarr.open_group(str(path), mode="w")
-        n = layout.n
+        n, blocks = layout.n, layout.n_blocks
         group.create_array(
             "features", shape=(n, *params.shape), chunks=(layout.chunk_rows, *params.shape),
             dtype=params.store_dtype, compressors=compressors, fill_value=0,
         )  # fmt: skip
         group.create_array("valid", shape=(n,), chunks=(layout.chunk_rows,), dtype="bool", fill_value=False)
+        group.create_array("skip_reason", shape=(n,), chunks=(layout.chunk_rows,), dtype=str)
+        group.create_array("done", shape=(blocks,), chunks=(1,), dtype="bool", fill_value=False)
+        group.create_array("resampled", shape=(blocks,), chunks=(1,), dtype="int32", fill_value=0)
         for name, values in rows.items():  # label, split, speaker, path: known before any decoding
             arr = group.create_array(name, shape=(n,), chunks=(max(n, 1),), dtype=values.dtype if values.dtype.kind != "U" else str)
             arr[:] = values
@@ -157,7 +162,6 @@ class StoreWriter:
                 "chunk_rows": layout.chunk_rows,
                 "block_rows": layout.block_rows,
                 "complete": False,
-                "progress": {"blocks_done": 0, "skipped": {}, "resampled": 0},
             }
         )
         return cls(group, layout)
@@ -170,23 +174,31 @@ class StoreWriter:
         n = group["features"].shape[0]
         return cls(group, Layout(n, group.attrs["chunk_rows"], group.attrs["block_rows"]))
 
-    def write_block(self, b: int, features: np.ndarray, valid: np.ndarray, skipped: dict[str, str], resampled: int) -> None:
-        if b != self.blocks_done:
-            raise AssertionError(f"blocks are written in order: expected {self.blocks_done}, got {b}")
+    def todo(self) -> list[int]:
+        """Blocks not yet written, in order."""
+        return [int(b) for b in np.flatnonzero(~self.done[:])]
+
+    def write_block(self, b: int, features: np.ndarray, valid: np.ndarray, skipped: dict[str, str], resampled: int, paths) -> None:
         rows = self.layout.block(b)
         features[~valid] = 0  # a skipped clip keeps its row, zero-filled
         self.features[rows] = features
         self.valid[rows] = valid
-        self.blocks_done += 1
-        self.skipped.update(skipped)
-        self.resampled += resampled
-        # recorded only once the block's chunks are on disk: a kill before this line redoes the block
-        self.group.attrs["progress"] = {"blocks_done": self.blocks_done, "skipped": self.skipped, "resampled": self.resampled}
+        self.reasons[rows] = np.array([skipped.get(p, "") for p in paths], dtype=str)
+        self.resampled[b] = resampled
+        # marked only once the block's chunks are on disk: a kill before this line redoes the block
+        self.done[b] = True
+
+    def skipped(self) -> dict[str, str]:
+        reasons = self.reasons[:]
+        paths = self.group["path"][:]
+        return {str(paths[i]): str(reasons[i]) for i in np.flatnonzero(reasons != "")}
 
     def finish(self, extra: dict) -> None:
-        if self.blocks_done != self.layout.n_blocks:
+        if not self.done[:].all():
             raise AssertionError("finish() before every block was written")
-        self.group.attrs.update({**extra, "skipped": self.skipped, "resampled": self.resampled, "complete": True})
+        self.group.attrs.update(
+            {**extra, "skipped": self.skipped(), "resampled": int(self.resampled[:].sum()), "complete": True}
+        )
 
 
 def read_attrs(path: Path) -> dict:
@@ -210,11 +222,10 @@ def open_store(path: str | Path, require_complete: bool = True):
             "featurize again with --overwrite"
         )
     if require_complete and not group.attrs.get("complete"):
-        progress = group.attrs.get("progress", {})
+        done = group["done"][:]
         raise IncompleteStore(
-            f"{path}: the store is incomplete ({progress.get('blocks_done', 0)} of "
-            f"{-(-group['features'].shape[0] // group.attrs['block_rows'])} blocks written); finish it by running "
-            f"the same command again: {group.attrs.get('command', 'speechcls featurize ...')}"
+            f"{path}: the store is incomplete ({int(done.sum())} of {len(done)} blocks written); finish it by "
+            f"running the same command again: {group.attrs.get('command') or 'speechcls featurize ...'}"
         )
     return group
 
@@ -245,7 +256,7 @@ def store_info(path: str | Path) -> dict:
         "classes": attrs["classes"],
         "valid": int(valid.sum()),
         "per_split": per_split,
-        "skipped": attrs.get("skipped", attrs.get("progress", {}).get("skipped", {})),
+        "skipped": attrs["skipped"] if "skipped" in attrs else StoreWriter(group, None).skipped(),
         "params": attrs["params"],
         "dataset": attrs.get("dataset", {}),
     }
