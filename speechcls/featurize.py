@@ -160,7 +160,14 @@ def featurize(
 
     device = resolve_device(device)
     backend = resolve_backend(backend, params, device)
+    from speechcls import dist
+
+    rank = dist.init(device)
+    if not rank.main:
+        dist.barrier(rank)  # rank 0 alone downloads a missing tree
     root = resolve_root(root, version)
+    if rank.main:
+        dist.barrier(rank)
     index = index_tree(root)
     perm, rows = row_arrays(index, row_seed)
     chunk_rows = chunk_rows or store.default_chunk_rows(params)
@@ -176,9 +183,6 @@ def featurize(
         "chunk_rows": chunk_rows,
     }
     engine = {"backend": backend, "device": device}
-    from speechcls import dist
-
-    rank = dist.init(device)
     # rank 0 alone decides (and creates the store); every rank gets its verdict, errors included,
     # so no rank waits at a barrier for a store that will never come
     try:
