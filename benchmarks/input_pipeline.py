@@ -46,8 +46,6 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="one epoch each, no warm-up, peer workers 0 (tests)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    import torch
-
     from peer import peer_loader
     from speechcls.config import FeatureParams
     from speechcls.dataset import index_tree

@@ -274,7 +274,7 @@ def train(
     else:
         from speechcls.loader import find_store
 
-        run_dir = out or tr.default_run_dir(cfg, Path(cfg.store) if cfg.store else find_store(variant))
+        run_dir = out or tr.default_run_dir(Path(cfg.store) if cfg.store else find_store(variant))
     metrics = _fit_with_progress(tr, cfg, run_dir, variant, resume is not None)
     typer.echo(
         f"{run_dir}: test loss {metrics['test_loss']:.4f} acc {metrics['test_acc']:.4f} after {metrics['epochs_run']} "

@@ -14,7 +14,7 @@ import shlex
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -38,7 +38,6 @@ class FeaturizeResult:
     compression_ratio: float
     backend: str = ""
     device: str = ""
-    notes: list[str] = field(default_factory=list)
 
     @property
     def clips_per_s(self) -> float:

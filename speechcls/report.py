@@ -106,7 +106,7 @@ def print_evaluation(r: dict, console) -> None:
 CHAPTER = {"spectrogram": (32, 0.3776, 0.8898), "mel": (19, 0.5081, 0.8555), "complex": (40, 0.2373, 0.9324)}
 
 
-def html_report(runs: list, out) -> "Path":
+def html_report(runs: list, out):
     """One self-contained HTML page (images embedded as data URIs) comparing runs side by side."""
     import base64
     import html

@@ -11,7 +11,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -45,7 +45,6 @@ class Setup:
     classes: list[str]
     params: FeatureParams  # what the model sees (computed on the device for a waveform store)
     model: torch.nn.Module
-    extra: dict = field(default_factory=dict)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -427,6 +426,6 @@ def predict(checkpoint: Path, files: list[Path], top: int = 3, device: str = "au
     return out
 
 
-def default_run_dir(cfg: TrainConfig, store: Path) -> Path:
+def default_run_dir(store: Path) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path(config.RUNS_DIRNAME) / f"{store.stem}-{stamp}"

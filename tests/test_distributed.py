@@ -42,7 +42,7 @@ def test_killed_ranks_leave_the_store_incomplete_and_a_rerun_finishes_it(mini_ro
     import zarr
 
     args = ["featurize", "--variant", "complex", "--root", str(mini_root), "--device", "cpu", "--backend", "torch",
-            "--batch-size", "4", "--chunk-rows", "4", "--out", str(tmp_path / "s.zarr")]  # fmt: skip
+            "--batch-size", "2", "--chunk-rows", "2", "--out", str(tmp_path / "s.zarr")]  # fmt: skip
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "speechcls", *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from helpers import copy_tree, read_store
-from speechcls import config
 from speechcls.config import FeatureParams
 from speechcls.dataset import index_tree, random_split
 from speechcls.featurize import featurize
