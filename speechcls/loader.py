@@ -38,12 +38,31 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
-    """[start, end) of each batch; a last batch of one example joins the one before it."""
+def batch_bounds(n: int, batch_size: int, min_last: int = 2) -> list[tuple[int, int]]:
+    """[start, end) of each batch; a last batch under `min_last` examples (one, by default) joins the
+    one before it."""
     bounds = [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
-    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < min_last:
         bounds[-2:] = [(bounds[-2][0], n)]
     return bounds
+
+
+def shard_bounds(n: int, batch_size: int, rank: int = 0, world: int = 1) -> list[tuple[int, int]]:
+    """This rank's [start, end) ranges in the epoch order. Each global batch of batch_size x world
+    examples is cut into `world` contiguous parts whose sizes differ by one at most, so every rank
+    takes the same number of steps and the ranks together see every example exactly once, without
+    padding; a last global batch too small to give each rank two examples joins the one before it.
+    With world == 1 this is batch_bounds(n, batch_size)."""
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is not in a world of {world}")
+    if n < 2 * world:
+        raise ValueError(f"{n} examples cannot give each of {world} ranks two (BatchNorm needs two)")
+    out = []
+    for a, b in batch_bounds(n, batch_size * world, min_last=2 * world):
+        base, extra = divmod(b - a, world)
+        start = a + rank * base + min(rank, extra)
+        out.append((start, start + base + (rank < extra)))
+    return out
 
 
 def store_params(attrs: dict) -> FeatureParams:
@@ -169,6 +188,8 @@ class FeatureLoader:
         features: str = "",
         buffer_chunks: int = 4,
         workers: int = 1,
+        rank: int = 0,
+        world: int = 1,
     ):
         self.group = open_store(store)
         self.path = Path(store)
@@ -200,6 +221,10 @@ class FeatureLoader:
         self.mode = choose_mode(item_bytes * len(self.rows), str(self.device)) if mode == "auto" else mode
         if self.mode not in ("device", "host", "stream"):
             raise ValueError(f"unknown loader mode {self.mode!r}: choose auto, device, host or stream")
+        self.rank, self.world = rank, world
+        if world > 1 and self.mode == "stream":
+            raise ValueError("the streaming loader reads for one process; with several ranks use --loader device or host")
+        shard_bounds(len(self.rows), batch_size, rank, world)  # refuse a split too small for the ranks now
         self._data = None
 
     # --- shape and size ---------------------------------------------------------------------------
@@ -207,8 +232,11 @@ class FeatureLoader:
     def item_shape(self) -> tuple[int, ...]:
         return self.params.shape  # what the model sees: (C, F, T)
 
+    def _bounds(self) -> list[tuple[int, int]]:
+        return shard_bounds(self.n, self.batch_size, self.rank, self.world)
+
     def __len__(self) -> int:
-        return len(batch_bounds(len(self.rows), self.batch_size))
+        return len(self._bounds())
 
     @property
     def n(self) -> int:
@@ -247,7 +275,7 @@ class FeatureLoader:
     def _device_batches(self):
         x, y = self._load()
         order = torch.from_numpy(self._order()).to(self.device)
-        for a, b in batch_bounds(self.n, self.batch_size):
+        for a, b in self._bounds():
             idx = order[a:b]
             yield x.index_select(0, idx), y.index_select(0, idx)
 
@@ -256,7 +284,7 @@ class FeatureLoader:
         order = torch.from_numpy(self._order())
 
         def gather():
-            for a, b in batch_bounds(self.n, self.batch_size):
+            for a, b in self._bounds():
                 idx = order[a:b]
                 xb, yb = x.index_select(0, idx), y.index_select(0, idx)
                 if self.device.type == "cuda":

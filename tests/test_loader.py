@@ -8,7 +8,7 @@ from helpers import copy_tree, read_store
 from speechcls.config import FeatureParams
 from speechcls.dataset import index_tree, random_split
 from speechcls.featurize import featurize
-from speechcls.loader import FeatureLoader, batch_bounds, epoch_permutation, find_store
+from speechcls.loader import FeatureLoader, batch_bounds, epoch_permutation, find_store, shard_bounds
 
 MODES = ["device", "host", "stream"]
 
@@ -46,6 +46,42 @@ def test_batch_bounds_merge_a_last_single_example():
     assert batch_bounds(9, 3) == [(0, 3), (3, 6), (6, 9)]
     assert batch_bounds(1, 3) == [(0, 1)]
     assert sum(b - a for a, b in batch_bounds(257, 128)) == 257
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+@pytest.mark.parametrize("n", [7, 205, 256, 257, 301])
+@pytest.mark.parametrize("batch_size", [3, 12, 128])
+def test_shards_cover_every_example_once_with_equal_steps(n, batch_size, world):
+    shards = [shard_bounds(n, batch_size, r, world) for r in range(world)]
+    covered = sorted(i for shard in shards for a, b in shard for i in range(a, b))
+    assert covered == list(range(n))  # the union is the epoch, exactly once, no padding
+    assert len({len(s) for s in shards}) == 1  # every rank takes the same number of steps
+    for step in zip(*shards):
+        sizes = [b - a for a, b in step]
+        assert min(sizes) >= 2 and max(sizes) - min(sizes) <= 1
+    if world == 1:
+        assert shards[0] == batch_bounds(n, batch_size)
+
+
+def test_shards_refuse_too_few_examples():
+    with pytest.raises(ValueError, match="two"):
+        shard_bounds(5, 4, 0, 3)
+
+
+def test_two_ranks_see_the_split_exactly_once(stores):
+    s = read_store(stores["mel"])
+    expected = np.flatnonzero(s["valid"] & (s["split"] == 0))
+    loaders = [FeatureLoader(stores["mel"], "train", batch_size=12, seed=2, mode="host", rank=r, world=2) for r in (0, 1)]
+    for epoch in (0, 1):
+        seen = []
+        for loader in loaders:
+            loader.set_epoch(epoch)
+            seen.append(rows_of(loader)[0])
+        assert not set(seen[0]) & set(seen[1])
+        assert sorted(seen[0] + seen[1]) == list(expected)  # 205 rows: uneven shards, no duplicates
+        assert len(loaders[0]) == len(loaders[1])
+    with pytest.raises(ValueError, match="streaming"):
+        FeatureLoader(stores["mel"], "train", mode="stream", rank=0, world=2)
 
 
 def test_epoch_permutation_is_a_function_of_seed_and_epoch():
