@@ -12,9 +12,6 @@ Measured on the 300 real clips: max error relative to each item's max 6.4e-7 (sp
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-
 import numpy as np
 
 from speechcls.config import FeatureParams
@@ -64,20 +61,14 @@ def build_pipeline(params: FeatureParams, batch_size: int, workers: int):
 
 
 class DaliEngine:
-    """Decodes with the shared soundfile decoder, transforms with a DALI CPU pipeline."""
+    """The spectrogram or mel transform as a DALI CPU pipeline (clips come from the shared decoder)."""
 
     def __init__(self, params: FeatureParams, batch_size: int, workers: int):
-        if params.variant not in DALI_VARIANTS + ("complex", "waveform"):
-            raise ValueError(f"unknown variant {params.variant!r}")
-        self.params = params
-        self.pipe = build_pipeline(params, batch_size, workers) if params.variant in DALI_VARIANTS else None
+        if params.variant not in DALI_VARIANTS:
+            raise ValueError(f"DALI serves {', '.join(DALI_VARIANTS)}, not {params.variant!r}")
+        self.pipe = build_pipeline(params, batch_size, workers)
         w = _window(params).astype(np.float64)
         self.scale = np.float32(1.0 / (w**2).sum()) if params.normalized else np.float32(1.0)
-
-    def decode(self, root: Path, rels: list[str], pool: ThreadPoolExecutor):
-        from speechcls.decode import decode_batch
-
-        return decode_batch(root, rels, self.params.sample_rate, self.params.clip_samples, pool)
 
     def transform(self, wave: np.ndarray) -> np.ndarray:
         """(B, L) float32 -> (B, 1, F, T) float32."""

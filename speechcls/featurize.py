@@ -192,11 +192,7 @@ def featurize(
     if isinstance(status, ValueError):
         raise status
     if status == "present":
-        info = store.store_info(path)
-        return FeaturizeResult(
-            path, "present", len(perm), info["skipped"], store.read_attrs(path).get("resampled", 0), 0.0, 0,
-            info["bytes_on_disk"], info["compression_ratio"], backend, device,
-        )  # fmt: skip
+        return _result(path, "present", store.store_info(path), 0.0, 0, backend, device)
 
     try:
         if not rank.main:
@@ -219,6 +215,13 @@ def featurize(
         ) from e
     result.status = "resumed" if status == "resume" else "written"
     return result
+
+
+def _result(path: Path, status: str, info: dict, seconds: float, computed: int, backend: str, device: str) -> FeaturizeResult:
+    return FeaturizeResult(
+        Path(path), status, info["shape"][0], info["skipped"], info["resampled"], seconds, computed,
+        info["bytes_on_disk"], info["compression_ratio"], backend, device,
+    )  # fmt: skip
 
 
 def _store_attrs(params: FeatureParams, index: DatasetIndex, version: str, root, row_seed: int, engine: dict) -> dict:
@@ -263,21 +266,21 @@ def _run(writer, layout, root, paths, params, backend, device, workers, on_start
     from speechcls.features import FeatureExtractor
 
     mine = [b for b in range(layout.n_blocks) if b * rank.world // layout.n_blocks == rank.rank]
-    todo = [b for b in writer.todo() if b in set(mine)]
+    todo = sorted(set(writer.todo()) & set(mine))
     size = lambda blocks: sum(layout.block(b).stop - layout.block(b).start for b in blocks)  # noqa: E731
     on_start(size(mine), size(mine) - size(todo))
     workers = workers or os.cpu_count() or 1
     extractor = FeatureExtractor(params).to(device)
     out_dtype = torch.float16 if params.store_dtype == "float16" else None
+    transform = None  # DALI serves the power variants; complex and waveform always go through torch
     if backend == "dali":
         from speechcls import dali
 
-        engine = dali.DaliEngine(params, batch_size=layout.block_rows, workers=workers)
-        decode_block = lambda rels, pool: engine.decode(root, rels, pool)  # noqa: E731
-        transform = engine.transform if params.variant in dali.DALI_VARIANTS else None
-    else:
-        decode_block = lambda rels, pool: decode.decode_batch(root, rels, params.sample_rate, params.clip_samples, pool)  # noqa: E731
-        transform = None
+        if params.variant in dali.DALI_VARIANTS:
+            transform = dali.DaliEngine(params, batch_size=layout.block_rows, workers=workers).transform
+
+    def decode_block(rels, pool):  # soundfile for both backends: the same skip rules and resampler
+        return decode.decode_batch(root, rels, params.sample_rate, params.clip_samples, pool)
 
     t0 = time.perf_counter()
     computed = 0
@@ -305,20 +308,16 @@ def _run(writer, layout, root, paths, params, backend, device, workers, on_start
     seconds = time.perf_counter() - t0
     dist.barrier(rank)  # every rank's blocks are on disk
     store_root = Path(writer.group.store.root)
-    feat_bytes = store.dir_bytes(store_root / "features")
-    raw = writer.features.nbytes
+    info = store.store_info(store_root)
     if rank.main:
         writer.finish(
             {
                 "seconds": seconds,
                 "clips_per_s": computed / seconds if seconds else None,
-                "features_bytes_on_disk": feat_bytes,
-                "compression_ratio": raw / feat_bytes if feat_bytes else None,
+                "features_bytes_on_disk": info["features_bytes_on_disk"],
+                "compression_ratio": info["compression_ratio"],
                 "ranks": rank.world,
             }
         )
     dist.barrier(rank)  # rank 0 has marked it complete
-    return FeaturizeResult(
-        store_root, "written", layout.n, writer.skipped(), int(writer.resampled[:].sum()), seconds, computed,
-        store.dir_bytes(store_root), raw / feat_bytes if feat_bytes else float("nan"), backend, device,
-    )  # fmt: skip
+    return _result(store_root, "written", info, seconds, computed, backend, device)

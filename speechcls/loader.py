@@ -224,7 +224,8 @@ class FeatureLoader:
         self.rank, self.world = rank, world
         if world > 1 and self.mode == "stream":
             raise ValueError("the streaming loader reads for one process; with several ranks use --loader device or host")
-        shard_bounds(len(self.rows), batch_size, rank, world)  # refuse a split too small for the ranks now
+        # this rank's batches as [start, end) of the epoch order; refuses a split too small for the ranks
+        self.bounds = shard_bounds(len(self.rows), batch_size, rank, world)
         self._data = None
 
     # --- shape and size ---------------------------------------------------------------------------
@@ -232,11 +233,8 @@ class FeatureLoader:
     def item_shape(self) -> tuple[int, ...]:
         return self.params.shape  # what the model sees: (C, F, T)
 
-    def _bounds(self) -> list[tuple[int, int]]:
-        return shard_bounds(self.n, self.batch_size, self.rank, self.world)
-
     def __len__(self) -> int:
-        return len(self._bounds())
+        return len(self.bounds)
 
     @property
     def n(self) -> int:
@@ -275,7 +273,7 @@ class FeatureLoader:
     def _device_batches(self):
         x, y = self._load()
         order = torch.from_numpy(self._order()).to(self.device)
-        for a, b in self._bounds():
+        for a, b in self.bounds:
             idx = order[a:b]
             yield x.index_select(0, idx), y.index_select(0, idx)
 
@@ -283,13 +281,15 @@ class FeatureLoader:
         x, y = self._load()
         order = torch.from_numpy(self._order())
 
+        pin = self.device.type == "cuda"
+
         def gather():
-            for a, b in self._bounds():
+            for a, b in self.bounds:
                 idx = order[a:b]
-                xb, yb = x.index_select(0, idx), y.index_select(0, idx)
-                if self.device.type == "cuda":
-                    xb, yb = xb.pin_memory(), yb.pin_memory()
-                yield xb, yb
+                # gathered straight into pinned memory: one copy, then an async copy to the device
+                xb = torch.empty((len(idx), *x.shape[1:]), dtype=x.dtype, pin_memory=pin)
+                yb = torch.empty(len(idx), dtype=y.dtype, pin_memory=pin)
+                yield torch.index_select(x, 0, idx, out=xb), torch.index_select(y, 0, idx, out=yb)
 
         yield from _Prefetch(self.device)(gather())
 
@@ -344,7 +344,7 @@ class FeatureLoader:
         rng = np.random.default_rng([self.seed, self.epoch, 1])
         if self.shuffle:
             chunks = [chunks[i] for i in rng.permutation(len(chunks))]
-        sizes = [b - a for a, b in batch_bounds(self.n, self.batch_size)]
+        sizes = [b - a for a, b in self.bounds]
         fill = self.buffer_chunks * chunk
 
         def read(c: int):

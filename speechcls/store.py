@@ -4,7 +4,7 @@ Layout (N = every indexed clip, rows in a seeded shuffled order so each chunk mi
 
     features  (N, C, F, T) float32|float16   ((N, 1, L) int16 for waveform), chunked along N only
     valid     (N,) bool       false: the clip was skipped (its row stays, zero-filled)
-    label     (N,) int16      index into attrs["classes"]
+    label     (N,) int64      index into attrs["classes"]
     split     (N,) int8       official split: 0 train, 1 validation, 2 test (-1: the tree has no lists)
     speaker   (N,) str
     path      (N,) str        relative to the source root
@@ -188,17 +188,19 @@ class StoreWriter:
         # marked only once the block's chunks are on disk: a kill before this line redoes the block
         self.done[b] = True
 
-    def skipped(self) -> dict[str, str]:
-        reasons = self.reasons[:]
-        paths = self.group["path"][:]
-        return {str(paths[i]): str(reasons[i]) for i in np.flatnonzero(reasons != "")}
-
     def finish(self, extra: dict) -> None:
         if not self.done[:].all():
             raise AssertionError("finish() before every block was written")
         self.group.attrs.update(
-            {**extra, "skipped": self.skipped(), "resampled": int(self.resampled[:].sum()), "complete": True}
+            {**extra, "skipped": read_skipped(self.group), "resampled": int(self.resampled[:].sum()), "complete": True}
         )
+
+
+def read_skipped(group) -> dict[str, str]:
+    """Relative path -> reason of every skipped clip, from the per-row records."""
+    reasons = group["skip_reason"][:]
+    paths = group["path"][:]
+    return {str(paths[i]): str(reasons[i]) for i in np.flatnonzero(reasons != "")}
 
 
 def read_attrs(path: Path) -> dict:
@@ -256,7 +258,8 @@ def store_info(path: str | Path) -> dict:
         "classes": attrs["classes"],
         "valid": int(valid.sum()),
         "per_split": per_split,
-        "skipped": attrs["skipped"] if "skipped" in attrs else StoreWriter(group, None).skipped(),
+        "skipped": attrs["skipped"] if "skipped" in attrs else read_skipped(group),
+        "resampled": attrs["resampled"] if "resampled" in attrs else int(group["resampled"][:].sum()),
         "params": attrs["params"],
         "dataset": attrs.get("dataset", {}),
     }

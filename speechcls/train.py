@@ -99,15 +99,16 @@ def evaluate_model(model, loader: FeatureLoader, cfg: TrainConfig, device: torch
     model.eval()
     k = len(loader.classes)
     confusion = torch.zeros(k, k, dtype=torch.int64, device=device)
-    total_loss, n = 0.0, 0
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: no sync per batch
+    n = 0
     for x, y in loader:
         with _autocast(cfg, device):
             logits = model(_prep(x, cfg))
-        total_loss += F.cross_entropy(logits.float(), y, reduction="sum").item()
+        total_loss += F.cross_entropy(logits.float(), y, reduction="sum")
         n += len(y)
         confusion += torch.bincount(y * k + logits.argmax(1), minlength=k * k).view(k, k)
     confusion = confusion.cpu().numpy()
-    return {"loss": total_loss / n, "acc": float(np.trace(confusion) / n), "confusion": confusion, "n": n}
+    return {"loss": total_loss.item() / n, "acc": float(np.trace(confusion) / n), "confusion": confusion, "n": n}
 
 
 def per_class(confusion: np.ndarray, classes: list[str]) -> dict[str, float]:
@@ -199,10 +200,11 @@ def fit(cfg: TrainConfig, out: Path, variant: str | None = None, resume: bool = 
         if not last.is_file():
             raise ValueError(f"{out}: no last.pt to resume from; start the run without --resume")
         state = torch.load(last, map_location="cpu", weights_only=False)
-        cfg = TrainConfig(**{k: v for k, v in state["config"].items()})
+        cfg = TrainConfig(**state["config"])
     s = build(cfg, variant)
+    meta = _checkpoint_meta(s)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(s.cfg) | {"store": str(s.store)}, indent=1) + "\n")
+    (out / "config.json").write_text(json.dumps(meta["config"], indent=1) + "\n")
     model, device, train_loader = s.model, s.device, s.loaders["train"]
     optimizer = torch.optim.Adam(model.parameters())
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=s.cfg.max_lr, epochs=s.cfg.epochs, steps_per_epoch=len(train_loader))
@@ -222,7 +224,6 @@ def fit(cfg: TrainConfig, out: Path, variant: str | None = None, resume: bool = 
         _set_rng_state(state["rng"])
         if state.get("finished"):
             start_epoch = s.cfg.epochs + 1
-    meta = _checkpoint_meta(s)
     stopped = state is not None and state.get("finished", False)
     epoch = start_epoch - 1
     for epoch in range(start_epoch, s.cfg.epochs + 1):
