@@ -249,7 +249,7 @@ def train(
     split: Annotated[str, typer.Option(help="official (speaker-disjoint lists) | random (60/20/20).")] = "official",
     split_seed: Annotated[int, typer.Option(help="Seed of the random split.")] = config.SPLIT_SEED,
     epochs: Annotated[int, typer.Option(help="Maximum epochs (the one-cycle schedule spans them).")] = 50,
-    batch_size: Annotated[int, typer.Option(help="Examples per batch.")] = 128,
+    batch_size: Annotated[int, typer.Option(help="Examples per batch (per process under torchrun).")] = 128,
     max_lr: Annotated[float, typer.Option(help="Peak of the one-cycle learning rate.")] = 1e-2,
     patience: Annotated[int, typer.Option(help="Epochs without a lower validation loss before stopping.")] = 3,
     min_epochs: Annotated[int, typer.Option(help="Early stopping does not count before this epoch.")] = 0,
@@ -260,14 +260,17 @@ def train(
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
     loader: Annotated[str, typer.Option(help="auto | device | host | stream.")] = "auto",
     workers: Annotated[int, typer.Option(help="Reader threads of the streaming loader.")] = 1,
+    sync_bn: Annotated[bool, typer.Option("--sync-bn", help="Under torchrun: BatchNorm over the global batch.")] = False,
 ) -> None:
-    """Train the chapter's CNN on a feature store: Adam, one-cycle LR, early stopping; then test."""
+    """Train the chapter's CNN on a feature store: Adam, one-cycle LR, early stopping; then test.
+    Under `torchrun --nproc-per-node N -m speechcls train ...` it trains with DistributedDataParallel."""
+    from speechcls import dist
     from speechcls import train as tr
 
     cfg = _train_config(
         store=store, features=features, split=split, split_seed=split_seed, epochs=epochs, batch_size=batch_size,
         max_lr=max_lr, patience=patience, min_epochs=min_epochs, seed=seed, device=device, precision=precision,
-        channels_last=channels_last, compile=compile, loader=loader, workers=workers,
+        channels_last=channels_last, compile=compile, loader=loader, workers=workers, sync_bn=sync_bn,
     )  # fmt: skip
     if resume is not None:
         run_dir = resume
@@ -275,6 +278,9 @@ def train(
         from speechcls.loader import find_store
 
         run_dir = out or tr.default_run_dir(Path(cfg.store) if cfg.store else find_store(variant))
+    if not dist.from_env().main:  # rank 0 alone shows progress, writes the run folder and reports
+        tr.fit(cfg, run_dir, variant, resume is not None)
+        return
     metrics = _fit_with_progress(tr, cfg, run_dir, variant, resume is not None)
     typer.echo(
         f"{run_dir}: test loss {metrics['test_loss']:.4f} acc {metrics['test_acc']:.4f} after {metrics['epochs_run']} "

@@ -155,7 +155,7 @@ class TrainConfig:
     split: str = "official"  # official (the lists, speaker-disjoint) | random (the chapter's 60/20/20)
     split_seed: int = SPLIT_SEED
     epochs: int = 50  # the maximum; the one-cycle schedule spans all of them
-    batch_size: int = 128
+    batch_size: int = 128  # per process: under torchrun a step takes batch_size x world examples
     max_lr: float = 1e-2  # chosen by the chapter from its LR finder
     patience: int = 3  # epochs without a lower validation loss before stopping
     min_epochs: int = 0  # early stopping does not count before this epoch (0 = the chapter's behaviour)
@@ -168,6 +168,7 @@ class TrainConfig:
     workers: int = 1  # background reader threads of the streaming loader
     dropout2d: float = 0.2
     dropout: float = 0.5
+    sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch, not each rank's part
 
     def validate(self) -> "TrainConfig":
         if self.split not in ("official", "random"):

@@ -6,7 +6,8 @@ Three modes, one batch order:
 - host: the split is read once into (pinned) host memory; batches are gathered there and copied with
   `non_blocking=True` on a side CUDA stream (timm's PrefetchLoader pattern).
 - stream: for stores larger than memory: whole chunks are read by background threads in a shuffled
-  chunk order, shuffled again inside a bounded buffer, copied like host batches.
+  chunk order, shuffled again inside a bounded buffer, copied like host batches. Under torchrun every
+  rank reads the whole stream and keeps its part of each global batch.
 The resident modes share `epoch_permutation`, so they give identical batches for a seed. Every
 example of the split appears exactly once per epoch; a last batch of one joins the batch before it
 (BatchNorm1d cannot train on one example). A waveform store computes the requested variant on the
@@ -47,6 +48,11 @@ def batch_bounds(n: int, batch_size: int, min_last: int = 2) -> list[tuple[int, 
     return bounds
 
 
+def global_bounds(n: int, batch_size: int, world: int = 1) -> list[tuple[int, int]]:
+    """[start, end) of each global batch (batch_size examples per rank, all ranks together)."""
+    return batch_bounds(n, batch_size * world, min_last=2 * world)
+
+
 def shard_bounds(n: int, batch_size: int, rank: int = 0, world: int = 1) -> list[tuple[int, int]]:
     """This rank's [start, end) ranges in the epoch order. Each global batch of batch_size x world
     examples is cut into `world` contiguous parts whose sizes differ by one at most, so every rank
@@ -58,7 +64,7 @@ def shard_bounds(n: int, batch_size: int, rank: int = 0, world: int = 1) -> list
     if n < 2 * world:
         raise ValueError(f"{n} examples cannot give each of {world} ranks two (BatchNorm needs two)")
     out = []
-    for a, b in batch_bounds(n, batch_size * world, min_last=2 * world):
+    for a, b in global_bounds(n, batch_size, world):
         base, extra = divmod(b - a, world)
         start = a + rank * base + min(rank, extra)
         out.append((start, start + base + (rank < extra)))
@@ -222,10 +228,10 @@ class FeatureLoader:
         if self.mode not in ("device", "host", "stream"):
             raise ValueError(f"unknown loader mode {self.mode!r}: choose auto, device, host or stream")
         self.rank, self.world = rank, world
-        if world > 1 and self.mode == "stream":
-            raise ValueError("the streaming loader reads for one process; with several ranks use --loader device or host")
         # this rank's batches as [start, end) of the epoch order; refuses a split too small for the ranks
         self.bounds = shard_bounds(len(self.rows), batch_size, rank, world)
+        # examples of each step over all ranks: a rank's mean loss is weighted by its share of them
+        self.global_sizes = [b - a for a, b in global_bounds(len(self.rows), batch_size, world)]
         self._data = None
 
     # --- shape and size ---------------------------------------------------------------------------
@@ -344,7 +350,9 @@ class FeatureLoader:
         rng = np.random.default_rng([self.seed, self.epoch, 1])
         if self.shuffle:
             chunks = [chunks[i] for i in rng.permutation(len(chunks))]
-        sizes = [b - a for a, b in self.bounds]
+        # every rank reads the same chunks in the same order and keeps its own part of each global batch
+        # (shard_bounds' cut): the shares are disjoint and cover the split, at `world` times the reads
+        sizes = list(self.global_sizes)
         fill = self.buffer_chunks * chunk
 
         def read(c: int):
@@ -378,7 +386,10 @@ class FeatureLoader:
                 used = 0
                 while sizes and (len(by) - used - sizes[0] >= (0 if last else fill // 2)):
                     s = sizes.pop(0)
-                    yield bx[used : used + s], by[used : used + s]
+                    base, extra = divmod(s, self.world)
+                    a = used + self.rank * base + min(self.rank, extra)
+                    b = a + base + (self.rank < extra)
+                    yield bx[a:b], by[a:b]
                     used += s
                 buf_x, buf_y = [bx[used:]], [by[used:]]
                 held = len(by) - used

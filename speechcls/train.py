@@ -2,6 +2,11 @@
 argument parsing here; the CLI builds a TrainConfig and calls one function.
 
 Run folder: log.csv (epoch,set,loss,acc), best.pt, last.pt, metrics.json, confusion.csv, config.json.
+
+Under torchrun, fit() is DistributedDataParallel: each rank steps on its share of every global batch
+(loader.shard_bounds), the loss is weighted so the averaged gradient is the global batch's mean,
+metrics are all-reduced, and rank 0 alone reads and writes the run folder (the others get its
+checkpoints by broadcast, so only rank 0's machine needs the folder).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from speechcls import config
+from speechcls import config, dist
 from speechcls.config import FeatureParams, TrainConfig
 from speechcls.loader import FeatureLoader, find_store
 from speechcls.models import SeedCNN, check_input
@@ -45,6 +50,7 @@ class Setup:
     classes: list[str]
     params: FeatureParams  # what the model sees (computed on the device for a waveform store)
     model: torch.nn.Module
+    rank: dist.Rank
 
 
 def resolve_device(device: str) -> torch.device:
@@ -59,29 +65,45 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_loader(cfg: TrainConfig, store: Path, split: str, device: torch.device, mode: str | None = None) -> FeatureLoader:
+def make_loader(cfg: TrainConfig, store: Path, split: str, device: torch.device, mode: str | None = None, rank: dist.Rank = dist.Rank()) -> FeatureLoader:
     return FeatureLoader(
         store, split, cfg.split, cfg.split_seed, cfg.batch_size, shuffle=split == "train", seed=cfg.seed,
         device=str(device), mode=mode or cfg.loader, features=cfg.features, workers=cfg.workers,
+        rank=rank.rank, world=rank.world,
     )  # fmt: skip
 
 
-def build(cfg: TrainConfig, variant: str | None = None, splits=("train", "validation", "test")) -> Setup:
-    """Store, loaders and a freshly initialised model (seeded) for `cfg`."""
+def build(cfg: TrainConfig, variant: str | None = None, splits=("train", "validation", "test"), rank: dist.Rank = dist.Rank()) -> Setup:
+    """Store, loaders (this rank's shards) and a freshly initialised model (seeded) for `cfg`."""
     cfg.validate()
     device = resolve_device(cfg.device)
+    if rank.distributed and device.type == "cuda":
+        device = torch.device("cuda", rank.local)  # one GPU per process
     if cfg.precision != "fp32" and device.type != "cuda":
         raise ValueError(f"--precision {cfg.precision} needs CUDA (autocast); use fp32 on the CPU")
     store = Path(cfg.store) if cfg.store else find_store(variant)
-    loaders = {s: make_loader(cfg, store, s, device) for s in splits}
+    loaders = {s: make_loader(cfg, store, s, device, rank=rank) for s in splits}
     first = next(iter(loaders.values()))
     c, f, t = first.item_shape
     check_input(f, t)
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     model = SeedCNN(c, len(first.classes), cfg.dropout2d, cfg.dropout).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return Setup(cfg, store, device, loaders, first.classes, first.params, model)
+    if rank.distributed:
+        torch.manual_seed(cfg.seed + rank.rank)  # each rank its own dropout masks
+        if cfg.sync_bn:
+            model = dist.convert_sync_batchnorm(model, device)
+    return Setup(cfg, store, device, loaders, first.classes, first.params, model, rank)
+
+
+def data_parallel(s: Setup) -> torch.nn.Module:
+    """The module to step: DDP over the ranks (gradients averaged in buckets during backward)."""
+    if not s.rank.distributed:
+        return s.model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(s.model, device_ids=[s.device.index] if s.device.type == "cuda" else None)
 
 
 def _autocast(cfg: TrainConfig, device: torch.device):
@@ -95,7 +117,8 @@ def _prep(x: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate_model(model, loader: FeatureLoader, cfg: TrainConfig, device: torch.device) -> dict:
-    """Loss, accuracy and the confusion matrix (rows = true class) over a whole split."""
+    """Loss, accuracy and the confusion matrix (rows = true class) over a whole split (the ranks'
+    shards all-reduced under torchrun)."""
     model.eval()
     k = len(loader.classes)
     confusion = torch.zeros(k, k, dtype=torch.int64, device=device)
@@ -107,6 +130,11 @@ def evaluate_model(model, loader: FeatureLoader, cfg: TrainConfig, device: torch
         total_loss += F.cross_entropy(logits.float(), y, reduction="sum")
         n += len(y)
         confusion += torch.bincount(y * k + logits.argmax(1), minlength=k * k).view(k, k)
+    if loader.world > 1:
+        r = dist.Rank(loader.rank, loader.world)
+        dist.all_reduce_sum(r, confusion)
+        dist.all_reduce_sum(r, total_loss)
+        n = int(confusion.sum())
     confusion = confusion.cpu().numpy()
     return {"loss": total_loss.item() / n, "acc": float(np.trace(confusion) / n), "confusion": confusion, "n": n}
 
@@ -162,14 +190,16 @@ def write_confusion(path: Path, confusion: np.ndarray, classes: list[str]) -> No
             w.writerow([c, *row])
 
 
-def train_step(model, optimizer, scheduler, scaler, cfg: TrainConfig, device: torch.device, x, y):
+def train_step(model, optimizer, scheduler, scaler, cfg: TrainConfig, device: torch.device, x, y, weight: float = 1.0):
     """One optimizer step on a batch: autocast forward, (scaled) backward, step, LR schedule step.
-    Returns the detached loss and the logits. Shared by fit() and the training benchmark."""
+    `weight` multiplies the loss before backward (a rank's share of the global batch x world, so DDP's
+    gradient average is the global mean). Returns the detached mean loss and the logits. Shared by fit()
+    and the training benchmark."""
     with _autocast(cfg, device):
         logits = model(_prep(x, cfg))
         loss = F.cross_entropy(logits.float(), y)
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
+    scaler.scale(loss * weight if weight != 1.0 else loss).backward()
     scaler.step(optimizer)
     scaler.update()
     if scheduler is not None:
@@ -188,28 +218,55 @@ def _checkpoint_meta(s: Setup) -> dict:
     }
 
 
+def _load_resume(out: Path, rank: dist.Rank) -> dict:
+    """last.pt, read by rank 0 and broadcast (errors included, so no rank waits in vain)."""
+    state = None
+    if rank.main:
+        last = out / "last.pt"
+        if not last.is_file():
+            state = ValueError(f"{out}: no last.pt to resume from; start the run without --resume")
+        else:
+            state = torch.load(last, map_location="cpu", weights_only=False)
+            state["log"] = read_log(out / "log.csv") if (out / "log.csv").exists() else []
+    state = dist.broadcast(rank, state)
+    if isinstance(state, ValueError):
+        raise state
+    return state
+
+
+def _restore_rng(state: dict, rank: dist.Rank, cfg: TrainConfig) -> None:
+    ranks = state.get("rng_ranks") or [state["rng"]]
+    if len(ranks) == rank.world:
+        _set_rng_state(ranks[rank.rank])
+    else:  # resumed with another number of ranks: the batch order is unchanged (seed, epoch); dropout reseeded
+        import warnings
+
+        if rank.main:
+            warnings.warn(f"resuming a {len(ranks)}-process run with {rank.world}: dropout masks are reseeded", stacklevel=3)
+        _set_rng_state(ranks[0])
+        torch.manual_seed(cfg.seed + 1000 * state["epoch"] + rank.rank)
+
+
 def fit(cfg: TrainConfig, out: Path, variant: str | None = None, resume: bool = False, hooks: Hooks | None = None, stop_after: int | None = None) -> dict:
     """Train with Adam, one-cycle LR (per batch) and early stopping on the validation loss; keep the
     best checkpoint; evaluate it on the test split. `resume` continues from out/last.pt with the saved
-    config. `stop_after` ends after that many epochs of this call, as an interruption would (tests)."""
+    config. `stop_after` ends after that many epochs of this call, as an interruption would (tests).
+    Under torchrun every rank calls this with the same arguments (see the module docstring)."""
     hooks = hooks or Hooks()
     out = Path(out)
-    state = None
-    if resume:
-        last = out / "last.pt"
-        if not last.is_file():
-            raise ValueError(f"{out}: no last.pt to resume from; start the run without --resume")
-        state = torch.load(last, map_location="cpu", weights_only=False)
+    rank = dist.init(resolve_device(cfg.device).type)
+    state = _load_resume(out, rank) if resume else None
+    if state is not None:
         cfg = TrainConfig(**state["config"])
-    s = build(cfg, variant)
+    s = build(cfg, variant, rank=rank)
     meta = _checkpoint_meta(s)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(meta["config"], indent=1) + "\n")
+    if rank.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(meta["config"] | {"world": rank.world}, indent=1) + "\n")
     model, device, train_loader = s.model, s.device, s.loaders["train"]
     optimizer = torch.optim.Adam(model.parameters())
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=s.cfg.max_lr, epochs=s.cfg.epochs, steps_per_epoch=len(train_loader))
     scaler = torch.amp.GradScaler(device.type, enabled=s.cfg.precision == "fp16")
-    step_model = torch.compile(model) if s.cfg.compile else model
     rows: list[dict] = []
     start_epoch, best_loss, bad, best_epoch, train_time, train_seen = 1, math.inf, 0, 0, 0.0, 0
     if state is not None:
@@ -220,10 +277,12 @@ def fit(cfg: TrainConfig, out: Path, variant: str | None = None, resume: bool = 
         start_epoch = state["epoch"] + 1
         best_loss, bad, best_epoch = state["best_loss"], state["bad_epochs"], state["best_epoch"]
         train_time, train_seen = state["train_time"], state["train_seen"]
-        rows = [r for r in read_log(out / "log.csv") if r["epoch"] <= state["epoch"]] if (out / "log.csv").exists() else []
-        _set_rng_state(state["rng"])
+        rows = [r for r in state["log"] if r["epoch"] <= state["epoch"]]
+        _restore_rng(state, rank, s.cfg)
         if state.get("finished"):
             start_epoch = s.cfg.epochs + 1
+    net = data_parallel(s)  # after loading: DDP broadcasts rank 0's weights once here
+    step_model = torch.compile(net) if s.cfg.compile else net
     stopped = state is not None and state.get("finished", False)
     epoch = start_epoch - 1
     for epoch in range(start_epoch, s.cfg.epochs + 1):
@@ -232,14 +291,15 @@ def fit(cfg: TrainConfig, out: Path, variant: str | None = None, resume: bool = 
         model.train()
         train_loader.set_epoch(epoch)
         hooks.epoch_start(epoch, len(train_loader))
-        total_loss = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.int64)
+        total_loss = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.float64, device=device)
         n = steps = 0
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        for x, y in train_loader:
-            loss, logits = train_step(step_model, optimizer, scheduler, scaler, s.cfg, device, x, y)
+        for (x, y), global_size in zip(train_loader, train_loader.global_sizes, strict=True):
+            weight = len(y) * rank.world / global_size  # 1.0 in one process
+            loss, logits = train_step(step_model, optimizer, scheduler, scaler, s.cfg, device, x, y, weight)
             total_loss += loss.detach() * len(y)  # stays on the device: no sync per batch
             correct += (logits.argmax(1) == y).sum()
             n += len(y)
@@ -248,35 +308,46 @@ def fit(cfg: TrainConfig, out: Path, variant: str | None = None, resume: bool = 
                 hooks.batch(len(y), total_loss.item() / n, correct.item() / n)
             else:
                 hooks.batch(len(y), float("nan"), float("nan"))
-        train_row = {"epoch": epoch, "set": "train", "loss": total_loss.item() / n, "acc": correct.item() / n}
+        sums = dist.all_reduce_sum(rank, torch.stack([total_loss, correct, torch.tensor(float(n), dtype=torch.float64, device=device)]))
+        total, right, n = sums.tolist()  # every rank's examples: what one process would report
+        train_row = {"epoch": epoch, "set": "train", "loss": total / n, "acc": right / n}
         if device.type == "cuda":
             torch.cuda.synchronize()
-        train_time += time.perf_counter() - t0
-        train_seen += n
+        seconds = time.perf_counter() - t0
+        train_time += seconds
+        train_seen += int(n)
+        if not s.cfg.sync_bn:
+            dist.broadcast_buffers(rank, model)  # evaluate (and checkpoint) rank 0's running statistics
         v = evaluate_model(model, s.loaders["validation"], s.cfg, device)
         valid_row = {"epoch": epoch, "set": "valid", "loss": v["loss"], "acc": v["acc"]}
         rows += [train_row, valid_row]
-        _write_log(out / "log.csv", rows)
-        if v["loss"] < best_loss:
+        improved = v["loss"] < best_loss
+        if improved:
             best_loss, bad, best_epoch = v["loss"], 0, epoch
-            torch.save({**meta, "model": model.state_dict(), "epoch": epoch, "valid_loss": v["loss"]}, out / "best.pt")
         else:
             bad += 1
-        stopped = bad >= s.cfg.patience and epoch >= s.cfg.min_epochs
-        torch.save(
-            {
-                **meta, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
-                "best_loss": best_loss, "bad_epochs": bad, "best_epoch": best_epoch, "train_time": train_time,
-                "train_seen": train_seen, "rng": _rng_state(), "finished": stopped or epoch == s.cfg.epochs,
-            },
-            out / "last.pt",
-        )  # fmt: skip
-        hooks.epoch_end({"train": train_row, "valid": valid_row, "samples_per_s": n / max(time.perf_counter() - t0, 1e-9), "best": best_epoch == epoch})
+        # one verdict for all ranks (their all-reduced numbers agree; this makes it certain)
+        stopped = dist.broadcast(rank, bad >= s.cfg.patience and epoch >= s.cfg.min_epochs)
+        rngs = dist.gather(rank, _rng_state())
+        if rank.main:
+            _write_log(out / "log.csv", rows)
+            if improved:
+                torch.save({**meta, "model": model.state_dict(), "epoch": epoch, "valid_loss": v["loss"]}, out / "best.pt")
+            torch.save(
+                {
+                    **meta, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
+                    "best_loss": best_loss, "bad_epochs": bad, "best_epoch": best_epoch, "train_time": train_time,
+                    "train_seen": train_seen, "rng": rngs[0], "rng_ranks": rngs, "world": rank.world,
+                    "finished": stopped or epoch == s.cfg.epochs,
+                },
+                out / "last.pt",
+            )  # fmt: skip
+        hooks.epoch_end({"train": train_row, "valid": valid_row, "samples_per_s": n / max(seconds, 1e-9), "best": best_epoch == epoch})
         if stop_after is not None and epoch - start_epoch + 1 >= stop_after and not stopped:
             raise KeyboardInterrupt(f"stopped after epoch {epoch} (stop_after)")
-    best = torch.load(out / "best.pt", map_location=device, weights_only=False)
-    model.load_state_dict(best["model"])
+    best = dist.broadcast(rank, torch.load(out / "best.pt", map_location="cpu", weights_only=False)["model"] if rank.main else None)
+    model.load_state_dict(best)
     test = evaluate_model(model, s.loaders["test"], s.cfg, device)
     epochs_run = max((r["epoch"] for r in rows), default=0)
     metrics = {
@@ -292,13 +363,15 @@ def fit(cfg: TrainConfig, out: Path, variant: str | None = None, resume: bool = 
         "train_samples_per_s": train_seen / train_time if train_time else None,
         "test_samples": test["n"],
         "train_samples": train_loader.n,
-        "device": str(device),
+        "device": str(device) if not rank.distributed else f"{rank.world} x {device.type}",
+        "world": rank.world,
         "loader_mode": train_loader.mode,
         "store": str(s.store),
         "variant": s.params.variant,
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-    write_confusion(out / "confusion.csv", test["confusion"], s.classes)
+    if rank.main:
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+        write_confusion(out / "confusion.csv", test["confusion"], s.classes)
     return metrics
 
 
@@ -337,6 +410,8 @@ def lr_find(cfg: TrainConfig, out: Path, variant: str | None = None, start_lr: f
     """The learning-rate range test: the LR grows exponentially from start_lr to end_lr, one step a
     batch; the loss is smoothed (exponential average, bias-corrected); the sweep stops when the smoothed
     loss passes `diverge` times its minimum. Suggests a max LR a tenth of the LR at the minimum."""
+    if dist.from_env().distributed:
+        raise ValueError("lr-find is a short sweep for one process: run it without torchrun")
     s = build(cfg, variant, splits=("train",))
     model, device, loader = s.model, s.device, s.loaders["train"]
     optimizer = torch.optim.Adam(model.parameters(), lr=start_lr)

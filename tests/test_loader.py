@@ -68,20 +68,24 @@ def test_shards_refuse_too_few_examples():
         shard_bounds(5, 4, 0, 3)
 
 
-def test_two_ranks_see_the_split_exactly_once(stores):
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("world", [2, 3])
+def test_ranks_see_the_split_exactly_once(stores, mode, world):
     s = read_store(stores["mel"])
     expected = np.flatnonzero(s["valid"] & (s["split"] == 0))
-    loaders = [FeatureLoader(stores["mel"], "train", batch_size=12, seed=2, mode="host", rank=r, world=2) for r in (0, 1)]
+    loaders = [FeatureLoader(stores["mel"], "train", batch_size=12, seed=2, mode=mode, rank=r, world=world) for r in range(world)]
     for epoch in (0, 1):
-        seen = []
+        seen, steps = [], []
         for loader in loaders:
             loader.set_epoch(epoch)
-            seen.append(rows_of(loader)[0])
-        assert not set(seen[0]) & set(seen[1])
-        assert sorted(seen[0] + seen[1]) == list(expected)  # 205 rows: uneven shards, no duplicates
-        assert len(loaders[0]) == len(loaders[1])
-    with pytest.raises(ValueError, match="streaming"):
-        FeatureLoader(stores["mel"], "train", mode="stream", rank=0, world=2)
+            rows, sizes = rows_of(loader)
+            seen.append(rows)
+            steps.append(sizes)
+        assert sum(map(len, seen)) == len(set().union(*map(set, seen)))  # no row on two ranks, none twice
+        assert sorted(r for rows in seen for r in rows) == list(expected)  # 205 rows: uneven shards, no padding
+        assert len({len(s) for s in steps}) == 1 and len(steps[0]) == len(loaders[0])  # equal step counts
+        assert [sum(step) for step in zip(*steps)] == loaders[0].global_sizes
+        assert min(min(s) for s in steps) >= 2
 
 
 def test_epoch_permutation_is_a_function_of_seed_and_epoch():
