@@ -151,7 +151,8 @@ def featurize(
     ] = None,
     version: VersionOpt = config.DEFAULT_VERSION,
     out: Annotated[
-        Optional[Path], typer.Option(help="Store to write [default: cache/<dataset>/<variant>-<hash>.zarr].")
+        Optional[str],
+        typer.Option(help="Store to write: a folder or an fsspec URL (s3://...) [default: cache/<dataset>/<variant>-<hash>.zarr]."),
     ] = None,
     backend: Annotated[str, typer.Option(help="auto | torch | dali (DALI: spectrogram and mel on CPU).")] = "auto",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
@@ -219,7 +220,7 @@ def featurize(
 
 @app.command()
 @user_errors
-def info(stores: Annotated[list[Path], typer.Argument(metavar="STORE...", help="Feature stores (.zarr folders).")]) -> None:
+def info(stores: Annotated[list[str], typer.Argument(metavar="STORE...", help="Feature stores (.zarr folders or URLs).")]) -> None:
     """Variant, shape, dtype, chunks, codec, size on disk, ratio, classes, counts per split, skipped files."""
     from speechcls import report, store
 
@@ -228,7 +229,7 @@ def info(stores: Annotated[list[Path], typer.Argument(metavar="STORE...", help="
 
 
 StoreOpt = Annotated[
-    Optional[Path], typer.Option(help="Feature store [default: the one complete store under the cache].")
+    Optional[str], typer.Option(help="Feature store, a folder or an fsspec URL [default: the one complete store under the cache].")
 ]
 VariantOpt = Annotated[Optional[str], typer.Option(help="Narrow the store search to this variant.")]
 
@@ -277,7 +278,7 @@ def train(
     else:
         from speechcls.loader import find_store
 
-        run_dir = out or tr.default_run_dir(Path(cfg.store) if cfg.store else find_store(variant))
+        run_dir = out or tr.default_run_dir(cfg.store or find_store(variant))
     if not dist.from_env().main:  # rank 0 alone shows progress, writes the run folder and reports
         tr.fit(cfg, run_dir, variant, resume is not None)
         return

@@ -210,9 +210,11 @@ def data_dir() -> Path:
     return Path(os.environ.get("SPEECHCLS_DATA", "data"))
 
 
-def cache_dir() -> Path:
-    """Where feature stores live: $SPEECHCLS_CACHE, else ./cache."""
-    return Path(os.environ.get("SPEECHCLS_CACHE", "cache"))
+def cache_dir() -> Path | str:
+    """Where feature stores live: $SPEECHCLS_CACHE (a folder or an fsspec URL such as s3://bucket/cache),
+    else ./cache."""
+    value = os.environ.get("SPEECHCLS_CACHE", "cache")
+    return value if "://" in value and not value.startswith("file://") else Path(value.removeprefix("file://"))
 
 
 def release(version: str) -> DatasetRelease:

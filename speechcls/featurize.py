@@ -27,7 +27,7 @@ from speechcls.dataset import DatasetIndex, index_tree
 
 @dataclass
 class FeaturizeResult:
-    path: Path
+    path: store.Where
     status: str  # "written" | "resumed" | "present"
     clips: int
     skipped: dict[str, str]
@@ -102,14 +102,14 @@ def row_arrays(index: DatasetIndex, seed: int) -> tuple[np.ndarray, dict[str, np
     return perm, rows
 
 
-def _existing(path: Path, request: dict, engine: dict, overwrite: bool) -> str | None:
+def _existing(path: store.Where, request: dict, engine: dict, overwrite: bool) -> str | None:
     """What to do with a store already at `path`: None (create), "present" or "resume"."""
-    if not path.exists():
+    if not store.exists(path):
         return None
     if overwrite:
         return None
-    if not (path / "zarr.json").is_file():
-        if any(path.iterdir()):
+    if not store.exists(path, "zarr.json"):
+        if not store.is_empty(path):
             raise ValueError(f"{path} exists and is not a feature store; remove it, choose another --out, or --overwrite")
         return None
     attrs = store.read_attrs(path)
@@ -171,7 +171,7 @@ def featurize(
     perm, rows = row_arrays(index, row_seed)
     chunk_rows = chunk_rows or store.default_chunk_rows(params)
     layout = store.Layout(len(perm), chunk_rows, -(-batch_size // chunk_rows) * chunk_rows)
-    path = Path(out) if out is not None else store.default_store_path(index.name, params)
+    path = store.where(out) if out is not None else store.default_store_path(index.name, params)
     request = {
         "format_version": config.STORE_FORMAT_VERSION,
         "params": params.describing(),
@@ -217,9 +217,9 @@ def featurize(
     return result
 
 
-def _result(path: Path, status: str, info: dict, seconds: float, computed: int, backend: str, device: str) -> FeaturizeResult:
+def _result(path: store.Where, status: str, info: dict, seconds: float, computed: int, backend: str, device: str) -> FeaturizeResult:
     return FeaturizeResult(
-        Path(path), status, info["shape"][0], info["skipped"], info["resampled"], seconds, computed,
+        path, status, info["shape"][0], info["skipped"], info["resampled"], seconds, computed,
         info["bytes_on_disk"], info["compression_ratio"], backend, device,
     )  # fmt: skip
 
@@ -307,7 +307,7 @@ def _run(writer, layout, root, paths, params, backend, device, workers, on_start
             on_block(len(rels))
     seconds = time.perf_counter() - t0
     dist.barrier(rank)  # every rank's blocks are on disk
-    store_root = Path(writer.group.store.root)
+    store_root = writer.loc
     info = store.store_info(store_root)
     if rank.main:
         writer.finish(

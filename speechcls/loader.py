@@ -29,6 +29,7 @@ import torch
 from speechcls import config
 from speechcls.config import FeatureParams
 from speechcls.dataset import random_split
+from speechcls import store as stores
 from speechcls.store import open_store
 
 SPLIT_NAMES = {"train": 0, "validation": 1, "valid": 1, "test": 2}
@@ -77,12 +78,13 @@ def store_params(attrs: dict) -> FeatureParams:
     )
 
 
-def find_store(variant: str | None = None, cache: Path | None = None) -> Path:
+def find_store(variant: str | None = None, cache: stores.Where | None = None) -> stores.Where:
     """The one complete store under the cache (of `variant`, if given); an error naming the candidates."""
-    cache = cache or config.cache_dir()
+    cache = stores.where(cache or config.cache_dir())
     found = []
-    for zarr_json in sorted(cache.glob("*/*.zarr/zarr.json")):
-        path = zarr_json.parent
+    for path in stores.glob(cache, "*/*.zarr"):
+        if not stores.exists(path, "zarr.json"):
+            continue
         try:
             group = open_store(path)
         except ValueError:
@@ -198,7 +200,7 @@ class FeatureLoader:
         world: int = 1,
     ):
         self.group = open_store(store)
-        self.path = Path(store)
+        self.path = stores.where(store)
         attrs = dict(self.group.attrs)
         self.classes: list[str] = attrs["classes"]
         self.store_params = store_params(attrs)

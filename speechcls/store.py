@@ -17,6 +17,10 @@ zarr.json through a temporary file and a rename; a block's `done` flag is writte
 killed run redoes exactly the blocks not marked done; `complete` is set last. Every per-block record is
 a file of its own, so ranks of a distributed run writing disjoint blocks never write the same file.
 Readers refuse an incomplete store or another format version.
+
+Where: a local path (zarr's LocalStore) or any fsspec URL (s3://, gs://, ...: zarr's FsspecStore, with
+credentials from the usual environment, e.g. AWS_ACCESS_KEY_ID / AWS_ENDPOINT_URL for S3). Object
+stores write every object whole, so the same crash rules hold there.
 """
 
 from __future__ import annotations
@@ -43,6 +47,83 @@ class IncompleteStore(ValueError):
     pass
 
 
+# --- where a store lives ---------------------------------------------------------------------------
+Where = Path | str  # a local Path, or an fsspec URL kept as a string (Path() would fold its "//")
+
+
+def where(location: str | Path) -> Where:
+    """A local Path for a plain path or a file:// URL (LocalStore: atomic renames); the URL itself for
+    any other fsspec protocol."""
+    text = str(location)
+    if text.startswith("file://"):
+        return Path(text[len("file://") :])
+    return text if "://" in text else Path(text)
+
+
+def _fs(url: str):
+    import fsspec
+
+    try:
+        fs, root = fsspec.core.url_to_fs(url)
+    except ImportError as e:  # e.g. gs:// without gcsfs
+        raise ValueError(f"{url}: {e} (pip install speechcls[s3] or speechcls[gcs])") from e
+    # fsspec caches listings per file-system instance; another process (a rank, a rerun) may have
+    # written since, and a stale "absent" would make featurize start a store over
+    fs.invalidate_cache()
+    return fs, root
+
+
+def join(loc: Where, *parts: str) -> Where:
+    return loc.joinpath(*parts) if isinstance(loc, Path) else "/".join([loc.rstrip("/"), *parts])
+
+
+def name(loc: Where) -> str:
+    """The last part of the location without .zarr (runs are named after it)."""
+    last = loc.name if isinstance(loc, Path) else loc.rstrip("/").rsplit("/", 1)[-1]
+    return last.removesuffix(".zarr")
+
+
+def exists(loc: Where, member: str = "") -> bool:
+    """The location (or a member file under it) exists."""
+    if isinstance(loc, Path):
+        target = loc / member if member else loc
+        return target.is_file() if member else target.exists()
+    fs, root = _fs(str(join(loc, member)) if member else loc)
+    return fs.isfile(root) if member else fs.exists(root)
+
+
+def is_empty(loc: Where) -> bool:
+    if isinstance(loc, Path):
+        return not any(loc.iterdir())
+    fs, root = _fs(loc)
+    return not fs.ls(root)
+
+
+def remove(loc: Where) -> None:
+    if isinstance(loc, Path):
+        shutil.rmtree(loc)
+    else:
+        fs, root = _fs(loc)
+        fs.rm(root, recursive=True)
+
+
+def glob(loc: Where, pattern: str) -> list[Where]:
+    """Members of `loc` matching `pattern`, as locations of the same kind, sorted."""
+    if isinstance(loc, Path):
+        return sorted(loc.glob(pattern))
+    fs, root = _fs(loc)
+    protocol = loc.split("://", 1)[0]
+    return sorted(f"{protocol}://{m}" for m in fs.glob(f"{root.rstrip('/')}/{pattern}"))
+
+
+def open_group(loc: Where, mode: str):
+    import zarr
+
+    if not isinstance(loc, Path):
+        _fs(loc)  # a clear error for a protocol whose package is missing
+    return zarr.open_group(str(loc), mode=mode)
+
+
 def make_codec(spec: str):
     """Compressor list from a short name: "none", "zstd-<level>", "blosc-<cname>-<level>-<shuffle>"."""
     from zarr.codecs import BloscCodec, ZstdCodec
@@ -65,9 +146,9 @@ def default_chunk_rows(params: FeatureParams) -> int:
     return int(max(16, min(1024, DEFAULT_CHUNK_BYTES // item)))
 
 
-def default_store_path(dataset: str, params: FeatureParams) -> Path:
+def default_store_path(dataset: str, params: FeatureParams) -> Where:
     """cache/<dataset>/<variant>-<hash>.zarr: where `speechcls train` looks."""
-    return config.cache_dir() / dataset / f"{params.variant}-{params.key()}.zarr"
+    return join(where(config.cache_dir()), dataset, f"{params.variant}-{params.key()}.zarr")
 
 
 def rows_digest(paths: list[str], labels: np.ndarray) -> str:
@@ -78,7 +159,10 @@ def rows_digest(paths: list[str], labels: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def dir_bytes(path: Path) -> int:
+def dir_bytes(path: Where) -> int:
+    if not isinstance(path, Path) and "://" in str(path):
+        fs, root = _fs(str(path))
+        return int(fs.du(root)) if fs.exists(root) else 0
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
@@ -113,7 +197,8 @@ class Layout:
 class StoreWriter:
     """Creates a store or reopens an unfinished one, writes blocks, marks it complete."""
 
-    def __init__(self, group, layout: Layout):
+    def __init__(self, loc: Where, group, layout: Layout):
+        self.loc = loc
         self.group = group
         self.layout = layout
         self.features = group["features"]
@@ -125,7 +210,7 @@ class StoreWriter:
     @classmethod
     def create(
         cls,
-        path: Path,
+        path: Where,
         params: FeatureParams,
         request: dict,
         rows: dict[str, np.ndarray],
@@ -133,14 +218,13 @@ class StoreWriter:
         codec: str,
         attrs: dict,
     ) -> "StoreWriter":
-        import zarr
-
         compressors = make_codec(codec)
-        path = Path(path)
-        if path.exists():
-            shutil.rmtree(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        group = zarr.open_group(str(path), mode="w")
+        path = where(path)
+        if exists(path):
+            remove(path)
+        if isinstance(path, Path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        group = open_group(path, mode="w")
         n, blocks = layout.n, layout.n_blocks
         group.create_array(
             "features", shape=(n, *params.shape), chunks=(layout.chunk_rows, *params.shape),
@@ -164,15 +248,14 @@ class StoreWriter:
                 "complete": False,
             }
         )
-        return cls(group, layout)
+        return cls(path, group, layout)
 
     @classmethod
-    def reopen(cls, path: Path) -> "StoreWriter":
-        import zarr
-
-        group = zarr.open_group(str(path), mode="r+")
+    def reopen(cls, path: Where) -> "StoreWriter":
+        path = where(path)
+        group = open_group(path, mode="r+")
         n = group["features"].shape[0]
-        return cls(group, Layout(n, group.attrs["chunk_rows"], group.attrs["block_rows"]))
+        return cls(path, group, Layout(n, group.attrs["chunk_rows"], group.attrs["block_rows"]))
 
     def todo(self) -> list[int]:
         """Blocks not yet written, in order."""
@@ -203,20 +286,16 @@ def read_skipped(group) -> dict[str, str]:
     return {str(paths[i]): str(reasons[i]) for i in np.flatnonzero(reasons != "")}
 
 
-def read_attrs(path: Path) -> dict:
-    import zarr
-
-    return dict(zarr.open_group(str(path), mode="r").attrs)
+def read_attrs(path: Where) -> dict:
+    return dict(open_group(where(path), mode="r").attrs)
 
 
 def open_store(path: str | Path, require_complete: bool = True):
     """Open a store for reading: checks the format version and, by default, completeness."""
-    import zarr
-
-    path = Path(path)
-    if not (path / "zarr.json").is_file():
+    path = where(path)
+    if not exists(path, "zarr.json"):
         raise ValueError(f"{path}: not a speechcls feature store (no zarr.json); make one with `speechcls featurize`")
-    group = zarr.open_group(str(path), mode="r")
+    group = open_group(path, mode="r")
     version = group.attrs.get("format_version")
     if version != config.STORE_FORMAT_VERSION:
         raise ValueError(
@@ -234,12 +313,13 @@ def open_store(path: str | Path, require_complete: bool = True):
 
 def store_info(path: str | Path) -> dict:
     """What `speechcls info STORE` prints."""
+    path = where(path)
     group = open_store(path, require_complete=False)
     attrs = dict(group.attrs)
     feats = group["features"]
     valid = group["valid"][:]
     split = group["split"][:]
-    on_disk = dir_bytes(Path(path) / "features")
+    on_disk = dir_bytes(join(path, "features"))
     raw = feats.nbytes
     per_split = {}
     for code, name in enumerate(config.SPLITS):

@@ -28,6 +28,7 @@ from speechcls import config, dist
 from speechcls.config import FeatureParams, TrainConfig
 from speechcls.loader import FeatureLoader, find_store
 from speechcls.models import SeedCNN, check_input
+from speechcls.store import Where, name, where
 
 LOG_FIELDS = ("epoch", "set", "loss", "acc")
 
@@ -44,7 +45,7 @@ class Hooks:
 @dataclass
 class Setup:
     cfg: TrainConfig
-    store: Path
+    store: Where
     device: torch.device
     loaders: dict[str, FeatureLoader]
     classes: list[str]
@@ -65,7 +66,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_loader(cfg: TrainConfig, store: Path, split: str, device: torch.device, mode: str | None = None, rank: dist.Rank = dist.Rank()) -> FeatureLoader:
+def make_loader(cfg: TrainConfig, store: Where, split: str, device: torch.device, mode: str | None = None, rank: dist.Rank = dist.Rank()) -> FeatureLoader:
     return FeatureLoader(
         store, split, cfg.split, cfg.split_seed, cfg.batch_size, shuffle=split == "train", seed=cfg.seed,
         device=str(device), mode=mode or cfg.loader, features=cfg.features, workers=cfg.workers,
@@ -81,7 +82,7 @@ def build(cfg: TrainConfig, variant: str | None = None, splits=("train", "valida
         device = torch.device("cuda", rank.local)  # one GPU per process
     if cfg.precision != "fp32" and device.type != "cuda":
         raise ValueError(f"--precision {cfg.precision} needs CUDA (autocast); use fp32 on the CPU")
-    store = Path(cfg.store) if cfg.store else find_store(variant)
+    store = where(cfg.store) if cfg.store else find_store(variant)
     loaders = {s: make_loader(cfg, store, s, device, rank=rank) for s in splits}
     first = next(iter(loaders.values()))
     c, f, t = first.item_shape
@@ -395,7 +396,7 @@ def evaluate(run: Path, split: str = "test", store: str | None = None, device: s
     dev = resolve_device(device)
     model, ckpt = load_checkpoint(run, dev)
     cfg = replace(TrainConfig(**ckpt["config"]), store=store or ckpt["config"]["store"], device=str(dev), loader="auto")
-    loader = make_loader(cfg, Path(cfg.store), split, dev)
+    loader = make_loader(cfg, where(cfg.store), split, dev)
     if loader.classes != ckpt["classes"]:
         raise ValueError(f"{cfg.store} has other classes than the checkpoint was trained on")
     r = evaluate_model(model, loader, cfg, dev)
@@ -502,6 +503,6 @@ def predict(checkpoint: Path, files: list[Path], top: int = 3, device: str = "au
     return out
 
 
-def default_run_dir(store: Path) -> Path:
+def default_run_dir(store: Where) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path(config.RUNS_DIRNAME) / f"{store.stem}-{stamp}"
+    return Path(config.RUNS_DIRNAME) / f"{name(store)}-{stamp}"

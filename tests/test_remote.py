@@ -1,0 +1,147 @@
+"""Stores at fsspec URLs: featurize, resume, distributed featurize, info and train against a local S3
+server (moto's server mode on 127.0.0.1, started here), credentials and endpoint from the environment."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from helpers import copy_tree, read_store
+from speechcls import store
+from speechcls.cli import app
+from speechcls.config import FeatureParams, TrainConfig
+from speechcls.featurize import featurize
+
+WORDS = ("bed", "bird", "cat", "dog", "down", "eight", "five", "four", "go", "happy")
+SMALL = dict(n_mels=80, hop_length=200)
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """An S3 endpoint on 127.0.0.1 with a fresh bucket; AWS_* set the way a user would set them."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+    }  # fmt: skip
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    import s3fs
+
+    s3fs.S3FileSystem(skip_instance_cache=True).mkdir("speech")
+    yield "s3://speech"
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def tree(mini_root, tmp_path_factory):
+    return copy_tree(mini_root, tmp_path_factory.mktemp("remote") / "tree", words=WORDS)
+
+
+@pytest.fixture(scope="module")
+def local(tree, tmp_path_factory):
+    out = tmp_path_factory.mktemp("local") / "mel.zarr"
+    return featurize(FeatureParams("mel", **SMALL), tree, out=out, backend="torch", device="cpu", chunk_rows=16).path
+
+
+def objects(url: str) -> dict[str, bytes]:
+    """Every object under the URL, by key relative to it."""
+    fs, root = store._fs(url)
+    return {k[len(root) + 1 :]: fs.cat_file(k) for k in fs.find(root)}
+
+
+def assert_same_store(url: str, local_path) -> None:
+    remote, here = objects(url), {str(p.relative_to(local_path)): p.read_bytes() for p in local_path.rglob("*") if p.is_file()}
+    chunks = sorted(k for k in here if k.startswith("features/c/"))
+    assert len(chunks) == 7  # 100 rows in chunks of 16
+    for k in chunks:
+        assert remote[k] == here[k], k  # byte for byte
+    a, b = store.open_store(url), store.open_store(local_path)
+    for name in ("valid", "label", "split", "path", "skip_reason"):
+        assert np.array_equal(a[name][:], b[name][:]), name
+
+
+def test_featurize_into_s3_equals_a_local_store(s3, tree, local):
+    url = f"{s3}/one/mel.zarr"
+    r = featurize(FeatureParams("mel", **SMALL), tree, out=url, backend="torch", device="cpu", chunk_rows=16)
+    assert r.path == url and r.clips == 100 and r.status == "written"
+    assert_same_store(url, local)
+    again = featurize(FeatureParams("mel", **SMALL), tree, out=url, backend="torch", device="cpu", chunk_rows=16)
+    assert again.status == "present"
+    out = CliRunner().invoke(app, ["info", url])
+    assert out.exit_code == 0 and "100" in out.output and url in out.output.replace("\n", ""), out.output
+
+
+def test_interrupted_featurize_on_s3_resumes_to_the_same_bytes(s3, tree, local):
+    url = f"{s3}/cut/mel.zarr"
+    blocks = []
+
+    def stop_after_two(n):
+        blocks.append(n)
+        if len(blocks) == 2:
+            raise KeyboardInterrupt("interrupted")
+
+    with pytest.raises(KeyboardInterrupt):
+        featurize(FeatureParams("mel", **SMALL), tree, out=url, backend="torch", device="cpu", chunk_rows=16, batch_size=16, on_block=stop_after_two)
+    with pytest.raises(store.IncompleteStore, match="2 of 7 blocks"):
+        store.open_store(url)
+    r = featurize(FeatureParams("mel", **SMALL), tree, out=url, backend="torch", device="cpu", chunk_rows=16, batch_size=16)
+    assert r.status == "resumed" and r.computed == 100 - 32
+    assert_same_store(url, local)
+
+
+def test_two_ranks_featurize_into_s3(s3, tree, local):
+    url = f"{s3}/ranks/mel.zarr"
+    args = ["featurize", "--variant", "mel", "--n-mels", "80", "--hop-length", "200", "--root", str(tree), "--device", "cpu",
+            "--backend", "torch", "--batch-size", "16", "--chunk-rows", "16", "--out", url]  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "speechcls", *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0 and r.stdout.count("100 clips") == 1, r.stdout + r.stderr
+    assert_same_store(url, local)
+    assert store.read_attrs(url)["ranks"] == 2
+
+
+def test_train_from_s3_equals_training_from_disk(s3, tree, local, tmp_path, monkeypatch):
+    from speechcls.train import fit, read_log
+
+    url = f"{s3}/cache"
+    monkeypatch.setenv("SPEECHCLS_CACHE", url)  # the default store location is a bucket now
+    r = CliRunner().invoke(app, ["featurize", "--variant", "mel", "--n-mels", "80", "--hop-length", "200", "--root", str(tree),
+                                 "--device", "cpu", "--backend", "torch", "--chunk-rows", "16"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert f"{url}/tree/mel-" in r.output.replace("\n", "")
+    logs = {}
+    for where, mode in ((str(local), "device"), ("", "device"), ("", "stream")):  # "": the one store under the cache
+        cfg = TrainConfig(store=where, device="cpu", batch_size=32, epochs=2, loader=mode)
+        metrics = fit(cfg, tmp_path / f"{mode}-{bool(where)}")
+        assert metrics["store"].startswith(url if not where else str(local))
+        logs[(where, mode)] = read_log(tmp_path / f"{mode}-{bool(where)}" / "log.csv")
+    assert logs[(str(local), "device")] == logs[("", "device")]  # the same bytes, the same run
+    assert [r["epoch"] for r in logs[("", "stream")]] == [1, 1, 2, 2]
+    run = CliRunner().invoke(app, ["train", "--device", "cpu", "--epochs", "1", "--batch-size", "32", "--out", str(tmp_path / "cli")])
+    assert run.exit_code == 0 and "test loss" in run.output, run.output
+    assert json.loads((tmp_path / "cli" / "config.json").read_text())["store"].startswith(f"{url}/tree/mel-")
+
+
+def test_a_protocol_without_its_package_is_a_clear_error():
+    try:
+        import gcsfs  # noqa: F401
+
+        pytest.skip("gcsfs is installed here")
+    except ImportError:
+        pass
+    r = CliRunner().invoke(app, ["info", "gs://bucket/none.zarr"])
+    assert r.exit_code != 0 and "gcsfs" in r.output, r.output
