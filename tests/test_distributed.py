@@ -173,3 +173,13 @@ def test_torchrun_speechcls_train(ddp_store, tmp_path):
     assert r.stdout.count("test loss") == 1 and "on 2 x cpu" in r.stdout, r.stdout + r.stderr  # rank 0 alone reports
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["world"] == 2 and config["sync_bn"] and config["batch_size"] == 16
+
+
+@pytest.mark.cuda
+def test_torchrun_train_on_two_gpus_with_nccl(ddp_store, tmp_path):
+    import torch
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 CUDA devices (NCCL refuses two ranks on one GPU)")
+    r = torchrun("train", "--store", str(ddp_store), "--device", "cuda", "--epochs", "2", "--batch-size", "16", "--sync-bn", "--out", str(tmp_path / "run"))
+    assert r.stdout.count("test loss") == 1 and "on 2 x cuda" in r.stdout, r.stdout + r.stderr

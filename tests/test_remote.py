@@ -145,3 +145,11 @@ def test_a_protocol_without_its_package_is_a_clear_error():
         pass
     r = CliRunner().invoke(app, ["info", "gs://bucket/none.zarr"])
     assert r.exit_code != 0 and "gcsfs" in r.output, r.output
+
+
+def test_file_urls_are_local_stores(tree, local, tmp_path):
+    url = f"file://{tmp_path}/f/mel.zarr"
+    assert store.where(url) == tmp_path / "f" / "mel.zarr" and store.where("s3://b/k.zarr") == "s3://b/k.zarr"
+    r = featurize(FeatureParams("mel", **SMALL), tree, out=url, backend="torch", device="cpu", chunk_rows=16)
+    assert r.path == tmp_path / "f" / "mel.zarr"  # zarr's LocalStore, with its atomic renames
+    assert np.array_equal(read_store(r.path)["features"], read_store(local)["features"])
