@@ -28,8 +28,8 @@ export SPEECHCLS_SHARED_DATA=$PWD/.shared_data
   python3 -c "import torch, torchaudio, zarr; print('torch', torch.__version__, 'cuda', torch.cuda.is_available() and torch.cuda.get_device_name(0), 'torchaudio', torchaudio.__version__, 'zarr', zarr.__version__)"
 } | tee "$OUT/gpu.txt"
 
-echo "== CUDA tests: featurize CUDA == CPU, loader CUDA == CPU, parity on real clips"
-timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_featurize.py tests/test_loader.py -k "cuda or every_item" 2>&1 | tail -6 | tee "$OUT/tests.txt"
+echo "== CUDA tests: featurize CUDA == CPU, loader CUDA == CPU, parity on real clips, DDP on 2+ GPUs"
+timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_featurize.py tests/test_loader.py tests/test_distributed.py -k "cuda or every_item" 2>&1 | tail -6 | tee "$OUT/tests.txt"
 
 echo "== data: $CLIPS clips (64,727: the size of v0.01) and $SMALL_CLIPS for the input and training benchmarks"
 start=$(date +%s)

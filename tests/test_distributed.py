@@ -176,7 +176,7 @@ def test_torchrun_speechcls_train(ddp_store, tmp_path):
 
 
 @pytest.mark.cuda
-def test_torchrun_train_on_two_gpus_with_nccl(ddp_store, tmp_path):
+def test_torchrun_train_on_two_cuda_gpus_with_nccl(ddp_store, tmp_path):
     import torch
 
     if torch.cuda.device_count() < 2:
