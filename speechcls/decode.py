@@ -108,13 +108,19 @@ def fit_length(audio: np.ndarray, n: int) -> np.ndarray:
     return np.pad(audio, (0, n - audio.shape[0]))
 
 
-def load_clip(path: Path, sample_rate: int = config.SAMPLE_RATE, samples: int = config.CLIP_SAMPLES) -> tuple[np.ndarray, bool]:
-    """One clip ready for features: float32 mono at `sample_rate`, exactly `samples` long.
-    Returns (audio, resampled?). Raises BadAudio."""
+def read_at(path: Path, sample_rate: int = config.SAMPLE_RATE) -> tuple[np.ndarray, bool]:
+    """The whole file as float32 mono at `sample_rate`. Returns (audio, resampled?). Raises BadAudio."""
     audio, rate = read_audio(path)
     if rate != sample_rate:
         audio = resample(audio, rate, sample_rate)
-    return fit_length(audio, samples), rate != sample_rate
+    return audio, rate != sample_rate
+
+
+def load_clip(path: Path, sample_rate: int = config.SAMPLE_RATE, samples: int = config.CLIP_SAMPLES) -> tuple[np.ndarray, bool]:
+    """One clip ready for features: float32 mono at `sample_rate`, exactly `samples` long.
+    Returns (audio, resampled?). Raises BadAudio."""
+    audio, resampled = read_at(path, sample_rate)
+    return fit_length(audio, samples), resampled
 
 
 @dataclass

@@ -64,12 +64,14 @@ def shard_bounds(n: int, batch_size: int, rank: int = 0, world: int = 1) -> list
         raise ValueError(f"rank {rank} is not in a world of {world}")
     if n < 2 * world:
         raise ValueError(f"{n} examples cannot give each of {world} ranks two (BatchNorm needs two)")
-    out = []
-    for a, b in global_bounds(n, batch_size, world):
-        base, extra = divmod(b - a, world)
-        start = a + rank * base + min(rank, extra)
-        out.append((start, start + base + (rank < extra)))
-    return out
+    return [rank_part(a, b, rank, world) for a, b in global_bounds(n, batch_size, world)]
+
+
+def rank_part(a: int, b: int, rank: int, world: int) -> tuple[int, int]:
+    """This rank's contiguous part of [a, b): `world` parts whose sizes differ by one at most."""
+    base, extra = divmod(b - a, world)
+    start = a + rank * base + min(rank, extra)
+    return start, start + base + (rank < extra)
 
 
 def store_params(attrs: dict) -> FeatureParams:
@@ -388,9 +390,7 @@ class FeatureLoader:
                 used = 0
                 while sizes and (len(by) - used - sizes[0] >= (0 if last else fill // 2)):
                     s = sizes.pop(0)
-                    base, extra = divmod(s, self.world)
-                    a = used + self.rank * base + min(self.rank, extra)
-                    b = a + base + (self.rank < extra)
+                    a, b = rank_part(used, used + s, self.rank, self.world)
                     yield bx[a:b], by[a:b]
                     used += s
                 buf_x, buf_y = [bx[used:]], [by[used:]]

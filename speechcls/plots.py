@@ -41,17 +41,15 @@ def _save(fig, out: Path) -> Path:
 
 def _clip(path: Path, pad: bool = True) -> np.ndarray:
     """The clip as featurize sees it: mono float32 at 16 kHz (padded / truncated to one second)."""
-    from speechcls.decode import BadAudio, fit_length, read_audio, resample
+    from speechcls.decode import BadAudio, fit_length, read_at
 
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
     try:
-        audio, rate = read_audio(path)
+        audio, _ = read_at(path, config.SAMPLE_RATE)
     except BadAudio as e:
         raise ValueError(f"{path}: not readable audio ({e})") from e
-    if rate != config.SAMPLE_RATE:
-        audio = resample(audio, rate, config.SAMPLE_RATE)
     return fit_length(audio, config.CLIP_SAMPLES) if pad else audio
 
 
@@ -174,6 +172,9 @@ def mel_vs_fourier(file: Path, out: Path, frame: int = 31) -> Path:
 
 
 def lr(source: Path, out: Path, beta: float = 0.98) -> Path:
+    """lr-find's figure, redrawn from its CSV (the same smoothing and suggestion as lr-find)."""
+    from speechcls.train import SmoothedLoss, lr_figure, suggest_max_lr
+
     path = Path(source)
     if path.is_dir():
         path = path / "lr_find.csv"
@@ -183,19 +184,10 @@ def lr(source: Path, out: Path, beta: float = 0.98) -> Path:
         rows = [(float(r["lr"]), float(r["loss"])) for r in csv.DictReader(f)]
     if not rows:
         raise ValueError(f"{path}: no rows")
-    lrs, losses = map(np.array, zip(*rows))
-    avg, smooth = 0.0, []
-    for i, v in enumerate(losses):
-        avg = beta * avg + (1 - beta) * v
-        smooth.append(avg / (1 - beta ** (i + 1)))
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=FIGSIZE)
-    ax.plot(lrs, losses, color="#bbbbbb", lw=0.8, label="loss")
-    ax.plot(lrs, smooth, color="#1f77b4", lw=1.6, label="smoothed")
-    ax.set(xscale="log", title="Learning rate finder", xlabel="learning rate", ylabel="loss")
-    ax.legend()
-    fig.tight_layout()
-    return _save(fig, out)
+    lrs, losses = map(list, zip(*rows))
+    smoother = SmoothedLoss(beta)
+    smooth = [smoother(v) for v in losses]
+    return _save(lr_figure(lrs, losses, smooth, suggest_max_lr(lrs, smooth)[0]), out)
 
 
 def _run_file(run: Path, name: str, hint: str) -> Path:

@@ -159,11 +159,12 @@ def rows_digest(paths: list[str], labels: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def dir_bytes(path: Where) -> int:
-    if not isinstance(path, Path) and "://" in str(path):
-        fs, root = _fs(str(path))
+def dir_bytes(path: str | Path) -> int:
+    loc = where(path)
+    if not isinstance(loc, Path):
+        fs, root = _fs(loc)
         return int(fs.du(root)) if fs.exists(root) else 0
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+    return sum(p.stat().st_size for p in loc.rglob("*") if p.is_file())
 
 
 def package_versions() -> dict[str, str]:

@@ -77,9 +77,7 @@ def make_loader(cfg: TrainConfig, store: Where, split: str, device: torch.device
 def build(cfg: TrainConfig, variant: str | None = None, splits=("train", "validation", "test"), rank: dist.Rank = dist.Rank()) -> Setup:
     """Store, loaders (this rank's shards) and a freshly initialised model (seeded) for `cfg`."""
     cfg.validate()
-    device = resolve_device(cfg.device)
-    if rank.distributed and device.type == "cuda":
-        device = torch.device("cuda", rank.local)  # one GPU per process
+    device = torch.device(dist.local_device(str(resolve_device(cfg.device)), rank))  # one GPU per process
     if cfg.precision != "fp32" and device.type != "cuda":
         raise ValueError(f"--precision {cfg.precision} needs CUDA (autocast); use fp32 on the CPU")
     store = where(cfg.store) if cfg.store else find_store(variant)
@@ -416,23 +414,20 @@ def lr_find(cfg: TrainConfig, out: Path, variant: str | None = None, start_lr: f
     s = build(cfg, variant, splits=("train",))
     model, device, loader = s.model, s.device, s.loaders["train"]
     optimizer = torch.optim.Adam(model.parameters(), lr=start_lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=s.cfg.precision == "fp16")
     model.train()
     lrs, losses, smooth = [], [], []
-    avg, best, step, epoch = 0.0, math.inf, 0, 0
+    smoother = SmoothedLoss(beta)
+    best, step, epoch = math.inf, 0, 0
     while step < steps:
         loader.set_epoch(epoch)
         for x, y in loader:
             lr = start_lr * (end_lr / start_lr) ** (step / (steps - 1))
             for g in optimizer.param_groups:
                 g["lr"] = lr
-            with _autocast(s.cfg, device):
-                loss = F.cross_entropy(model(_prep(x, s.cfg)).float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss, _ = train_step(model, optimizer, None, scaler, s.cfg, device, x, y)
             value = loss.item()
-            avg = beta * avg + (1 - beta) * value
-            smoothed = avg / (1 - beta ** (step + 1))
+            smoothed = smoother(value)
             lrs.append(lr)
             losses.append(value)
             smooth.append(smoothed)
@@ -448,13 +443,37 @@ def lr_find(cfg: TrainConfig, out: Path, variant: str | None = None, start_lr: f
         w = csv.writer(f)
         w.writerow(["lr", "loss"])
         w.writerows(zip(lrs, losses))
+    suggestion, at_min = suggest_max_lr(lrs, smooth)
+    fig = lr_figure(lrs, losses, smooth, suggestion)
+    fig.savefig(out / "lr_find.png")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return {"lr": lrs, "loss": losses, "smoothed": smooth, "suggested_max_lr": suggestion, "min_loss_lr": at_min}
+
+
+class SmoothedLoss:
+    """The LR finder's running loss: an exponential average, bias-corrected. Call with each loss in
+    order; returns the smoothed value so far (lr_find and `speechcls plot lr` share it)."""
+
+    def __init__(self, beta: float = 0.98):
+        self.beta, self.avg, self.n = beta, 0.0, 0
+
+    def __call__(self, value: float) -> float:
+        self.n += 1
+        self.avg = self.beta * self.avg + (1 - self.beta) * value
+        return self.avg / (1 - self.beta**self.n)
+
+
+def suggest_max_lr(lrs, smooth) -> tuple[float, float]:
+    """(suggested max LR, LR at the lowest smoothed loss): the suggestion is a tenth of the latter."""
     i = int(np.argmin(smooth))
-    suggestion = lrs[i] / 10
-    _plot_lr(out / "lr_find.png", lrs, losses, smooth, suggestion)
-    return {"lr": lrs, "loss": losses, "smoothed": smooth, "suggested_max_lr": suggestion, "min_loss_lr": lrs[i]}
+    return lrs[i] / 10, lrs[i]
 
 
-def _plot_lr(path: Path, lrs, losses, smooth, suggestion) -> None:
+def lr_figure(lrs, losses, smooth, suggestion: float):
+    """Loss and smoothed loss against the LR (log axis), the suggested max LR marked: a matplotlib
+    Figure for the caller to save and close."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -470,8 +489,7 @@ def _plot_lr(path: Path, lrs, losses, smooth, suggestion) -> None:
     ax.set_title("Learning rate finder")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    return fig
 
 
 def predict(checkpoint: Path, files: list[Path], top: int = 3, device: str = "auto") -> list[dict]:
