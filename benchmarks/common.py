@@ -26,23 +26,26 @@ def cpu_model() -> str:
 def machine() -> dict:
     import torch
 
+    from speechcls.store import package_versions
+
     info = {
         "cpus": os.cpu_count(),
         "cpu": cpu_model(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
-        "torch": torch.__version__,
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
-    try:
-        from importlib.metadata import version
+    # the versions a store records, by the same function; torch's own string keeps its CUDA build tag
+    return info | package_versions() | {"torch": torch.__version__}
 
-        for pkg in ("torchaudio", "zarr", "numcodecs", "nvidia-dali-cuda130"):
-            info[pkg] = version(pkg)
-    except Exception:
-        pass
-    return info
+
+def peer_workers(spec: str | None, quick: bool) -> list[int]:
+    """The peer DataLoader's num_workers to time: --peer-workers "0,16", else 0 and the core count
+    (just 0 with --quick)."""
+    if spec:
+        return [int(w) for w in spec.split(",")]
+    return [0] if quick else sorted({0, os.cpu_count() or 1})
 
 
 def machine_tag(info: dict) -> str:
@@ -77,7 +80,9 @@ def timed(fn: Callable[[], object], repeats: int = 3, warmup: int = 1, device: s
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": repeats}
 
 
-def write_results(name: str, info: dict, rows: list[dict], markdown: str, out_dir: Path = RESULTS) -> Path:
+def write_results(name: str, info: dict, rows: list[dict], markdown: str, out_dir: Path | None = None) -> Path:
+    """<out_dir or benchmarks/results>/<name>-<machine>.json and .md."""
+    out_dir = Path(out_dir) if out_dir else RESULTS
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / f"{name}-{machine_tag(info)}"
     stem.with_suffix(".json").write_text(json.dumps({"machine": info, "results": rows}, indent=1) + "\n")

@@ -13,14 +13,13 @@ Without --root it synthesizes a tree (`speechcls synth`, 30 words x --voices) un
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, md_table, timed, write_results  # noqa: E402
+from common import machine, md_table, peer_workers, timed, write_results  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -62,10 +61,7 @@ def main() -> None:
     root = bench_tree(args.root, args.voices)
     n = len(index_tree(root).clips)
     repeats, warmup = (1, 0) if args.quick else (args.repeats, 1)
-    cores = os.cpu_count() or 1
-    worker_counts = [0] if args.quick else sorted({0, cores})
-    if args.peer_workers:
-        worker_counts = [int(w) for w in args.peer_workers.split(",")]
+    worker_counts = peer_workers(args.peer_workers, args.quick)
     engines = [("torch", "cpu")] + ([("dali", "cpu")] if dali.available() else [])
     if torch.cuda.is_available():
         engines.append(("torch", "cuda"))
@@ -101,7 +97,7 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     info = machine() | {"clips": n, "data": str(root)}
     md = md_table(rows, ["variant", "way", "clips_per_s", "median_s", "min_s", "max_s", "threads", "ratio_vs_peer"])
-    stem = write_results("featurize", info, rows, md, args.out) if args.out else write_results("featurize", info, rows, md)
+    stem = write_results("featurize", info, rows, md, args.out)
     print(md)
     print(f"wrote {stem}.json and {stem}.md")
 

@@ -11,14 +11,13 @@ into a temporary folder. Median of --repeats full epochs after a warm-up epoch.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, md_table, timed, write_results  # noqa: E402
+from common import machine, md_table, peer_workers, timed, write_results  # noqa: E402
 from featurize import bench_tree  # noqa: E402
 
 
@@ -60,8 +59,7 @@ def main() -> None:
     root = bench_tree(args.root, args.voices)
     index = index_tree(root)
     train_idx = [i for i, c in enumerate(index.split("official")) if c == 0]
-    cores = os.cpu_count() or 1
-    workers = [int(w) for w in args.peer_workers.split(",")] if args.peer_workers else ([0] if args.quick else sorted({0, cores}))
+    workers = peer_workers(args.peer_workers, args.quick)
     modes = args.modes.split(",")
     rows = []
     tmp = Path(tempfile.mkdtemp(prefix="speechcls-input-bench-"))
@@ -103,7 +101,7 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     info = machine() | {"data": str(root), "train_clips": n}
     md = md_table(rows, ["variant", "dtype", "way", "samples_per_s", "GB_per_s", "ratio_vs_peer", "median_s", "min_s", "max_s", "device"])
-    stem = write_results("input_pipeline", info, rows, md, args.out) if args.out else write_results("input_pipeline", info, rows, md)
+    stem = write_results("input_pipeline", info, rows, md, args.out)
     print(md)
     print(f"wrote {stem}.json and {stem}.md")
 

@@ -104,7 +104,7 @@ def main() -> None:
     info = machine() | {"clips": len(waves), "data": "speech_commands_v0.01_mini (300 real clips)"}
     cols = ["variant", "dtype", "chunk_rows", "chunk_MB", "codec", "ratio", "bytes_per_clip", "write_MBps", "read_MBps"]
     md = md_table(rows, cols)
-    stem = write_results("store_codecs", info, rows, md, args.out) if args.out else write_results("store_codecs", info, rows, md)
+    stem = write_results("store_codecs", info, rows, md, args.out)
     print(f"wrote {stem}.json and {stem}.md")
 
 

@@ -11,14 +11,13 @@ median of --repeats. On CUDA add --precision bf16, --channels-last, --compile to
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, md_table, timed, write_results  # noqa: E402
+from common import machine, md_table, peer_workers, timed, write_results  # noqa: E402
 from featurize import bench_tree  # noqa: E402
 
 
@@ -67,8 +66,7 @@ def main() -> None:
     warmup = 0 if args.quick else 1
     device = resolve_device(args.device)
     root = bench_tree(args.root, args.voices)
-    cores = os.cpu_count() or 1
-    workers = [int(w) for w in args.peer_workers.split(",")] if args.peer_workers else ([0] if args.quick else sorted({0, cores}))
+    workers = peer_workers(args.peer_workers, args.quick)
     cfg = TrainConfig(device=str(device), precision=args.precision, channels_last=args.channels_last, compile=args.compile, batch_size=args.batch_size)
     rows = []
     tmp = Path(tempfile.mkdtemp(prefix="speechcls-train-bench-"))
@@ -119,7 +117,7 @@ def main() -> None:
     info = machine() | {"data": str(root)}
     md = md_table(rows, ["variant", "way", "samples_per_s", "input_overhead_pct", "median_s", "min_s", "max_s", "device", "precision", "batch_size", "steps"])
     name = "train_step" + ("" if args.precision == "fp32" else f"-{args.precision}") + ("-cl" if args.channels_last else "") + ("-compile" if args.compile else "")
-    stem = write_results(name, info, rows, md, args.out) if args.out else write_results(name, info, rows, md)
+    stem = write_results(name, info, rows, md, args.out)
     print(md)
     print(f"wrote {stem}.json and {stem}.md")
 
