@@ -85,12 +85,10 @@ def find_store(variant: str | None = None, cache: stores.Where | None = None) ->
     cache = stores.where(cache or config.cache_dir())
     found = []
     for path in stores.glob(cache, "*/*.zarr"):
-        if not stores.exists(path, "zarr.json"):
-            continue
         try:
             group = open_store(path)
         except ValueError:
-            continue  # incomplete or another format: not a candidate
+            continue  # not a store, incomplete or another format: not a candidate
         if variant is None or group.attrs["variant"] == variant:
             found.append(path)
     if not found:
