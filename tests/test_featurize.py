@@ -5,7 +5,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from speechcls.config import FeatureParams
 from speechcls.dataset import index_tree
 from speechcls.featurize import featurize
 
+DIE_AFTER = Path(__file__).with_name("die_after.py")
 VARIANTS = ["spectrogram", "mel", "complex", "waveform"]
 
 
@@ -345,20 +345,12 @@ def test_kill_9_then_rerun_gives_identical_store(tmp_path, mini_root):
            "--device", "cpu", "--backend", "torch", "--batch-size", "16", "--chunk-rows", "16", "--out"]  # fmt: skip
     subprocess.run([*cmd, str(tmp_path / "whole.zarr")], env=env, check=True, capture_output=True)
     out = tmp_path / "killed.zarr"
-    proc = subprocess.Popen([*cmd, str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline:  # wait until some blocks are recorded, then kill without warning
-        try:
-            if zarr.open_array(str(out / "done"), mode="r")[:].sum() >= 3:
-                break
-        except Exception:
-            pass
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    # a real SIGKILL, sent by the run itself right after its 3rd block is recorded (tests/die_after.py)
+    r = subprocess.run([sys.executable, str(DIE_AFTER), "3", *cmd[3:], str(out)], env=env, capture_output=True, text=True)
+    assert r.returncode == -signal.SIGKILL, r.stderr
     attrs = store.read_attrs(out)
     done = zarr.open_array(str(out / "done"), mode="r")[:]
-    assert not attrs["complete"] and 0 < done.sum() < len(done) == 19
+    assert not attrs["complete"] and done.sum() == 3 and len(done) == 19
     subprocess.run([*cmd, str(out)], env=env, check=True, capture_output=True)
     _same_store(tmp_path / "whole.zarr", out)
 
