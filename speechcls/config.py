@@ -141,7 +141,7 @@ class FeatureParams:
 
 
 # --- the feature store --------------------------------------------------------------------------------
-STORE_FORMAT_VERSION = 2  # bump on any change of layout; readers refuse another version
+STORE_FORMAT_VERSION = 3  # bump on any change of layout; readers refuse another version (3: every chunk written)
 ROW_ORDER_SEED = 0  # rows are written in a seeded shuffled order, so every chunk mixes classes
 BATCH_SIZE = 256  # clips per batched feature call (rounded up to whole chunks)
 

@@ -28,7 +28,7 @@ from speechcls.dataset import DatasetIndex, index_tree
 @dataclass
 class FeaturizeResult:
     path: store.Where
-    status: str  # "written" | "resumed" | "present"
+    status: str  # "written" | "resumed" | "repaired" | "present"
     clips: int
     skipped: dict[str, str]
     resampled: int
@@ -50,8 +50,9 @@ class FeaturizeResult:
                 f"{self.path}: already complete: {self.clips} clips, {len(self.skipped)} skipped, "
                 f"{size:.1f} MB on disk, compression {self.compression_ratio:.2f}x"
             )
+        repaired = f"repaired ({self.computed} clips of lost chunks recomputed): " if self.status == "repaired" else ""
         return (
-            f"{self.path}: {self.clips} clips, {len(self.skipped)} skipped, {self.seconds:.1f} s, "
+            f"{self.path}: {repaired}{self.clips} clips, {len(self.skipped)} skipped, {self.seconds:.1f} s, "
             f"{self.clips_per_s:.0f} clips/s, {size:.1f} MB on disk, compression {self.compression_ratio:.2f}x"
         )
 
@@ -103,7 +104,8 @@ def row_arrays(index: DatasetIndex, seed: int) -> tuple[np.ndarray, dict[str, np
 
 
 def _existing(path: store.Where, request: dict, engine: dict, overwrite: bool) -> str | None:
-    """What to do with a store already at `path`: None (create), "present" or "resume"."""
+    """What to do with a store already at `path`: None (create), "present", "resume" or "repair" (a
+    complete store that lost chunk objects)."""
     if not store.exists(path):
         return None
     if overwrite:
@@ -120,14 +122,14 @@ def _existing(path: store.Where, request: dict, engine: dict, overwrite: bool) -
             f"{path} holds a store made with other settings (differs in: {', '.join(diff)}); "
             "pass --overwrite to replace it or --out for a new store"
         )
-    if attrs.get("complete"):
+    if attrs.get("complete") and not store.lost_chunks(path, store.open_group(path, mode="r")):
         return "present"
     if attrs.get("engine") != engine:
         raise ValueError(
-            f"{path} was started with {attrs.get('engine')}, not {engine}: finish it with the same --backend and "
-            "--device (resumed stores must be byte-identical), or --overwrite"
+            f"{path} was made with {attrs.get('engine')}, not {engine}: finish or repair it with the same --backend "
+            "and --device (resumed stores must be byte-identical), or --overwrite"
         )
-    return "resume"
+    return "repair" if attrs.get("complete") else "resume"
 
 
 def featurize(
@@ -198,8 +200,10 @@ def featurize(
         if not rank.main:
             dist.barrier(rank)  # rank 0 has made or checked the store
             writer = store.StoreWriter.reopen(path)
-        elif status == "resume":
+        elif status in ("resume", "repair"):
             writer = store.StoreWriter.reopen(path)
+            if status == "repair":  # the blocks that lost a chunk are redone, nothing else
+                writer.reopen_damaged(store.lost_chunks(path, writer.group), rows)
             dist.barrier(rank)
         else:
             attrs = _store_attrs(params, index, version, root, row_seed, engine)
@@ -213,7 +217,7 @@ def featurize(
             f"cannot write the store at {path}: {e.strerror or e}. Free space or choose another --out; the store "
             "is not marked complete and the same command resumes it"
         ) from e
-    result.status = "resumed" if status == "resume" else "written"
+    result.status = {"resume": "resumed", "repair": "repaired"}.get(status, "written")
     return result
 
 

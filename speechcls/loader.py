@@ -119,7 +119,7 @@ def split_rows(group, split: str, kind: str = "official", seed: int = config.SPL
     return np.flatnonzero(valid & (codes == SPLIT_NAMES[split]))
 
 
-def read_rows(array, rows: np.ndarray) -> np.ndarray:
+def read_rows(loc: stores.Where, array, rows: np.ndarray) -> np.ndarray:
     """features[rows] for sorted rows, reading whole chunks (one read per chunk that holds any)."""
     chunk = array.chunks[0]
     out = np.empty((len(rows), *array.shape[1:]), dtype=array.dtype)
@@ -128,8 +128,7 @@ def read_rows(array, rows: np.ndarray) -> np.ndarray:
         a, b = starts[c], starts[c + 1]
         if a == b:
             continue
-        block = array[c * chunk : min((c + 1) * chunk, array.shape[0])]
-        out[a:b] = block[rows[a:b] - c * chunk]
+        out[a:b] = stores.read_chunk(loc, array, c)[rows[a:b] - c * chunk]
     return out
 
 
@@ -269,7 +268,7 @@ class FeatureLoader:
 
     def _load(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._data is None:
-            x = torch.from_numpy(read_rows(self.group["features"], self.rows))
+            x = torch.from_numpy(read_rows(self.path, self.group["features"], self.rows))
             y = torch.from_numpy(self.labels.astype(np.int64))
             if self.mode == "device":
                 x, y = x.to(self.device), y.to(self.device)
@@ -359,8 +358,7 @@ class FeatureLoader:
 
         def read(c: int):
             rows = self.rows[starts[c] : starts[c + 1]]
-            block = feats[c * chunk : min((c + 1) * chunk, feats.shape[0])]
-            return block[rows - c * chunk], self.labels[starts[c] : starts[c + 1]].astype(np.int64)
+            return stores.read_chunk(self.path, feats, c)[rows - c * chunk], self.labels[starts[c] : starts[c + 1]].astype(np.int64)
 
         buf_x: list[np.ndarray] = []
         buf_y: list[np.ndarray] = []

@@ -18,6 +18,13 @@ killed run redoes exactly the blocks not marked done; `complete` is set last. Ev
 a file of its own, so ranks of a distributed run writing disjoint blocks never write the same file.
 Readers refuse an incomplete store or another format version.
 
+Every chunk is an object, all-zero ones included (zarr's write_empty_chunks, off by default, is turned on
+for every array): zarr reads a missing chunk as its fill value, so without this a chunk lost in a partial
+copy or deleted during training would silently read as zeros (or as label 0). With it, a missing object
+is damage, found by one listing when a store is opened (DamagedStore, naming the lost chunks) and by a
+check on every all-zero chunk read; `speechcls featurize` with the same settings recomputes exactly the
+blocks that lost something.
+
 Where: a local path (zarr's LocalStore) or any fsspec URL (s3://, gs://, ...: zarr's FsspecStore, with
 credentials from the usual environment, e.g. AWS_ACCESS_KEY_ID / AWS_ENDPOINT_URL for S3). Object
 stores write every object whole, so the same crash rules hold there.
@@ -43,8 +50,16 @@ DEFAULT_CODEC = "blosc-lz4-5-bitshuffle"
 DEFAULT_CHUNK_BYTES = 16 << 20  # ~16 MB of raw features per chunk: few files, whole-chunk reads stay cheap
 
 
+# every chunk is written, even one equal to the fill value: a missing chunk object is then damage
+ARRAY_CONFIG = {"write_empty_chunks": True}
+
+
 class IncompleteStore(ValueError):
     pass
+
+
+class DamagedStore(IncompleteStore):
+    """A store marked complete that lacks chunk objects (a partial copy, a deletion)."""
 
 
 # --- where a store lives ---------------------------------------------------------------------------
@@ -202,11 +217,9 @@ class StoreWriter:
         self.loc = loc
         self.group = group
         self.layout = layout
-        self.features = group["features"]
-        self.valid = group["valid"]
-        self.done = group["done"]
-        self.reasons = group["skip_reason"]
-        self.resampled = group["resampled"]
+        self.features, self.valid, self.done, self.reasons, self.resampled = (
+            group[k].with_config(ARRAY_CONFIG) for k in ("features", "valid", "done", "skip_reason", "resampled")
+        )
 
     @classmethod
     def create(
@@ -229,15 +242,14 @@ class StoreWriter:
         n, blocks = layout.n, layout.n_blocks
         group.create_array(
             "features", shape=(n, *params.shape), chunks=(layout.chunk_rows, *params.shape),
-            dtype=params.store_dtype, compressors=compressors, fill_value=0,
+            dtype=params.store_dtype, compressors=compressors, fill_value=0, config=ARRAY_CONFIG,
         )  # fmt: skip
-        group.create_array("valid", shape=(n,), chunks=(layout.chunk_rows,), dtype="bool", fill_value=False)
-        group.create_array("skip_reason", shape=(n,), chunks=(layout.chunk_rows,), dtype=str)
-        group.create_array("done", shape=(blocks,), chunks=(1,), dtype="bool", fill_value=False)
-        group.create_array("resampled", shape=(blocks,), chunks=(1,), dtype="int32", fill_value=0)
+        group.create_array("valid", shape=(n,), chunks=(layout.chunk_rows,), dtype="bool", fill_value=False, config=ARRAY_CONFIG)
+        group.create_array("skip_reason", shape=(n,), chunks=(layout.chunk_rows,), dtype=str, config=ARRAY_CONFIG)
+        group.create_array("done", shape=(blocks,), chunks=(1,), dtype="bool", fill_value=False, config=ARRAY_CONFIG)
+        group.create_array("resampled", shape=(blocks,), chunks=(1,), dtype="int32", fill_value=0, config=ARRAY_CONFIG)
         for name, values in rows.items():  # label, split, speaker, path: known before any decoding
-            arr = group.create_array(name, shape=(n,), chunks=(max(n, 1),), dtype=values.dtype if values.dtype.kind != "U" else str)
-            arr[:] = values
+            write_rows(group, name, values, create=True)
         group.attrs.update(
             {
                 **attrs,
@@ -272,12 +284,87 @@ class StoreWriter:
         # marked only once the block's chunks are on disk: a kill before this line redoes the block
         self.done[b] = True
 
+    def reopen_damaged(self, lost: dict[str, list[int]], rows: dict[str, np.ndarray]) -> list[int]:
+        """Turns a damaged complete store into a resumable one: every block that lost a chunk is marked
+        not done (a run then recomputes exactly those), lost row records are written again from the index.
+        Returns the blocks to redo."""
+        blocks = set()
+        for name, chunks in lost.items():
+            if name in ("done", "resampled"):  # one chunk per block
+                blocks.update(chunks)
+            elif name in rows:
+                write_rows(self.group, name, rows[name])
+            else:  # chunked along rows like features
+                blocks.update(c * self.layout.chunk_rows // self.layout.block_rows for c in chunks)
+        self.group.attrs["complete"] = False  # first: killed in between, the next run repairs again
+        for b in sorted(blocks):
+            self.done[b] = False
+        return sorted(blocks)
+
     def finish(self, extra: dict) -> None:
         if not self.done[:].all():
             raise AssertionError("finish() before every block was written")
         self.group.attrs.update(
             {**extra, "skipped": read_skipped(self.group), "resampled": int(self.resampled[:].sum()), "complete": True}
         )
+
+
+def write_rows(group, name: str, values: np.ndarray, create: bool = False) -> None:
+    """A per-row record known before any decoding (label, split, speaker, path): one chunk."""
+    if create:
+        dtype = values.dtype if values.dtype.kind != "U" else str
+        group.create_array(name, shape=values.shape, chunks=(max(len(values), 1),), dtype=dtype, config=ARRAY_CONFIG)
+    group[name].with_config(ARRAY_CONFIG)[:] = values
+
+
+def members(loc: Where) -> list[str]:
+    """Every object under the store, as keys relative to it ("features/c/3/0/0/0"): one listing."""
+    if isinstance(loc, Path):
+        return [p.relative_to(loc).as_posix() for p in loc.rglob("*") if p.is_file()]
+    fs, root = _fs(loc)
+    root = root.rstrip("/") + "/"
+    return [k[len(root) :] for k in fs.find(root) if k.startswith(root)]
+
+
+def lost_chunks(loc: Where, group) -> dict[str, list[int]]:
+    """{array: [chunk index, ...]} of the chunk objects a written store should hold but lacks. Every
+    array is chunked along rows only, so a chunk is named by its first index."""
+    held: dict[str, set[int]] = {}
+    for key in members(loc):
+        parts = key.split("/")
+        if len(parts) >= 3 and parts[1] == "c" and all(p.isdigit() for p in parts[2:]):
+            held.setdefault(parts[0], set()).add(int(parts[2]))
+    lost = {}
+    for name, array in group.arrays():
+        missing = sorted(set(range(array.nchunks)) - held.get(name, set()))
+        if missing:
+            lost[name] = missing
+    return lost
+
+
+def damage_message(loc: Where, group, lost: dict[str, list[int]]) -> str:
+    what = ", ".join(f"{name}: {len(c)} of {group[name].nchunks}" for name, c in sorted(lost.items()))
+    return (
+        f"{loc}: the store is marked complete but lacks chunk objects ({what}): a partial copy, or files "
+        "deleted? Copy it again, or run the featurize command again to recompute only the blocks that lost "
+        f"something: {group.attrs.get('command') or 'speechcls featurize ...'}"
+    )
+
+
+def read_chunk(loc: Where, array, c: int) -> np.ndarray:
+    """Chunk `c` (along rows) of `array`. zarr reads a missing chunk object as fill values; an all-zero
+    chunk is therefore checked to exist (every chunk is written), so a deleted store is an error here,
+    never a run on zeros."""
+    rows = array.chunks[0]
+    block = array[c * rows : min((c + 1) * rows, array.shape[0])]
+    if not block.any():
+        key = array.metadata.encode_chunk_key((c,) + (0,) * (array.ndim - 1))
+        if not exists(loc, f"{array.basename}/{key}"):
+            raise DamagedStore(
+                f"{loc}: chunk {array.basename}/{key} is gone (the store was deleted or changed while it was "
+                "being read?); run the featurize command again to recompute it"
+            )
+    return block
 
 
 def read_skipped(group) -> dict[str, str]:
@@ -309,6 +396,8 @@ def open_store(path: str | Path, require_complete: bool = True):
             f"{path}: the store is incomplete ({int(done.sum())} of {len(done)} blocks written); finish it by "
             f"running the same command again: {group.attrs.get('command') or 'speechcls featurize ...'}"
         )
+    if require_complete and (lost := lost_chunks(path, group)):
+        raise DamagedStore(damage_message(path, group, lost))
     return group
 
 

@@ -366,3 +366,25 @@ def test_cuda_path_equals_cpu_path(mini_root, mini_stores, tmp_path, variant):
             assert np.array_equal(gpu["features"][i], cpu["features"][i])
         else:
             assert rel_err(gpu["features"][i], cpu["features"][i].astype(np.float64)) <= 1e-5
+
+
+def test_every_chunk_is_an_object_and_lost_ones_are_recomputed(mini_root, mini_stores, tmp_path):
+    """zarr reads a missing chunk as fill values: every chunk is written (all-"" skip reasons included),
+    so a lost one is found on open, and the same featurize command recomputes only its block."""
+    import shutil
+
+    original = mini_stores["mel"].path  # 300 rows, chunks of 32, blocks of 64 rows (5 blocks)
+    assert store.lost_chunks(original, store.open_group(original, mode="r")) == {}
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(original, copy)
+    for key in ("features/c/3/0/0/0", "skip_reason/c/5", "label/c/0", "resampled/c/4"):
+        (copy / key).unlink()  # a partial copy: blocks 1 (rows 96-127), 2 (rows 160-191) and 4 (rows 256-299)
+    with pytest.raises(store.DamagedStore, match=r"features: 1 of 10, label: 1 of 1, resampled: 1 of 5, skip_reason: 1 of 10"):
+        store.open_store(copy)
+    assert store.read_attrs(copy)["complete"]  # opening never changes the store
+    r = featurize(FeatureParams("mel"), mini_root, out=copy, backend="torch", device="cpu", batch_size=64, chunk_rows=32)
+    assert r.status == "repaired" and r.computed == 64 + 64 + 44 and "repaired" in r.line()
+    _same_store(original, copy)
+    store.open_store(copy)
+    assert featurize(FeatureParams("mel"), mini_root, out=copy, backend="torch", device="cpu", batch_size=64, chunk_rows=32).status == "present"
+

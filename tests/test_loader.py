@@ -197,3 +197,21 @@ def test_cuda_batches_equal_cpu_batches(stores, mode):
     b = FeatureLoader(stores["mel"], "train", batch_size=32, seed=1, mode=mode, device="cpu")
     for (xa, ya), (xb, yb) in zip(a, b, strict=True):
         assert xa.device.type == "cuda" and torch.equal(xa.cpu(), xb) and torch.equal(ya.cpu(), yb)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_chunk_deleted_while_training_is_an_error_not_zeros(stores, tmp_path, mode):
+    """zarr would read the lost chunk as zeros; the loader stops, naming it."""
+    import shutil
+
+    from speechcls import store
+
+    copy = tmp_path / "mel.zarr"
+    shutil.copytree(stores["mel"], copy)
+    loader = FeatureLoader(copy, "train", batch_size=16, device="cpu", mode=mode)  # opened whole
+    (copy / "features" / "c" / "1" / "0" / "0" / "0").unlink()  # rows 16-31: train rows among them
+    with pytest.raises(store.DamagedStore, match=r"features/c/1/0/0/0 is gone"):
+        for _ in loader:
+            pass
+    with pytest.raises(store.DamagedStore, match="features: 1 of 19"):
+        FeatureLoader(copy, "train", device="cpu", mode=mode)

@@ -103,6 +103,19 @@ def test_interrupted_featurize_on_s3_resumes_to_the_same_bytes(s3, tree, local):
     assert_same_store(url, local)
 
 
+def test_a_partial_copy_in_s3_is_found_and_only_its_lost_block_recomputed(s3, tree, local):
+    url = f"{s3}/partial/mel.zarr"
+    run = dict(backend="torch", device="cpu", chunk_rows=16, batch_size=16)
+    featurize(FeatureParams("mel", **SMALL), tree, out=url, **run)
+    fs, root = store._fs(url)
+    fs.rm(f"{root}/features/c/2/0/0/0")
+    with pytest.raises(store.DamagedStore, match="features: 1 of 7"):
+        store.open_store(url)
+    r = featurize(FeatureParams("mel", **SMALL), tree, out=url, **run)
+    assert r.status == "repaired" and r.computed == 16
+    assert_same_store(url, local)
+
+
 def test_two_ranks_featurize_into_s3(s3, tree, local):
     url = f"{s3}/ranks/mel.zarr"
     args = ["featurize", "--variant", "mel", "--n-mels", "80", "--hop-length", "200", "--root", str(tree), "--device", "cpu",
