@@ -7,7 +7,8 @@ Three modes, one batch order:
   `non_blocking=True` on a side CUDA stream (timm's PrefetchLoader pattern).
 - stream: for stores larger than memory: whole chunks are read by background threads in a shuffled
   chunk order, shuffled again inside a bounded buffer, copied like host batches. Under torchrun every
-  rank reads the whole stream and keeps its part of each global batch.
+  rank reads only its own chunks (balanced by rows), so the ranks together read the store once per
+  epoch; a store with too few chunks for that falls back to every rank reading all and keeping its part.
 The resident modes share `epoch_permutation`, so they give identical batches for a seed. Every
 example of the split appears exactly once per epoch; a last batch of one joins the batch before it
 (BatchNorm1d cannot train on one example). A waveform store computes the requested variant on the
@@ -142,6 +143,18 @@ def _available_ram() -> int:
     return 4 << 30
 
 
+@dataclass
+class StreamPlan:
+    """One epoch of the streaming loader: `starts[c]:starts[c + 1]` are chunk c's split rows; `chunks`
+    the ones this rank reads, in order; `sizes` every rank's batch sizes when each reads its own chunks
+    (own), else one list, the global batch sizes, each cut into rank parts."""
+
+    starts: np.ndarray
+    chunks: list[int]
+    sizes: list[list[int]]
+    own: bool
+
+
 def choose_mode(nbytes: int, device: str, budget_fraction: float = 0.4) -> str:
     """device if the split fits in device memory under the budget, else host if in RAM, else stream."""
     if device.startswith("cuda"):
@@ -231,8 +244,9 @@ class FeatureLoader:
         self.rank, self.world = rank, world
         # this rank's batches as [start, end) of the epoch order; refuses a split too small for the ranks
         self.bounds = shard_bounds(len(self.rows), batch_size, rank, world)
-        # examples of each step over all ranks: a rank's mean loss is weighted by its share of them
-        self.global_sizes = [b - a for a, b in global_bounds(len(self.rows), batch_size, world)]
+        # examples of each step over all ranks (a rank's mean loss is weighted by its share of them);
+        # the streaming loader's own-chunk plan changes them per epoch (see global_sizes)
+        self._global_sizes = [b - a for a, b in global_bounds(len(self.rows), batch_size, world)]
         self._data = None
 
     # --- shape and size ---------------------------------------------------------------------------
@@ -249,6 +263,13 @@ class FeatureLoader:
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    @property
+    def global_sizes(self) -> list[int]:
+        """Examples of each step of this epoch over all ranks (the same list on every rank)."""
+        if self.mode == "stream" and (plan := self._stream_plan()).own:
+            return [int(s) for s in np.sum(plan.sizes, axis=0)]
+        return self._global_sizes
 
     # --- iteration ---------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -341,19 +362,46 @@ class FeatureLoader:
             stop.set()
             thread.join(timeout=5)
 
+    def _stream_plan(self) -> "StreamPlan":
+        """Which chunks this rank reads in this epoch, and the batch sizes of every rank.
+
+        Chunks holding rows of the split are taken in a (seed, epoch)-shuffled order. Under torchrun each
+        chunk goes to the rank holding the fewest rows so far (ranks then differ by one chunk's rows at
+        most) and every rank reads only its own chunks, cutting them into len(self) batches whose sizes
+        differ by one at most: 1/world of the reads, every row once over the ranks. When the chunks are too
+        coarse for that (a rank more than a quarter above an even share, or under two rows a step: a
+        store with few chunks), every rank reads every chunk and keeps its part of each global batch
+        (shard_bounds' cut), at world x reads."""
+        chunk = self.group["features"].chunks[0]
+        starts = np.searchsorted(self.rows, np.arange(0, self.group["features"].shape[0] + chunk, chunk))
+        chunks = [c for c in range(len(starts) - 1) if starts[c] < starts[c + 1]]
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch, 1]).permutation(len(chunks))
+            chunks = [chunks[i] for i in order]
+        steps = len(self._global_sizes)
+        if self.world > 1:
+            parts: list[list[int]] = [[] for _ in range(self.world)]
+            held = [0] * self.world
+            for c in chunks:
+                r = int(np.argmin(held))
+                parts[r].append(c)
+                held[r] += int(starts[c + 1] - starts[c])
+            # own chunks when that keeps every rank within a quarter of an even share (the slowest rank
+            # sets a step's time) and gives each two rows a step (BatchNorm)
+            if min(held) >= 2 * steps and max(held) * self.world <= 1.25 * sum(held):
+                sizes = [[n // steps + (i < n % steps) for i in range(steps)] for n in held]
+                return StreamPlan(starts, parts[self.rank], sizes, own=True)
+        return StreamPlan(starts, chunks, [list(self._global_sizes)], own=False)
+
     def _stream_numpy(self):
-        """(x, y) numpy batches: chunks in a (seed, epoch)-shuffled order, rows shuffled in a buffer of
-        `buffer_chunks` chunks; batch sizes follow batch_bounds, so every row appears exactly once."""
+        """(x, y) numpy batches from whole chunks (the plan's, in its order), rows shuffled in a buffer of
+        `buffer_chunks` chunks; batch sizes follow the plan, so every row appears exactly once."""
         feats = self.group["features"]
         chunk = feats.chunks[0]
-        starts = np.searchsorted(self.rows, np.arange(0, feats.shape[0] + chunk, chunk))
-        chunks = [c for c in range(len(starts) - 1) if starts[c] < starts[c + 1]]
-        rng = np.random.default_rng([self.seed, self.epoch, 1])
-        if self.shuffle:
-            chunks = [chunks[i] for i in rng.permutation(len(chunks))]
-        # every rank reads the same chunks in the same order and keeps its own part of each global batch
-        # (shard_bounds' cut): the shares are disjoint and cover the split, at `world` times the reads
-        sizes = list(self.global_sizes)
+        plan = self._stream_plan()
+        starts, chunks = plan.starts, plan.chunks
+        sizes = list(plan.sizes[self.rank] if plan.own else plan.sizes[0])
+        rng = np.random.default_rng([self.seed, self.epoch, 2, self.rank if plan.own else 0])
         fill = self.buffer_chunks * chunk
 
         def read(c: int):
@@ -386,7 +434,7 @@ class FeatureLoader:
                 used = 0
                 while sizes and (len(by) - used - sizes[0] >= (0 if last else fill // 2)):
                     s = sizes.pop(0)
-                    a, b = rank_part(used, used + s, self.rank, self.world)
+                    a, b = (used, used + s) if plan.own else rank_part(used, used + s, self.rank, self.world)
                     yield bx[a:b], by[a:b]
                     used += s
                 buf_x, buf_y = [bx[used:]], [by[used:]]

@@ -1,7 +1,7 @@
 """Run by tests/test_distributed.py, under torchrun (2 ranks, gloo) or as one plain process.
 
     python ddp_script.py step OUT STORE BATCH        one optimizer step; rank 0 saves grads + weights
-    python ddp_script.py fit OUT STORE BATCH EPOCHS [--no-dropout] [--sync-bn] [--stop-after K] [--resume]
+    python ddp_script.py fit OUT STORE BATCH EPOCHS [--no-dropout] [--sync-bn] [--stop-after K] [--resume] [--loader M]
         speechcls.train.fit, recording a fingerprint of every example each rank steps on, per epoch
 """
 
@@ -74,8 +74,9 @@ if __name__ == "__main__":
     p.add_argument("--sync-bn", action="store_true")
     p.add_argument("--stop-after", type=int)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--loader", default="device")
     args = p.parse_args()
-    cfg = TrainConfig(store=args.store, device="cpu", loader="device", batch_size=args.batch, epochs=args.epochs, sync_bn=args.sync_bn, min_epochs=args.epochs)
+    cfg = TrainConfig(store=args.store, device="cpu", loader=args.loader, batch_size=args.batch, epochs=args.epochs, sync_bn=args.sync_bn, min_epochs=args.epochs)
     if args.no_dropout:
         cfg = replace(cfg, dropout2d=0.0, dropout=0.0)
     {"step": step, "fit": fit}[args.what](args, cfg)

@@ -78,6 +78,17 @@ def ddp_store(mini_root, tmp_path_factory):
     return featurize(FeatureParams("mel", n_mels=80, hop_length=200), tree, out=base / "mel.zarr", backend="torch", device="cpu").path
 
 
+@pytest.fixture(scope="module")
+def ddp_store_fine(ddp_store, mini_root, tmp_path_factory):
+    """The same rows in chunks of 8 (13 chunks): the streaming loader gives each rank its own chunks."""
+    from speechcls.config import FeatureParams
+    from speechcls.featurize import featurize
+
+    tree = ddp_store.parent / "tree"
+    out = tmp_path_factory.mktemp("ddp-fine") / "mel.zarr"
+    return featurize(FeatureParams("mel", n_mels=80, hop_length=200), tree, out=out, backend="torch", device="cpu", chunk_rows=8).path
+
+
 def script(*args, ranks=2, check=True):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)] if ranks > 1 else [sys.executable]
     r = subprocess.run([*launcher, str(SCRIPT), *map(str, args)], capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -118,11 +129,14 @@ def _seen(out):
     return [json.loads((out.parent / f"{out.name}-seen-rank{r}.json").read_text()) for r in (0, 1)]
 
 
-def test_two_rank_training_sees_each_example_once_and_logs_what_one_process_would(ddp_store, tmp_path):
+@pytest.mark.parametrize("loader", ["device", "stream"])
+def test_two_rank_training_sees_each_example_once_and_logs_what_one_process_would(ddp_store, ddp_store_fine, tmp_path, loader):
+    """device: global batches cut in two; stream: each rank reads its own chunks (batches 16 +- a few)."""
     from speechcls.train import evaluate, read_log
 
     out = tmp_path / "run"
-    script("fit", out, ddp_store, 16, 3)
+    store_path = ddp_store if loader == "device" else ddp_store_fine
+    script("fit", out, store_path, 16, 3, "--loader", loader)
     expected = _train_rows(ddp_store)
     assert len(expected) == 74
     log = read_log(out / "log.csv")

@@ -68,19 +68,38 @@ def test_shards_refuse_too_few_examples():
         shard_bounds(5, 4, 0, 3)
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.fixture(scope="module")
+def coarse(stores, mini_root, tmp_path_factory):
+    """The mel store again in chunks of 256 rows: two chunks, too coarse to give ranks their own."""
+    base = tmp_path_factory.mktemp("coarse")
+    return featurize(FeatureParams("mel"), mini_root, out=base / "mel.zarr", backend="torch", device="cpu", chunk_rows=256, batch_size=256).path
+
+
+@pytest.mark.parametrize("mode,chunks", [(m, "fine") for m in MODES] + [("stream", "coarse")])  # chunking: streaming only
 @pytest.mark.parametrize("world", [2, 3])
-def test_ranks_see_the_split_exactly_once(stores, mode, world):
-    s = read_store(stores["mel"])
+def test_ranks_see_the_split_exactly_once(stores, coarse, mode, world, chunks, monkeypatch):
+    from speechcls import store
+
+    path = stores["mel"] if chunks == "fine" else coarse
+    s = read_store(path)
     expected = np.flatnonzero(s["valid"] & (s["split"] == 0))
-    loaders = [FeatureLoader(stores["mel"], "train", batch_size=12, seed=2, mode=mode, rank=r, world=world) for r in range(world)]
+    loaders = [FeatureLoader(path, "train", batch_size=12, seed=2, mode=mode, rank=r, world=world) for r in range(world)]
+    read_chunk, reads = store.read_chunk, []
+    monkeypatch.setattr(store, "read_chunk", lambda loc, array, c: reads[-1].append(c) or read_chunk(loc, array, c))
     for epoch in (0, 1):
-        seen, steps = [], []
+        seen, steps, reads[:] = [], [], []
         for loader in loaders:
             loader.set_epoch(epoch)
+            reads.append([])
             rows, sizes = rows_of(loader)
             seen.append(rows)
             steps.append(sizes)
+        if mode == "stream":
+            every = sorted({r // (16 if chunks == "fine" else 256) for r in expected})  # chunks with train rows
+            if chunks == "fine":  # each rank reads its own chunks: the store once over the ranks
+                assert sorted(c for r in reads for c in r) == every
+            else:  # fallback: every rank reads every chunk
+                assert all(sorted(r) == every for r in reads)
         assert sum(map(len, seen)) == len(set().union(*map(set, seen)))  # no row on two ranks, none twice
         assert sorted(r for rows in seen for r in rows) == list(expected)  # 205 rows: uneven shards, no padding
         assert len({len(s) for s in steps}) == 1 and len(steps[0]) == len(loaders[0])  # equal step counts
