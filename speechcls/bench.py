@@ -15,6 +15,7 @@ SCRIPTS = {
     "input": "input_pipeline.py",
     "train": "train_step.py",
     "store": "store_codecs.py",
+    "ranks": "stream_ranks.py",
 }
 
 
@@ -60,6 +61,8 @@ def summary(files: list[Path]) -> list[tuple[str, str, str, str]]:
                 rows.append((name, r["variant"], r["way"], f"{rate:,.0f}/s, x{r['ratio_vs_peer']:.2f} vs peer"))
             elif "input_overhead_pct" in r and r["way"].startswith("speechcls"):
                 rows.append((name, r["variant"], r["way"], f"{r['samples_per_s']:,.1f}/s, input overhead {r['input_overhead_pct']:.1f} %"))
+            elif name == "stream_ranks" and "speedup" in r:
+                rows.append((name, r["variant"], f"world {r['world']}, {r['ranks_read']}", f"{r['chunks_per_rank']:.1f} chunks a rank, x{r['speedup']:.2f} vs every chunk"))
             elif name == "store_codecs" and r["codec"] == "blosc-lz4-5-bitshuffle":
                 rows.append((name, f"{r['variant']} {r['dtype']}", f"chunk {r['chunk_rows']}", f"ratio {r['ratio']:.2f}"))
     return rows

@@ -402,7 +402,7 @@ def predict(
 @user_errors
 def bench(
     which: Annotated[
-        Optional[list[str]], typer.Argument(help="featurize | input | train | store | all [default: all].")
+        Optional[list[str]], typer.Argument(help="featurize | input | train | store | ranks | all [default: all].")
     ] = None,
     quick: Annotated[bool, typer.Option(help="Bounded work: one repeat, few steps (what the tests run).")] = False,
     root: Annotated[Optional[Path], typer.Option(help="A Speech Commands tree [default: a synthetic one].")] = None,

@@ -210,7 +210,10 @@ class FeatureLoader:
         workers: int = 1,
         rank: int = 0,
         world: int = 1,
+        own_chunks: bool = True,
     ):
+        """`own_chunks` False makes every streaming rank read every chunk (the fallback for coarse stores),
+        to compare the two in benchmarks/stream_ranks.py."""
         self.group = open_store(store)
         self.path = stores.where(store)
         attrs = dict(self.group.attrs)
@@ -241,7 +244,7 @@ class FeatureLoader:
         self.mode = choose_mode(item_bytes * len(self.rows), str(self.device)) if mode == "auto" else mode
         if self.mode not in ("device", "host", "stream"):
             raise ValueError(f"unknown loader mode {self.mode!r}: choose auto, device, host or stream")
-        self.rank, self.world = rank, world
+        self.rank, self.world, self.own_chunks = rank, world, own_chunks
         # this rank's batches as [start, end) of the epoch order; refuses a split too small for the ranks
         self.bounds = shard_bounds(len(self.rows), batch_size, rank, world)
         # examples of each step over all ranks (a rank's mean loss is weighted by its share of them);
@@ -379,7 +382,7 @@ class FeatureLoader:
             order = np.random.default_rng([self.seed, self.epoch, 1]).permutation(len(chunks))
             chunks = [chunks[i] for i in order]
         steps = len(self._global_sizes)
-        if self.world > 1:
+        if self.world > 1 and self.own_chunks:
             parts: list[list[int]] = [[] for _ in range(self.world)]
             held = [0] * self.world
             for c in chunks:

@@ -93,3 +93,12 @@ def test_speechcls_bench_runs_the_scripts_and_prints_ratios(tmp_path, mini_root)
 def test_gpu_check_script_is_valid_bash():
     subprocess.run(["bash", "-n", str(REPO / "benchmarks" / "gpu_check.sh")], check=True)
     subprocess.run(["bash", "-n", str(REPO / "tools" / "gpu_wheels.sh")], check=True)
+
+
+def test_stream_ranks_quick(tmp_path, mini_root):
+    run("stream_ranks.py", "--quick", "--root", str(mini_root), "--variants", "mel", "--worlds", "2", "--chunk-rows", "16", "--batch-size", "16", "--out", str(tmp_path))
+    data = json.loads(next(tmp_path.glob("stream_ranks-*.json")).read_text())
+    every, own = data["results"]
+    assert every["ranks_read"] == "every chunk" and own["ranks_read"] == "own chunks"
+    assert own["chunks_per_rank"] == every["chunks_per_rank"] / 2  # the two ranks share the chunks
+    assert every["train_rows"] == own["train_rows"] and own["speedup"] > 0
