@@ -202,8 +202,9 @@ def featurize(
             writer = store.StoreWriter.reopen(path)
         elif status in ("resume", "repair"):
             writer = store.StoreWriter.reopen(path)
-            if status == "repair":  # the blocks that lost a chunk are redone, nothing else
-                writer.reopen_damaged(store.lost_chunks(path, writer.group), rows)
+            # blocks that lost a chunk are redone with the missing ones (a finished block may have lost
+            # one too, in a copy), nothing else
+            writer.reopen_damaged(store.lost_chunks(path, writer.group), rows)
             dist.barrier(rank)
         else:
             attrs = _store_attrs(params, index, version, root, row_seed, engine)

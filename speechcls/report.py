@@ -67,6 +67,9 @@ def print_index(index: DatasetIndex, seed: int, survey: AudioSurvey | None, cons
 
 def print_store(info: dict, console) -> None:
     state = "complete" if info["complete"] else "[bold red]INCOMPLETE[/] (run the featurize command again to finish)"
+    if info.get("lost_chunks"):
+        lost = ", ".join(f"{k} {n} of {of}" for k, (n, of) in sorted(info["lost_chunks"].items()))
+        state = f"[bold red]DAMAGED[/]: lost chunk objects ({lost}); run the featurize command again to repair"
     console.print(f"[bold]{info['path']}[/]: {info['variant']} store, {state}")
     console.print(
         f"features {tuple(info['shape'])} {info['dtype']}, chunks {tuple(info['chunks'])}, codec {info['codec']}"

@@ -427,6 +427,8 @@ def store_info(path: str | Path) -> dict:
         "compression_ratio": raw / on_disk if on_disk else float("nan"),
         "classes": attrs["classes"],
         "valid": int(valid.sum()),
+        # chunk objects a complete store lacks ({array: [lost, of]}); an unfinished one lacks some by design
+        "lost_chunks": {k: [len(c), group[k].nchunks] for k, c in lost_chunks(path, group).items()} if attrs.get("complete") else {},
         "per_split": per_split,
         "skipped": attrs["skipped"] if "skipped" in attrs else read_skipped(group),
         "resampled": attrs["resampled"] if "resampled" in attrs else int(group["resampled"][:].sum()),

@@ -382,9 +382,23 @@ def test_every_chunk_is_an_object_and_lost_ones_are_recomputed(mini_root, mini_s
     with pytest.raises(store.DamagedStore, match=r"features: 1 of 10, label: 1 of 1, resampled: 1 of 5, skip_reason: 1 of 10"):
         store.open_store(copy)
     assert store.read_attrs(copy)["complete"]  # opening never changes the store
+    from typer.testing import CliRunner
+
+    from speechcls.cli import app
+
+    shown = " ".join(CliRunner().invoke(app, ["info", str(copy)]).output.split())
+    assert "DAMAGED: lost chunk objects (features 1 of 10, label 1 of 1, resampled 1 of 5, skip_reason 1 of 10)" in shown
     r = featurize(FeatureParams("mel"), mini_root, out=copy, backend="torch", device="cpu", batch_size=64, chunk_rows=32)
     assert r.status == "repaired" and r.computed == 64 + 64 + 44 and "repaired" in r.line()
     _same_store(original, copy)
     store.open_store(copy)
     assert featurize(FeatureParams("mel"), mini_root, out=copy, backend="torch", device="cpu", batch_size=64, chunk_rows=32).status == "present"
+    # an unfinished store (block 4 never written) that also lost a finished block's chunk: resuming redoes both
+    group = store.open_group(copy, mode="r+")
+    group["done"][4] = False
+    group.attrs["complete"] = False
+    (copy / "features/c/3/0/0/0").unlink()
+    r = featurize(FeatureParams("mel"), mini_root, out=copy, backend="torch", device="cpu", batch_size=64, chunk_rows=32)
+    assert r.status == "resumed" and r.computed == 64 + 44
+    _same_store(original, copy)
 
