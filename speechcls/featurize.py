@@ -28,7 +28,7 @@ from speechcls.dataset import DatasetIndex, index_tree
 @dataclass
 class FeaturizeResult:
     path: store.Where
-    status: str  # "written" | "resumed" | "repaired" | "present"
+    status: str  # "written" | "resumed" | "repaired" | "rebuilt" | "present"
     clips: int
     skipped: dict[str, str]
     resampled: int
@@ -50,9 +50,12 @@ class FeaturizeResult:
                 f"{self.path}: already complete: {self.clips} clips, {len(self.skipped)} skipped, "
                 f"{size:.1f} MB on disk, compression {self.compression_ratio:.2f}x"
             )
-        repaired = f"repaired ({self.computed} clips of lost chunks recomputed): " if self.status == "repaired" else ""
+        note = {
+            "repaired": f"repaired ({self.computed} clips of lost chunks recomputed): ",
+            "rebuilt": f"rebuilt (the store there had an older format; this speechcls writes format {config.STORE_FORMAT_VERSION}): ",
+        }.get(self.status, "")
         return (
-            f"{self.path}: {repaired}{self.clips} clips, {len(self.skipped)} skipped, {self.seconds:.1f} s, "
+            f"{self.path}: {note}{self.clips} clips, {len(self.skipped)} skipped, {self.seconds:.1f} s, "
             f"{self.clips_per_s:.0f} clips/s, {size:.1f} MB on disk, compression {self.compression_ratio:.2f}x"
         )
 
@@ -104,8 +107,8 @@ def row_arrays(index: DatasetIndex, seed: int) -> tuple[np.ndarray, dict[str, np
 
 
 def _existing(path: store.Where, request: dict, engine: dict, overwrite: bool) -> str | None:
-    """What to do with a store already at `path`: None (create), "present", "resume" or "repair" (a
-    complete store that lost chunk objects)."""
+    """What to do with a store already at `path`: None (create), "present", "resume", "repair" (a
+    complete store that lost chunk objects) or "rebuild" (an older store format)."""
     if not store.exists(path):
         return None
     if overwrite:
@@ -115,6 +118,9 @@ def _existing(path: store.Where, request: dict, engine: dict, overwrite: bool) -
             raise ValueError(f"{path} exists and is not a feature store; remove it, choose another --out, or --overwrite")
         return None
     attrs = store.read_attrs(path)
+    version = attrs.get("format_version")
+    if isinstance(version, int) and version < config.STORE_FORMAT_VERSION:
+        return "rebuild"  # made by an older speechcls: unreadable by this one, so made again in full
     old = attrs.get("request")
     if old != request:
         diff = sorted(k for k in set(old or {}) | set(request) if (old or {}).get(k) != request.get(k))
@@ -218,7 +224,7 @@ def featurize(
             f"cannot write the store at {path}: {e.strerror or e}. Free space or choose another --out; the store "
             "is not marked complete and the same command resumes it"
         ) from e
-    result.status = {"resume": "resumed", "repair": "repaired"}.get(status, "written")
+    result.status = {"resume": "resumed", "repair": "repaired", "rebuild": "rebuilt"}.get(status, "written")
     return result
 
 

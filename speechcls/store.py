@@ -388,7 +388,7 @@ def open_store(path: str | Path, require_complete: bool = True):
     if version != config.STORE_FORMAT_VERSION:
         raise ValueError(
             f"{path}: store format version {version}, this speechcls reads version {config.STORE_FORMAT_VERSION}; "
-            "featurize again with --overwrite"
+            f"run its featurize command again (an older store is rebuilt): {group.attrs.get('command') or 'speechcls featurize ...'}"
         )
     if require_complete and not group.attrs.get("complete"):
         done = group["done"][:]

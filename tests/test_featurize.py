@@ -402,3 +402,19 @@ def test_every_chunk_is_an_object_and_lost_ones_are_recomputed(mini_root, mini_s
     assert r.status == "resumed" and r.computed == 64 + 44
     _same_store(original, copy)
 
+
+
+def test_a_store_of_an_older_format_is_rebuilt_by_featurize(mini_root, mini_stores, tmp_path):
+    import shutil
+
+    original = mini_stores["mel"].path
+    old = tmp_path / "old.zarr"
+    shutil.copytree(original, old)
+    group = store.open_group(old, mode="r+")
+    group.attrs.update({"format_version": 2, "request": {**group.attrs["request"], "format_version": 2}})
+    with pytest.raises(ValueError, match="store format version 2, this speechcls reads version 3; run its featurize command again"):
+        store.open_store(old)
+    r = featurize(FeatureParams("mel"), mini_root, out=old, backend="torch", device="cpu", batch_size=64, chunk_rows=32)
+    assert r.status == "rebuilt" and r.computed == 300 and "rebuilt (the store there had an older format" in r.line()
+    _same_store(original, old)
+    assert store.read_attrs(old)["format_version"] == config.STORE_FORMAT_VERSION
