@@ -210,7 +210,7 @@ def featurize(
             writer = store.StoreWriter.reopen(path)
             # blocks that lost a chunk are redone with the missing ones (a finished block may have lost
             # one too, in a copy), nothing else
-            writer.reopen_damaged(store.lost_chunks(path, writer.group), rows)
+            writer.reopen_damaged(rows)
             dist.barrier(rank)
         else:
             attrs = _store_attrs(params, index, version, root, row_seed, engine)

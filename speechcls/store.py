@@ -284,10 +284,13 @@ class StoreWriter:
         # marked only once the block's chunks are on disk: a kill before this line redoes the block
         self.done[b] = True
 
-    def reopen_damaged(self, lost: dict[str, list[int]], rows: dict[str, np.ndarray]) -> list[int]:
-        """Turns a damaged complete store into a resumable one: every block that lost a chunk is marked
-        not done (a run then recomputes exactly those), lost row records are written again from the index.
-        Returns the blocks to redo."""
+    def reopen_damaged(self, rows: dict[str, np.ndarray]) -> None:
+        """Turns a store that lost chunk objects into a resumable one: every block that lost a chunk is
+        marked not done (a run then recomputes exactly those), lost row records are written again from
+        the index."""
+        lost = lost_chunks(self.loc, self.group)
+        if not lost:
+            return
         blocks = set()
         for name, chunks in lost.items():
             if name in ("done", "resampled"):  # one chunk per block
@@ -299,7 +302,6 @@ class StoreWriter:
         self.group.attrs["complete"] = False  # first: killed in between, the next run repairs again
         for b in sorted(blocks):
             self.done[b] = False
-        return sorted(blocks)
 
     def finish(self, extra: dict) -> None:
         if not self.done[:].all():
