@@ -11,6 +11,12 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results/gpu}
+BUDGET=${BUDGET:-470}             # seconds for the whole script: each part gets min(its cap, what is left)
+T0=$(date +%s)
+# cap N: a timeout of N seconds, or less where the budget has less left (at least 5)
+cap() { local left=$(( BUDGET - ($(date +%s) - T0) )); [ "$left" -lt "$1" ] && echo $(( left > 5 ? left : 5 )) || echo "$1"; }
+RES=${RES:-/tmp/gpu_results}      # every result file; packed into $OUT/results.tgz at the end (the device
+rm -rf "$RES"; mkdir -p "$RES"    # tool brings back at most 8 files)
 CLIPS=${CLIPS:-64727}            # featurize at full size: the clip count of v0.01
 SMALL_CLIPS=${SMALL_CLIPS:-12000} # the input and training benchmarks
 ENGINES=${ENGINES:-torch/cuda}
@@ -26,29 +32,33 @@ fi
 export SPEECHCLS_SHARED_DATA=$PWD/.shared_data
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
   python3 -c "import torch, torchaudio, zarr; print('torch', torch.__version__, 'cuda', torch.cuda.is_available() and torch.cuda.get_device_name(0), 'torchaudio', torchaudio.__version__, 'zarr', zarr.__version__)"
-} | tee "$OUT/gpu.txt"
+} | tee "$RES/gpu.txt"
 
 echo "== CUDA tests: featurize CUDA == CPU, loader CUDA == CPU, parity on real clips, DDP on 2+ GPUs"
-timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_featurize.py tests/test_loader.py tests/test_distributed.py -k "cuda or every_item" 2>&1 | tail -6 | tee "$OUT/tests.txt"
+timeout $(cap 100) python3 -m pytest -q -p no:cacheprovider tests/test_featurize.py tests/test_loader.py tests/test_distributed.py -k "cuda or every_item" 2>&1 | tail -6 | tee "$RES/tests.txt"
 
 echo "== data: $CLIPS clips (64,727: the size of v0.01) and $SMALL_CLIPS for the input and training benchmarks"
 start=$(date +%s)
-python3 tools/make_tree.py --out /tmp/tree --clips "$CLIPS" && python3 tools/make_tree.py --out /tmp/tree_small --clips "$SMALL_CLIPS"
+timeout $(cap 90) python3 tools/make_tree.py --out /tmp/tree --clips "$CLIPS" && timeout $(cap 30) python3 tools/make_tree.py --out /tmp/tree_small --clips "$SMALL_CLIPS"
 echo "make_tree $(( $(date +%s) - start )) s"
 
 echo "== featurize at full size: speechcls on $ENGINES vs the peer (num_workers $PEER_WORKERS)"
-timeout 170 python3 benchmarks/featurize.py --root /tmp/tree --engines "$ENGINES" --peer-workers "$PEER_WORKERS" \
-    --variants mel,spectrogram,complex,waveform --out "$OUT" 2>&1 | grep -v "^|" | tail -14
+# one timed run after the warm-up: at full size a run is seconds, and four variants must fit the budget
+timeout $(cap 170) python3 benchmarks/featurize.py --root /tmp/tree --engines "$ENGINES" --peer-workers "$PEER_WORKERS" \
+    --variants mel,spectrogram,waveform,complex --repeats 1 --out "$RES" 2>&1 | grep -v "^|" | tail -14
 
-echo "== training step: device tensors vs our loader vs the peer; fp32, bf16, bf16 + channels_last, compile"
-for opts in "--precision fp32" "--precision bf16" "--precision bf16 --channels-last"; do
-    timeout 60 python3 benchmarks/train_step.py --root /tmp/tree_small --device "$DEVICE" --steps 40 \
-        --peer-workers "$PEER_WORKERS" --variants mel,complex $opts --out "$OUT" 2>&1 | grep -v "^|" | tail -7
+echo "== training step: device tensors vs our loader vs the peer; fp32, bf16 + channels_last, bf16 + compile"
+for opts in "--precision fp32" "--precision bf16 --channels-last"; do
+    tag=$(echo "$opts" | tr -d ' -' | tr -s ' ' _)
+    timeout $(cap 50) python3 benchmarks/train_step.py --root /tmp/tree_small --device "$DEVICE" --steps 40 \
+        --peer-workers "$PEER_WORKERS" --variants mel,complex $opts --out "$RES/train_$tag" 2>&1 | grep -v "^|" | tail -7
 done
-timeout 90 python3 benchmarks/train_step.py --root /tmp/tree_small --device "$DEVICE" --steps 40 --peer-workers "$PEER_WORKERS" \
-    --variants mel --precision bf16 --compile --out "$OUT" 2>&1 | grep -v "^|" | tail -4
+timeout $(cap 70) python3 benchmarks/train_step.py --root /tmp/tree_small --device "$DEVICE" --steps 40 --peer-workers "$PEER_WORKERS" \
+    --variants mel --precision bf16 --compile --out "$RES/train_compile" 2>&1 | grep -v "^|" | tail -4
 
 echo "== input pipeline: a full epoch onto the device, every loader mode, float32 and float16, waveform cache"
-timeout 90 python3 benchmarks/input_pipeline.py --root /tmp/tree_small --device "$DEVICE" --peer-workers "$PEER_WORKERS" \
-    --variants mel,complex --dtypes float32,float16 --out "$OUT" 2>&1 | grep -v "^|" | tail -16
-ls -la "$OUT"
+timeout $(cap 80) python3 benchmarks/input_pipeline.py --root /tmp/tree_small --device "$DEVICE" --peer-workers "$PEER_WORKERS" \
+    --variants mel,complex --dtypes float32,float16 --out "$RES" 2>&1 | grep -v "^|" | tail -16
+echo "== total $(( $(date +%s) - T0 )) s"
+find "$RES" -type f | sort
+tar czf "$OUT/results.tgz" -C "$RES" .
