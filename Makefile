@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export VENV
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test test-fast lint clean
 
 setup:
 	@bash tools/setup.sh
@@ -28,8 +28,18 @@ demo: setup
 	$(BIN)/speechcls plot confusion $(DEMO_RUN) --out $(DEMO_RUN)/confusion.png
 	$(BIN)/speechcls report $(DEMO_RUN) --out $(DEMO_RUN)/report.html
 
+# The whole suite (what CI runs), the 15 slowest tests listed at the end, then the linters.
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
+	$(MAKE) --no-print-directory lint
+
+# The inner loop: everything but the slow and multi-process tests (under 2 minutes on 2 cores).
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow and not dist"
+
+lint: setup
+	$(BIN)/ruff check speechcls tests benchmarks tools
+	$(BIN)/ruff format --check speechcls tests benchmarks tools
 
 clean:
 	rm -rf data/synth_commands cache/*/ runs/

@@ -26,7 +26,7 @@ def cpu_model() -> str:
 def machine() -> dict:
     import torch
 
-    from speechcls.store import package_versions
+    from speechcls.runtime import package_versions
 
     info = {
         "cpus": os.cpu_count(),

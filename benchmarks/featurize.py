@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 def bench_tree(root: Path | None, voices: int) -> Path:
     if root is not None:
         return root
-    from speechcls.synth import synthesize
+    from speechcls.data.synth import synthesize
 
     out, _ = synthesize(HERE / ".data" / f"synth_{voices}v", voices=voices, seed=0, noise=0.05)
     return out
@@ -46,16 +46,20 @@ def main() -> None:
     ap.add_argument("--voices", type=int, default=134, help="synthetic voices (x 30 words) without --root")
     ap.add_argument("--variants", default="spectrogram,mel,complex,waveform")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--engines", default="all", help="backend/device pairs, e.g. torch/cuda,dali/cpu [default: all available]")
-    ap.add_argument("--peer-workers", default=None, help="DataLoader num_workers to time, e.g. 0,16 [default: 0 and the core count]")
+    ap.add_argument(
+        "--engines", default="all", help="backend/device pairs, e.g. torch/cuda,dali/cpu [default: all available]"
+    )
+    ap.add_argument(
+        "--peer-workers", default=None, help="DataLoader num_workers to time, e.g. 0,16 [default: 0 and the core count]"
+    )
     ap.add_argument("--quick", action="store_true", help="one repeat, no warm-up, workers 0 only (for tests)")
     ap.add_argument("--out", type=Path, default=None, help="results folder [default: benchmarks/results]")
     args = ap.parse_args()
     import torch
 
-    from speechcls import dali
+    from speechcls.audio import dali
     from speechcls.config import FeatureParams
-    from speechcls.dataset import index_tree
+    from speechcls.data.tree import index_tree
     from speechcls.featurize import featurize
 
     root = bench_tree(args.root, args.voices)
@@ -78,7 +82,8 @@ def main() -> None:
                 rate = n / t["median_s"]
                 peer_best = max(peer_best, rate)
                 rows.append({"variant": variant, "way": f"peer, num_workers={workers}", "clips_per_s": rate,
-                             "min_s": t["min_s"], "median_s": t["median_s"], "max_s": t["max_s"], "threads": 1})  # fmt: skip
+                             "min_s": t["min_s"], "median_s": t["median_s"], "max_s": t["max_s"],
+                             "threads": 1})  # fmt: skip
                 print(f"{variant:11s} {rows[-1]['way']:32s} {rate:8.0f} clips/s", flush=True)
             for backend, device in engines:
                 if backend == "dali" and variant not in dali.DALI_VARIANTS:
@@ -92,7 +97,10 @@ def main() -> None:
                 rows.append({"variant": variant, "way": f"speechcls featurize {backend}/{device}", "clips_per_s": rate,
                              "min_s": t["min_s"], "median_s": t["median_s"], "max_s": t["max_s"],
                              "threads": torch.get_num_threads(), "ratio_vs_peer": rate / peer_best})  # fmt: skip
-                print(f"{variant:11s} {rows[-1]['way']:32s} {rate:8.0f} clips/s  x{rate / peer_best:.1f} vs peer", flush=True)
+                print(
+                    f"{variant:11s} {rows[-1]['way']:32s} {rate:8.0f} clips/s  x{rate / peer_best:.1f} vs peer",
+                    flush=True,
+                )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     info = machine() | {"clips": n, "data": str(root)}

@@ -17,8 +17,9 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, md_table, peer_workers, timed, write_results  # noqa: E402
 from featurize import bench_tree  # noqa: E402
+
+from common import machine, md_table, peer_workers, timed, write_results  # noqa: E402
 
 
 def drain(loader, device) -> int:
@@ -45,13 +46,15 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="one epoch each, no warm-up, peer workers 0 (tests)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    from peer import peer_loader
     from speechcls.config import FeatureParams
-    from speechcls.dataset import index_tree
+    from speechcls.data.tree import index_tree
     from speechcls.featurize import featurize
-    from speechcls.loader import FeatureLoader, split_rows
+    from speechcls.loader import FeatureLoader
+    from speechcls.runtime import resolve_device
     from speechcls.store import open_store
-    from speechcls.train import resolve_device
+    from speechcls.store.reader import split_rows
+
+    from peer import peer_loader
 
     device = resolve_device(args.device)
     dev = str(device)
@@ -76,31 +79,72 @@ def main() -> None:
                "GB_per_s": holder["bytes"] / t["median_s"] / 1e9, "median_s": t["median_s"], "min_s": t["min_s"],
                "max_s": t["max_s"], "samples": n, "device": dev}  # fmt: skip
         rows.append(row)
-        print(f"{variant:11s} {dtype:7s} {way:34s} {row['samples_per_s']:10.0f} samples/s {row['GB_per_s']:7.3f} GB/s", flush=True)
+        print(
+            f"{variant:11s} {dtype:7s} {way:34s} {row['samples_per_s']:10.0f} samples/s {row['GB_per_s']:7.3f} GB/s",
+            flush=True,
+        )
         return row
 
     try:
-        wave = featurize(FeatureParams("waveform"), root, out=tmp / "waveform.zarr", device=dev).path
+        wave = featurize(FeatureParams("waveform"), root, out=tmp / "waveform.zarr", device=dev).store
         n = len(split_rows(open_store(wave), "train"))
         for variant in args.variants.split(","):
             peer_rate = 0.0
             for w in workers:
-                def make(w=w, variant=variant):
-                    return peer_loader(root, FeatureParams(variant), batch_size=args.batch_size, num_workers=w, indices=train_idx)
 
-                peer_rate = max(peer_rate, measure(variant, "float32", f"peer, num_workers={w}", make, len(train_idx))["samples_per_s"])
+                def make(w=w, variant=variant):
+                    return peer_loader(
+                        root, FeatureParams(variant), batch_size=args.batch_size, num_workers=w, indices=train_idx
+                    )
+
+                peer_rate = max(
+                    peer_rate,
+                    measure(variant, "float32", f"peer, num_workers={w}", make, len(train_idx))["samples_per_s"],
+                )
             for dtype in args.dtypes.split(","):
-                store = featurize(FeatureParams(variant, dtype=dtype), root, out=tmp / f"{variant}-{dtype}.zarr", device=dev).path
+                store = featurize(
+                    FeatureParams(variant, dtype=dtype), root, out=tmp / f"{variant}-{dtype}.zarr", device=dev
+                ).store
                 for mode in modes:
-                    r = measure(variant, dtype, f"speechcls {mode}", lambda mode=mode, store=store: FeatureLoader(store, "train", batch_size=args.batch_size, device=dev, mode=mode), n)
+                    r = measure(
+                        variant,
+                        dtype,
+                        f"speechcls {mode}",
+                        lambda mode=mode, store=store: FeatureLoader(
+                            store, "train", batch_size=args.batch_size, device=dev, mode=mode
+                        ),
+                        n,
+                    )
                     r["ratio_vs_peer"] = r["samples_per_s"] / peer_rate
             for mode in modes:
-                r = measure(variant, "int16", f"speechcls waveform {mode} + on-device", lambda mode=mode: FeatureLoader(wave, "train", batch_size=args.batch_size, device=dev, mode=mode, features=variant), n)
+                r = measure(
+                    variant,
+                    "int16",
+                    f"speechcls waveform {mode} + on-device",
+                    lambda mode=mode: FeatureLoader(
+                        wave, "train", batch_size=args.batch_size, device=dev, mode=mode, features=variant
+                    ),
+                    n,
+                )
                 r["ratio_vs_peer"] = r["samples_per_s"] / peer_rate
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     info = machine() | {"data": str(root), "train_clips": n}
-    md = md_table(rows, ["variant", "dtype", "way", "samples_per_s", "GB_per_s", "ratio_vs_peer", "median_s", "min_s", "max_s", "device"])
+    md = md_table(
+        rows,
+        [
+            "variant",
+            "dtype",
+            "way",
+            "samples_per_s",
+            "GB_per_s",
+            "ratio_vs_peer",
+            "median_s",
+            "min_s",
+            "max_s",
+            "device",
+        ],
+    )
     stem = write_results("input_pipeline", info, rows, md, args.out)
     print(md)
     print(f"wrote {stem}.json and {stem}.md")

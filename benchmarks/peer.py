@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 import torchaudio
 
+from speechcls.audio.features import make_transform
 from speechcls.config import FeatureParams
-from speechcls.dataset import index_tree
-from speechcls.features import make_transform
+from speechcls.data.tree import index_tree
 
 
 class PeerDataset(torch.utils.data.Dataset):
@@ -70,7 +70,15 @@ class PeerLoader:
             torch.set_num_threads(threads)
 
 
-def peer_loader(root: Path, params: FeatureParams, batch_size: int = 128, num_workers: int = 0, shuffle: bool = True, indices=None, seed: int = 0) -> PeerLoader:
+def peer_loader(
+    root: Path,
+    params: FeatureParams,
+    batch_size: int = 128,
+    num_workers: int = 0,
+    shuffle: bool = True,
+    indices=None,
+    seed: int = 0,
+) -> PeerLoader:
     ds = PeerDataset(root, params, indices)
     g = torch.Generator().manual_seed(seed)
     return PeerLoader(torch.utils.data.DataLoader(

@@ -2,9 +2,9 @@
 
 Features of every clip of the 300-clip Speech Commands tree in ../shared/data (real speech, mostly
 full one-second clips with their noise floor, like the release; FSDD's trimmed clips would be mostly
-zero padding and flatter the ratios) are computed once per variant; each codec then writes them to a fresh Zarr array (chunked
-along N) and reads them back whole. Reports the size ratio (raw / on disk), write and read MB/s of
-raw feature bytes: median of --repeats runs after a warm-up.
+zero padding and flatter the ratios) are computed once per variant; each codec then writes them to a
+fresh Zarr array (chunked along N) and reads them back whole. Reports the size ratio (raw / on disk),
+write and read MB/s of raw feature bytes: median of --repeats runs after a warm-up.
 
     python benchmarks/store_codecs.py [--data ../shared/data] [--quick]
 """
@@ -31,7 +31,7 @@ CHUNK_MB = [4, 16, 64]  # raw MB per chunk; capped at every row in one chunk
 
 
 def real_speech_waves(data: Path) -> np.ndarray:
-    from speechcls.decode import load_clip
+    from speechcls.audio.decode import load_clip
 
     files = sorted((data / "speech_commands_v0.01_mini").glob("*/*.wav"))
     if not files:
@@ -43,8 +43,8 @@ def real_speech_waves(data: Path) -> np.ndarray:
 def features(waves: np.ndarray, variant: str, dtype: str) -> np.ndarray:
     import torch
 
+    from speechcls.audio.features import FeatureExtractor
     from speechcls.config import FeatureParams
-    from speechcls.features import FeatureExtractor
 
     ex = FeatureExtractor(FeatureParams(variant, dtype=dtype))
     with torch.inference_mode():
@@ -63,12 +63,18 @@ def main() -> None:
     args = ap.parse_args()
     import zarr
 
-    from speechcls.store import dir_bytes, make_codec
+    from speechcls.store.format import make_codec
+    from speechcls.store.location import dir_bytes
 
     waves = real_speech_waves(args.data)
     codecs = CODECS[:3] if args.quick else CODECS
     chunk_mbs = [16] if args.quick else CHUNK_MB
-    combos = [("spectrogram", "float32"), ("mel", "float32"), ("complex", "float32"), ("waveform", "float32")]  # waveform is stored as int16 whatever the dtype
+    combos = [
+        ("spectrogram", "float32"),
+        ("mel", "float32"),
+        ("complex", "float32"),
+        ("waveform", "float32"),
+    ]  # waveform is stored as int16 whatever the dtype
     if not args.quick:
         combos += [("spectrogram", "float16"), ("mel", "float16"), ("complex", "float16")]
     rows = []
@@ -84,7 +90,13 @@ def main() -> None:
 
                     def write():
                         shutil.rmtree(path, ignore_errors=True)
-                        arr = zarr.create_array(str(path), shape=x.shape, chunks=(chunk, *x.shape[1:]), dtype=x.dtype, compressors=make_codec(codec))
+                        arr = zarr.create_array(
+                            str(path),
+                            shape=x.shape,
+                            chunks=(chunk, *x.shape[1:]),
+                            dtype=x.dtype,
+                            compressors=make_codec(codec),
+                        )
                         arr[:] = x
 
                     w = timed(write, args.repeats)
@@ -92,13 +104,15 @@ def main() -> None:
                     r = timed(lambda: arr[:], args.repeats)
                     on_disk = dir_bytes(path)
                     rows.append({
-                        "variant": variant, "dtype": str(x.dtype), "chunk_rows": chunk, "chunk_MB": round(chunk * item / 2**20, 1),
+                        "variant": variant, "dtype": str(x.dtype), "chunk_rows": chunk,
+                        "chunk_MB": round(chunk * item / 2**20, 1),
                         "codec": codec, "ratio": x.nbytes / on_disk, "bytes_per_clip": on_disk / len(x),
                         "write_MBps": x.nbytes / w["median_s"] / 1e6, "read_MBps": x.nbytes / r["median_s"] / 1e6,
                         "write_min_max_s": [w["min_s"], w["max_s"]], "read_min_max_s": [r["min_s"], r["max_s"]],
                     })  # fmt: skip
                     print(f"{variant:11s} {dtype:7s} chunk {chunk:5d} {codec:24s} ratio {rows[-1]['ratio']:.3f} "
-                          f"write {rows[-1]['write_MBps']:7.0f} MB/s read {rows[-1]['read_MBps']:7.0f} MB/s", flush=True)  # fmt: skip
+                          f"write {rows[-1]['write_MBps']:7.0f} MB/s read {rows[-1]['read_MBps']:7.0f} MB/s",
+                          flush=True)  # fmt: skip
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     info = machine() | {"clips": len(waves), "data": "speech_commands_v0.01_mini (300 real clips)"}

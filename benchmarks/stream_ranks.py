@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, md_table, timed, write_results  # noqa: E402
 from featurize import bench_tree  # noqa: E402
 from input_pipeline import drain  # noqa: E402
+
+from common import machine, md_table, timed, write_results  # noqa: E402
 
 
 def main() -> None:
@@ -40,6 +41,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     from speechcls.config import FeatureParams
+    from speechcls.dist import Rank
     from speechcls.featurize import featurize
     from speechcls.loader import FeatureLoader
 
@@ -49,33 +51,58 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="speechcls-stream-ranks-"))
     try:
         for variant in args.variants.split(","):
-            store = featurize(FeatureParams(variant), root, out=tmp / f"{variant}.zarr", device="cpu", chunk_rows=args.chunk_rows).path
+            store = featurize(
+                FeatureParams(variant), root, out=tmp / f"{variant}.zarr", device="cpu", chunk_rows=args.chunk_rows
+            ).store
             for world in map(int, args.worlds.split(",")):
                 per_way = {}
                 for own in (False, True):
                     seconds, chunks, samples, plans = [], [], [], set()
                     for rank in range(world):
                         loader = FeatureLoader(store, "train", batch_size=args.batch_size, device="cpu", mode="stream",
-                                               rank=rank, world=world, own_chunks=own)  # fmt: skip
+                                               rank=Rank(rank, world), own_chunks=own)  # fmt: skip
                         loader.set_epoch(1)
-                        plan = loader._stream_plan()
+                        plan = loader.stream.plan(1)
                         plans.add("own chunks" if plan.own else "every chunk")
                         chunks.append(len(plan.chunks))
                         samples.append(sum(plan.sizes[rank]) if plan.own else sum(b - a for a, b in loader.bounds))
                         seconds.append(timed(lambda: drain(loader, "cpu"), repeats, warmup)["median_s"])
-                    row = {"variant": variant, "world": world, "ranks_read": " / ".join(sorted(plans)),
-                           "rank_epoch_s": float(np.mean(seconds)), "slowest_rank_s": float(max(seconds)),
-                           "chunks_per_rank": float(np.mean(chunks)), "rank_samples_per_s": float(np.mean(samples) / np.mean(seconds)),
-                           "train_rows": int(sum(samples))}  # fmt: skip
+                    row = {
+                        "variant": variant,
+                        "world": world,
+                        "ranks_read": " / ".join(sorted(plans)),
+                        "rank_epoch_s": float(np.mean(seconds)),
+                        "slowest_rank_s": float(max(seconds)),
+                        "chunks_per_rank": float(np.mean(chunks)),
+                        "rank_samples_per_s": float(np.mean(samples) / np.mean(seconds)),
+                        "train_rows": int(sum(samples)),
+                    }
                     per_way[own] = row
                     rows.append(row)
-                    print(f"{variant:8s} world {world} {row['ranks_read']:12s} {row['rank_epoch_s']:.3f} s per rank epoch, "
-                          f"{row['chunks_per_rank']:.1f} chunks per rank", flush=True)  # fmt: skip
+                    print(
+                        f"{variant:8s} world {world} {row['ranks_read']:12s} "
+                        f"{row['rank_epoch_s']:.3f} s per rank epoch, "
+                        f"{row['chunks_per_rank']:.1f} chunks per rank",
+                        flush=True,
+                    )
                 per_way[True]["speedup"] = per_way[False]["slowest_rank_s"] / per_way[True]["slowest_rank_s"]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     info = machine() | {"data": str(root), "batch_size_per_rank": args.batch_size}
-    md = md_table(rows, ["variant", "world", "ranks_read", "chunks_per_rank", "rank_epoch_s", "slowest_rank_s", "rank_samples_per_s", "speedup", "train_rows"])
+    md = md_table(
+        rows,
+        [
+            "variant",
+            "world",
+            "ranks_read",
+            "chunks_per_rank",
+            "rank_epoch_s",
+            "slowest_rank_s",
+            "rank_samples_per_s",
+            "speedup",
+            "train_rows",
+        ],
+    )
     stem = write_results("stream_ranks", info, rows, md, args.out)
     print(md)
     print(f"wrote {stem}.json and {stem}.md")

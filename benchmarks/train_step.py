@@ -17,8 +17,9 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, md_table, peer_workers, timed, write_results  # noqa: E402
 from featurize import bench_tree  # noqa: E402
+
+from common import machine, md_table, peer_workers, timed, write_results  # noqa: E402
 
 
 def cycle(loader, steps: int):
@@ -54,30 +55,37 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from peer import peer_loader
     from speechcls.config import FeatureParams, TrainConfig
+    from speechcls.engine.steps import train_step
     from speechcls.featurize import featurize
     from speechcls.loader import FeatureLoader
-    from speechcls.models import SeedCNN
-    from speechcls.train import resolve_device, train_step
+    from speechcls.models import build_model
+    from speechcls.runtime import resolve_device
+
+    from peer import peer_loader
 
     if args.quick:
         args.steps, args.batch_size, args.repeats = 2, 16, 1
     warmup = 0 if args.quick else 1
-    device = resolve_device(args.device)
+    device = torch.device(resolve_device(args.device))
     root = bench_tree(args.root, args.voices)
     workers = peer_workers(args.peer_workers, args.quick)
-    cfg = TrainConfig(device=str(device), precision=args.precision, channels_last=args.channels_last, compile=args.compile, batch_size=args.batch_size)
+    cfg = TrainConfig(
+        device=str(device),
+        precision=args.precision,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        batch_size=args.batch_size,
+    )
     rows = []
     tmp = Path(tempfile.mkdtemp(prefix="speechcls-train-bench-"))
     try:
         for variant in args.variants.split(","):
-            store = featurize(FeatureParams(variant), root, out=tmp / f"{variant}.zarr", device=str(device)).path
+            store = featurize(FeatureParams(variant), root, out=tmp / f"{variant}.zarr", device=str(device)).store
             ours = FeatureLoader(store, "train", batch_size=args.batch_size, device=str(device), mode=args.loader,
                                  features="spectrogram" if variant == "waveform" else "")  # fmt: skip
-            c, f, t = ours.item_shape
             torch.manual_seed(0)
-            model = SeedCNN(c, len(ours.classes)).to(device)
+            model = build_model(cfg.model, ours.item_shape, len(ours.classes)).to(device)
             if args.channels_last:
                 model = model.to(memory_format=torch.channels_last)
             step_model = torch.compile(model) if args.compile else model
@@ -87,7 +95,16 @@ def main() -> None:
 
             def run(batches):
                 for x, y in batches:
-                    loss, _ = train_step(step_model, opt, None, scaler, cfg, device, x.to(device, non_blocking=True), y.to(device, non_blocking=True))
+                    loss, _ = train_step(
+                        step_model,
+                        opt,
+                        None,
+                        scaler,
+                        cfg,
+                        device,
+                        x.to(device, non_blocking=True),
+                        y.to(device, non_blocking=True),
+                    )
                 loss.item()  # note: a sync point, once per measurement
 
             x0, y0 = next(iter(ours))
@@ -97,8 +114,14 @@ def main() -> None:
             }
             peer_variant = "spectrogram" if variant == "waveform" else variant  # what the model sees
             for w in workers:
+
                 def peer(w=w):
-                    run(cycle(peer_loader(root, FeatureParams(peer_variant), batch_size=args.batch_size, num_workers=w), args.steps))
+                    run(
+                        cycle(
+                            peer_loader(root, FeatureParams(peer_variant), batch_size=args.batch_size, num_workers=w),
+                            args.steps,
+                        )
+                    )
 
                 ways[f"peer, num_workers={w}"] = peer
             base = None
@@ -111,12 +134,35 @@ def main() -> None:
                        "device": str(device), "precision": args.precision, "channels_last": args.channels_last,
                        "compile": args.compile, "batch_size": args.batch_size, "steps": args.steps}  # fmt: skip
                 rows.append(row)
-                print(f"{variant:11s} {way:28s} {rate:8.1f} samples/s  overhead {row['input_overhead_pct']:5.1f} %", flush=True)
+                print(
+                    f"{variant:11s} {way:28s} {rate:8.1f} samples/s  overhead {row['input_overhead_pct']:5.1f} %",
+                    flush=True,
+                )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     info = machine() | {"data": str(root)}
-    md = md_table(rows, ["variant", "way", "samples_per_s", "input_overhead_pct", "median_s", "min_s", "max_s", "device", "precision", "batch_size", "steps"])
-    name = "train_step" + ("" if args.precision == "fp32" else f"-{args.precision}") + ("-cl" if args.channels_last else "") + ("-compile" if args.compile else "")
+    md = md_table(
+        rows,
+        [
+            "variant",
+            "way",
+            "samples_per_s",
+            "input_overhead_pct",
+            "median_s",
+            "min_s",
+            "max_s",
+            "device",
+            "precision",
+            "batch_size",
+            "steps",
+        ],
+    )
+    name = (
+        "train_step"
+        + ("" if args.precision == "fp32" else f"-{args.precision}")
+        + ("-cl" if args.channels_last else "")
+        + ("-compile" if args.compile else "")
+    )
     stem = write_results(name, info, rows, md, args.out)
     print(md)
     print(f"wrote {stem}.json and {stem}.md")

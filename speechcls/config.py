@@ -99,16 +99,16 @@ class FeatureParams:
         if self.hop_length <= 0:
             raise ValueError(f"hop_length must be positive, got {self.hop_length}")
         if self.sample_rate <= 0 or self.clip_samples <= 0:
-            raise ValueError(f"sample_rate and clip_samples must be positive, got {self.sample_rate}, {self.clip_samples}")
+            raise ValueError(
+                f"sample_rate and clip_samples must be positive, got {self.sample_rate}, {self.clip_samples}"
+            )
         if self.clip_samples <= self.n_fft // 2:
             raise ValueError(f"clip_samples={self.clip_samples} is too short for n_fft={self.n_fft} (reflect padding)")
         f_max = self.sample_rate / 2 if self.f_max is None else self.f_max
         if not 0 <= self.f_min < f_max <= self.sample_rate / 2:
             raise ValueError(f"require 0 <= f_min < f_max <= sample_rate / 2, got f_min={self.f_min}, f_max={f_max}")
         if self.variant == "mel" and not 0 < self.n_mels <= self.n_fft // 2 + 1:
-            raise ValueError(
-                f"require 0 < n_mels <= n_fft // 2 + 1 = {self.n_fft // 2 + 1}, got n_mels={self.n_mels}"
-            )
+            raise ValueError(f"require 0 < n_mels <= n_fft // 2 + 1 = {self.n_fft // 2 + 1}, got n_mels={self.n_mels}")
         return self
 
     @property
@@ -140,10 +140,10 @@ class FeatureParams:
         return hashlib.sha1(json.dumps(self.describing(), sort_keys=True).encode()).hexdigest()[:8]
 
 
-# --- the feature store --------------------------------------------------------------------------------
-STORE_FORMAT_VERSION = 3  # bump on any change of layout; readers refuse another version (3: every chunk written)
+# --- the feature store (its format: speechcls/store/format.py) -----------------------------------------
 ROW_ORDER_SEED = 0  # rows are written in a seeded shuffled order, so every chunk mixes classes
 BATCH_SIZE = 256  # clips per batched feature call (rounded up to whole chunks)
+
 
 # --- training (the chapter's recipe as the defaults) -------------------------------------------------
 @dataclass(frozen=True)
@@ -152,8 +152,9 @@ class TrainConfig:
 
     store: str = ""  # the feature store; "" = the one complete store under the cache
     features: str = ""  # for a waveform store: the variant computed on the device per batch ("" = spectrogram)
-    split: str = "official"  # official (the lists, speaker-disjoint) | random (the chapter's 60/20/20)
+    split_kind: str = "official"  # official (the lists, speaker-disjoint) | random (the chapter's 60/20/20)
     split_seed: int = SPLIT_SEED
+    model: str = "seed_cnn"  # a name in the model registry (speechcls/models)
     epochs: int = 50  # the maximum; the one-cycle schedule spans all of them
     batch_size: int = 128  # per process: under torchrun a step takes batch_size x world examples
     max_lr: float = 1e-2  # chosen by the chapter from its LR finder
@@ -171,8 +172,8 @@ class TrainConfig:
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch, not each rank's part
 
     def validate(self) -> "TrainConfig":
-        if self.split not in ("official", "random"):
-            raise ValueError(f"--split {self.split!r}: choose official or random")
+        if self.split_kind not in ("official", "random"):
+            raise ValueError(f"--split-kind {self.split_kind!r}: choose official or random")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"--precision {self.precision!r}: choose fp32, bf16 or fp16")
         if self.loader not in ("auto", "device", "host", "stream"):
@@ -190,12 +191,37 @@ class TrainConfig:
             raise ValueError(f"--patience must be >= 1 and --min-epochs >= 0, got {self.patience}, {self.min_epochs}")
         return self
 
+    def loader_config(self, split: str, device: str, mode: str | None = None) -> "LoaderConfig":
+        """How the loader serves `split` for this run."""
+        return LoaderConfig(
+            split_kind=self.split_kind, split_seed=self.split_seed, batch_size=self.batch_size,
+            shuffle=split == "train", seed=self.seed, device=device, mode=mode or self.loader,
+            features=self.features, workers=self.workers,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    """How the loader serves one split of a store (loader/loader.py); the trainer builds it from TrainConfig."""
+
+    split_kind: str = "official"  # official | random
+    split_seed: int = SPLIT_SEED
+    batch_size: int = 128  # per process
+    shuffle: bool | None = None  # None: shuffle the train split only
+    seed: int = 0  # the batch order is a function of (seed, epoch)
+    device: str = "cpu"
+    mode: str = "auto"  # auto | device | host | stream
+    features: str = ""  # for a waveform store: the variant computed on the device per batch
+    buffer_chunks: int = 4  # streaming: chunks mixed in the shuffle buffer
+    workers: int = 1  # streaming: background reader threads
+    own_chunks: bool = True  # streaming under torchrun: each rank reads only its own chunks
+
 
 RUNS_DIRNAME = "runs"  # runs/<name>/ under the working directory, unless --out
 
 # --- download ----------------------------------------------------------------------------------------
 CONNECT_TIMEOUT_S = 10.0  # offline, `download` must fail in seconds, not hang
-CHUNK_BYTES = 1 << 20  # read size while streaming the archive to disk and hashing it
+DOWNLOAD_READ_BYTES = 1 << 20  # read size while streaming the archive to disk and hashing it
 
 # --- synthetic demo data (`speechcls synth`) --------------------------------------------------------
 SYNTH_DIRNAME = "synth_commands"  # data/synth_commands: where later demo steps look by default

@@ -31,7 +31,9 @@ class Rank:
 
 
 def from_env() -> Rank:
-    return Rank(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
+    return Rank(
+        int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+    )
 
 
 def init(device: str) -> Rank:
@@ -145,7 +147,9 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
     if device.type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, HostSyncBatchNorm):
-        new = HostSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+        new = HostSyncBatchNorm(
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+        )
         if module.affine:
             new.weight, new.bias = module.weight, module.bias
         if module.track_running_stats:

@@ -35,8 +35,43 @@ def espeak():
 @pytest.fixture(scope="session")
 def synth_tree(tmp_path_factory, espeak) -> Path:
     """A small synthetic tree in the official layout, shared by the tests that only read it."""
-    from speechcls.synth import synthesize
+    from speechcls.data.synth import synthesize
 
     out = tmp_path_factory.mktemp("synth") / "synth_commands"
     synthesize(out, words=("yes", "no", "up", "down"), voices=6, seed=3, noise=0.05)
     return out
+
+
+from helpers import SMALL_MEL, WORDS10  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def words10_tree(mini_root, tmp_path_factory) -> Path:
+    from helpers import copy_tree
+
+    return copy_tree(mini_root, tmp_path_factory.mktemp("words10") / "tree", words=WORDS10)
+
+
+@pytest.fixture(scope="session")
+def small_store(words10_tree, tmp_path_factory):
+    """`small_store(chunk_rows=None)`: the 10-word mel store, featurized once per chunking for the whole
+    session. Read-only for the tests: one that damages a store copies it first."""
+    from speechcls.config import FeatureParams
+    from speechcls.featurize import featurize
+
+    made = {}
+
+    def make(chunk_rows: int | None = None) -> Path:
+        if chunk_rows not in made:
+            out = tmp_path_factory.mktemp("small-store") / "mel.zarr"
+            made[chunk_rows] = featurize(
+                FeatureParams("mel", **SMALL_MEL),
+                words10_tree,
+                out=out,
+                backend="torch",
+                device="cpu",
+                chunk_rows=chunk_rows,
+            ).store
+        return made[chunk_rows]
+
+    return make

@@ -1,8 +1,8 @@
 """Run by tests/test_distributed.py, under torchrun (2 ranks, gloo) or as one plain process.
 
-    python ddp_script.py step OUT STORE BATCH        one optimizer step; rank 0 saves grads + weights
-    python ddp_script.py fit OUT STORE BATCH EPOCHS [--no-dropout] [--sync-bn] [--stop-after K] [--resume] [--loader M]
-        speechcls.train.fit, recording a fingerprint of every example each rank steps on, per epoch
+python ddp_script.py step OUT STORE BATCH        one optimizer step; rank 0 saves grads + weights
+python ddp_script.py fit OUT STORE BATCH EPOCHS [--no-dropout] [--sync-bn] [--stop-after K] [--resume] [--loader M]
+    speechcls.train.fit, recording a fingerprint of every example each rank steps on, per epoch
 """
 
 import argparse
@@ -14,8 +14,11 @@ from pathlib import Path
 
 import torch
 
-from speechcls import dist, train
+from speechcls import dist
 from speechcls.config import TrainConfig
+from speechcls.engine import fit as fitting
+from speechcls.engine import steps
+from speechcls.runtime import Progress
 
 
 def fingerprint(row: torch.Tensor) -> str:
@@ -24,15 +27,15 @@ def fingerprint(row: torch.Tensor) -> str:
 
 def step(args, cfg: TrainConfig) -> None:
     rank = dist.init("cpu")
-    s = train.build(cfg, splits=("train",), rank=rank)
-    net = train.data_parallel(s)
+    s = fitting.build(cfg, splits=("train",), rank=rank)
+    net = fitting.data_parallel(s)
     optimizer = torch.optim.Adam(s.model.parameters(), lr=1e-3)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     loader = s.loaders["train"]
     loader.set_epoch(1)
     x, y = next(iter(loader))
     weight = len(y) * rank.world / loader.global_sizes[0]
-    loss, _ = train.train_step(net, optimizer, None, scaler, s.cfg, s.device, x, y, weight)
+    loss, _ = steps.train_step(net, optimizer, None, scaler, s.cfg, s.device, x, y, weight)
     if rank.main:
         grads = {k: p.grad.clone() for k, p in s.model.named_parameters()}
         torch.save({"grads": grads, "state": s.model.state_dict(), "rows": len(y) * rank.world}, args.out)
@@ -42,7 +45,7 @@ def fit(args, cfg: TrainConfig) -> None:
     rank = dist.from_env()
     seen: dict[int, dict] = {}  # epoch -> example fingerprints, per batch [loss x n, correct, n]
     current = {}
-    original = train.train_step
+    original, original_epoch = fitting.train_step, fitting.train_one_epoch
 
     def recording_step(model, optimizer, scheduler, scaler, cfg, device, x, y, weight=1.0):
         loss, logits = original(model, optimizer, scheduler, scaler, cfg, device, x, y, weight)
@@ -51,14 +54,24 @@ def fit(args, cfg: TrainConfig) -> None:
         record["batches"].append([float(loss) * len(y), int((logits.argmax(1) == y).sum()), len(y)])
         return loss, logits
 
-    def epoch_start(epoch, batches):
+    def recording_epoch(s, step_model, t, epoch, progress):
         current["epoch"] = epoch
         seen[epoch] = {"rows": [], "batches": []}
+        return original_epoch(s, step_model, t, epoch, progress)
 
-    train.train_step = recording_step
+    class StopAfter(Progress):  # interrupts the run after N epochs, as Ctrl-C would
+        def __init__(self, epochs):
+            self.left = epochs
+
+        def end(self, **summary):
+            self.left = None if self.left is None else self.left - 1
+            if self.left == 0:
+                raise KeyboardInterrupt(f"stopped after epoch {summary['train']['epoch']}")
+
+    fitting.train_step, fitting.train_one_epoch = recording_step, recording_epoch
     out = Path(args.out)
     try:
-        train.fit(cfg, out, resume=args.resume, hooks=train.Hooks(epoch_start=epoch_start), stop_after=args.stop_after)
+        fitting.fit(cfg, out, resume=args.resume, progress=StopAfter(args.stop_after))
     finally:
         (out.parent / f"{out.name}-seen-rank{rank.rank}.json").write_text(json.dumps(seen))
 
@@ -76,7 +89,15 @@ if __name__ == "__main__":
     p.add_argument("--resume", action="store_true")
     p.add_argument("--loader", default="device")
     args = p.parse_args()
-    cfg = TrainConfig(store=args.store, device="cpu", loader=args.loader, batch_size=args.batch, epochs=args.epochs, sync_bn=args.sync_bn, min_epochs=args.epochs)
+    cfg = TrainConfig(
+        store=args.store,
+        device="cpu",
+        loader=args.loader,
+        batch_size=args.batch,
+        epochs=args.epochs,
+        sync_bn=args.sync_bn,
+        min_epochs=args.epochs,
+    )
     if args.no_dropout:
         cfg = replace(cfg, dropout2d=0.0, dropout=0.0)
     {"step": step, "fit": fit}[args.what](args, cfg)

@@ -6,10 +6,10 @@ import os
 import signal
 import sys
 
-from speechcls import store
+from speechcls.store import writer
 
 after = int(sys.argv.pop(1))
-write_block = store.StoreWriter.write_block
+write_block = writer.StoreWriter.write_block
 written = 0
 
 
@@ -21,7 +21,7 @@ def dying(self, *args, **kwargs):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-store.StoreWriter.write_block = dying
+writer.StoreWriter.write_block = dying
 
 from speechcls.cli import app  # noqa: E402
 

@@ -6,10 +6,16 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
+import torchaudio
 
 from speechcls import config
-from speechcls.decode import load_clip
-from speechcls.features import reference_item
+from speechcls.runtime import Progress
+
+# The small store most training tests share (conftest's small_store): 10 words of the real clips (74
+# train, 12 validation, 14 test rows), mel with 80 filters and hop 200: 80 x 81, just above the seed
+# CNN's 78 x 78 minimum.
+WORDS10 = ("bed", "bird", "cat", "dog", "down", "eight", "five", "four", "go", "happy")
+SMALL_MEL = dict(n_mels=80, hop_length=200)
 
 
 def copy_tree(src: Path, dst: Path, per_word: int | None = None, words=None) -> Path:
@@ -49,16 +55,61 @@ def read_store(path: Path) -> dict:
     import zarr
 
     g = zarr.open_group(str(path), mode="r")
-    return {name: g[name][:] for name in ("features", "valid", "label", "split", "speaker", "path")} | {"attrs": dict(g.attrs)}
+    return {name: g[name][:] for name in ("features", "valid", "label", "split", "speaker", "path")} | {
+        "attrs": dict(g.attrs)
+    }
 
 
 def reference(root: Path, rel: str, params) -> np.ndarray:
-    """torchaudio applied to the clip decoded on its own: what a stored row must equal."""
-    audio, _ = load_clip(root / rel, params.sample_rate, params.clip_samples)
-    return reference_item(torch.from_numpy(audio), params).numpy()
+    """What a stored row must equal, written out with soundfile and torchaudio's own transforms (never
+    the code under test): the chapter's per-item pipeline on the clip decoded on its own."""
+    audio, rate = sf.read(root / rel, dtype="float32", always_2d=True)
+    wave = torch.from_numpy(audio.mean(axis=1, dtype=np.float32))
+    if rate != params.sample_rate:
+        wave = torchaudio.functional.resample(wave, rate, params.sample_rate)
+    wave = torch.nn.functional.pad(wave[: params.clip_samples], (0, max(0, params.clip_samples - len(wave))))
+    if params.variant == "waveform":
+        return (wave * 32768.0).round().clamp(-32768, 32767).to(torch.int16)[None].numpy()  # (1, L)
+    stft = dict(
+        n_fft=params.n_fft, win_length=params.win_length, hop_length=params.hop_length, normalized=params.normalized
+    )
+    if params.variant == "mel":
+        mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=params.sample_rate,
+            f_min=params.f_min,
+            f_max=params.f_max,
+            n_mels=params.n_mels,
+            power=2.0,
+            **stft,
+        )
+        return mel(wave)[None].numpy()  # (1, n_mels, T)
+    if params.variant == "spectrogram":
+        return torchaudio.transforms.Spectrogram(power=2.0, **stft)(wave)[None].numpy()  # (1, F, T)
+    x = torchaudio.transforms.Spectrogram(power=None, **stft)(wave)  # (F, T) complex
+    return torch.stack([x.real, x.imag]).numpy()  # (2, F, T)
 
 
 def write_wav(path: Path, data: np.ndarray, rate: int, subtype: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(path, data, rate, subtype=subtype)
     return path
+
+
+class InterruptAfter(Progress):
+    """A progress display that interrupts the run after its n-th finished task (an epoch of fit) or its
+    n-th advance (a block of featurize), as Ctrl-C would: the tests' way to stop a run mid-way."""
+
+    def __init__(self, ends: int | None = None, advances: int | None = None):
+        self.ends, self.advances = ends, advances
+
+    def advance(self, n: int = 1, **stats) -> None:
+        if self.advances is not None:
+            self.advances -= 1
+            if self.advances == 0:
+                raise KeyboardInterrupt("interrupted (test)")
+
+    def end(self, **summary) -> None:
+        if self.ends is not None:
+            self.ends -= 1
+            if self.ends == 0:
+                raise KeyboardInterrupt("interrupted (test)")

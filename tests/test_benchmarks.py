@@ -13,9 +13,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run(script: str, *args: str) -> None:
-    subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], check=True, capture_output=True, text=True, timeout=600)
+    subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), *args],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
+@pytest.mark.slow
 def test_store_codecs_quick(tmp_path, mini_root):
     run("store_codecs.py", "--quick", "--repeats", "1", "--data", str(mini_root.parent), "--out", str(tmp_path))
     (result,) = tmp_path.glob("store_codecs-*.json")
@@ -27,12 +34,26 @@ def test_store_codecs_quick(tmp_path, mini_root):
     assert "| variant |" in result.with_suffix(".md").read_text()
 
 
+@pytest.mark.slow
 def test_featurize_benchmark_quick(tmp_path, mini_root):
     tree = copy_tree(mini_root, tmp_path / "tree", per_word=2)
-    run("featurize.py", "--quick", "--root", str(tree), "--variants", "mel,waveform", "--engines", "torch/cpu", "--out", str(tmp_path))
+    run(
+        "featurize.py",
+        "--quick",
+        "--root",
+        str(tree),
+        "--variants",
+        "mel,waveform",
+        "--engines",
+        "torch/cpu",
+        "--out",
+        str(tmp_path),
+    )
     data = json.loads(next(tmp_path.glob("featurize-*.json")).read_text())
     ways = {(r["variant"], r["way"]) for r in data["results"]}
-    assert ways == {(v, w) for v in ("mel", "waveform") for w in ("peer, num_workers=0", "speechcls featurize torch/cpu")}
+    assert ways == {
+        (v, w) for v in ("mel", "waveform") for w in ("peer, num_workers=0", "speechcls featurize torch/cpu")
+    }
     ours = [r for r in data["results"] if r["way"].startswith("speechcls")]
     assert all(r["clips_per_s"] > 0 and r["ratio_vs_peer"] > 0 for r in ours)
 
@@ -40,9 +61,13 @@ def test_featurize_benchmark_quick(tmp_path, mini_root):
 def test_make_tree_is_an_official_layout_tree(tmp_path):
     import soundfile as sf
 
-    from speechcls.dataset import index_tree, speakers_by_split
+    from speechcls.data.tree import index_tree, speakers_by_split
 
-    subprocess.run([sys.executable, str(REPO / "tools" / "make_tree.py"), "--out", str(tmp_path / "t"), "--clips", "95"], check=True, cwd=REPO)
+    subprocess.run(
+        [sys.executable, str(REPO / "tools" / "make_tree.py"), "--out", str(tmp_path / "t"), "--clips", "95"],
+        check=True,
+        cwd=REPO,
+    )
     index = index_tree(tmp_path / "t")
     assert len(index.clips) == 95 and len(index.classes) == 30
     groups = speakers_by_split(index, index.split("official"))
@@ -51,6 +76,7 @@ def test_make_tree_is_an_official_layout_tree(tmp_path):
     assert (info.samplerate, info.frames, info.channels) == (16000, 16000, 1)
 
 
+@pytest.mark.slow
 def test_train_step_quick(tmp_path, mini_root):
     tree = copy_tree(mini_root, tmp_path / "tree", per_word=4)
     run("train_step.py", "--quick", "--root", str(tree), "--variants", "mel", "--device", "cpu", "--out", str(tmp_path))
@@ -61,9 +87,21 @@ def test_train_step_quick(tmp_path, mini_root):
     assert all(r["samples_per_s"] > 0 for r in data["results"])
 
 
+@pytest.mark.slow
 def test_input_pipeline_quick(tmp_path, mini_root):
     tree = copy_tree(mini_root, tmp_path / "tree", per_word=4)
-    run("input_pipeline.py", "--quick", "--root", str(tree), "--variants", "mel", "--device", "cpu", "--out", str(tmp_path))
+    run(
+        "input_pipeline.py",
+        "--quick",
+        "--root",
+        str(tree),
+        "--variants",
+        "mel",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path),
+    )
     data = json.loads(next(tmp_path.glob("input_pipeline-*.json")).read_text())
     ways = [r["way"] for r in data["results"]]
     assert ways == ["peer, num_workers=0", "speechcls device", "speechcls host", "speechcls stream",
@@ -76,6 +114,7 @@ def test_input_pipeline_quick(tmp_path, mini_root):
     assert all(r["ratio_vs_peer"] > 0 for r in data["results"][1:])
 
 
+@pytest.mark.slow
 def test_speechcls_bench_runs_the_scripts_and_prints_ratios(tmp_path, mini_root):
     from typer.testing import CliRunner
 
@@ -84,7 +123,7 @@ def test_speechcls_bench_runs_the_scripts_and_prints_ratios(tmp_path, mini_root)
     tree = copy_tree(mini_root, tmp_path / "tree", per_word=2)
     r = CliRunner().invoke(app, ["bench", "featurize", "--quick", "--root", str(tree), "--out", str(tmp_path / "res")])
     assert r.exit_code == 0, r.output
-    assert (tmp_path / "res").glob("featurize-*.json")
+    assert list((tmp_path / "res").glob("featurize-*.json"))
     assert "speechcls bench" in r.output and "vs peer" in r.output
     bad = CliRunner().invoke(app, ["bench", "nonsense"])
     assert bad.exit_code == 1 and "unknown benchmark" in bad.output
@@ -95,8 +134,24 @@ def test_gpu_check_script_is_valid_bash():
     subprocess.run(["bash", "-n", str(REPO / "tools" / "gpu_wheels.sh")], check=True)
 
 
+@pytest.mark.slow
 def test_stream_ranks_quick(tmp_path, mini_root):
-    run("stream_ranks.py", "--quick", "--root", str(mini_root), "--variants", "mel", "--worlds", "2", "--chunk-rows", "16", "--batch-size", "16", "--out", str(tmp_path))
+    run(
+        "stream_ranks.py",
+        "--quick",
+        "--root",
+        str(mini_root),
+        "--variants",
+        "mel",
+        "--worlds",
+        "2",
+        "--chunk-rows",
+        "16",
+        "--batch-size",
+        "16",
+        "--out",
+        str(tmp_path),
+    )
     data = json.loads(next(tmp_path.glob("stream_ranks-*.json")).read_text())
     every, own = data["results"]
     assert every["ranks_read"] == "every chunk" and own["ranks_read"] == "own chunks"

@@ -26,7 +26,10 @@ def test_version():
 
 def test_cli_module_does_not_import_torch():
     # `speechcls --help` must be instant: torch and DALI load inside commands only
-    code = "import sys, speechcls.cli, speechcls.config; print(sorted(m for m in ('torch','nvidia.dali','zarr','torchaudio') if m in sys.modules))"
+    code = (
+        "import sys, speechcls.cli, speechcls.config; "
+        "print(sorted(m for m in ('torch','nvidia.dali','zarr','torchaudio') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -105,7 +108,9 @@ def test_download_command_against_local_server(tmp_path):
         assert "extracted" in result.output
         assert (root / "yes" / "0a7c2a8d_nohash_0.wav").is_file()
         assert not (tmp_path / "sc.tar.gz").exists()
-        bad = runner.invoke(app, ["download", "--root", str(tmp_path / "sc2"), "--url", server.url, "--sha256", "0" * 64])
+        bad = runner.invoke(
+            app, ["download", "--root", str(tmp_path / "sc2"), "--url", server.url, "--sha256", "0" * 64]
+        )
         assert bad.exit_code == 1 and "does not match" in bad.output
     finally:
         server.httpd.shutdown()

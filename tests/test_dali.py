@@ -5,17 +5,20 @@ import pytest
 
 pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed (Linux x86_64 only)")
 
-from helpers import read_store, reference  # noqa: E402
-from speechcls import dali  # noqa: E402
+from speechcls.audio import dali  # noqa: E402
 from speechcls.config import FeatureParams  # noqa: E402
 from speechcls.featurize import featurize, resolve_backend  # noqa: E402
+
+from helpers import read_store, reference  # noqa: E402
 
 
 @pytest.mark.parametrize("variant", ["spectrogram", "mel"])
 def test_dali_equals_torchaudio_within_stated_tolerance(mini_root, tmp_path, variant):
     params = FeatureParams(variant)
-    result = featurize(params, mini_root, out=tmp_path / "d.zarr", backend="dali", device="cpu", batch_size=100, chunk_rows=50)
-    s = read_store(result.path)
+    result = featurize(
+        params, mini_root, out=tmp_path / "d.zarr", backend="dali", device="cpu", batch_size=100, chunk_rows=50
+    )
+    s = read_store(result.store)
     assert s["attrs"]["engine"] == {"backend": "dali", "device": "cpu"}
     errs = []
     for i, rel in enumerate(s["path"]):
@@ -27,8 +30,8 @@ def test_dali_equals_torchaudio_within_stated_tolerance(mini_root, tmp_path, var
 
 def test_dali_complex_goes_through_torch(mini_root, tmp_path):
     params = FeatureParams("complex")
-    a = read_store(featurize(params, mini_root, out=tmp_path / "a.zarr", backend="dali", device="cpu").path)
-    b = read_store(featurize(params, mini_root, out=tmp_path / "b.zarr", backend="torch", device="cpu").path)
+    a = read_store(featurize(params, mini_root, out=tmp_path / "a.zarr", backend="dali", device="cpu").store)
+    b = read_store(featurize(params, mini_root, out=tmp_path / "b.zarr", backend="torch", device="cpu").store)
     assert np.array_equal(a["features"], b["features"])
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from speechcls import config
-from speechcls.dataset import index_tree, random_split, speakers_by_split, split_counts
+from speechcls.data.tree import index_tree, random_split, speakers_by_split, split_counts
 
 
 def test_mini_index_counts(mini_root):

@@ -10,22 +10,53 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import copy_tree, read_store
-from speechcls import store
+from speechcls.store import IncompleteStore, reader
+
+from helpers import WORDS10, copy_tree, read_store
+
+pytestmark = pytest.mark.dist  # every test here starts torchrun ranks
 
 DIE_AFTER = Path(__file__).with_name("die_after.py")
 
 
 def torchrun(*args, env=None, check=True):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "speechcls", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=check, env={**os.environ, **(env or {})})
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "speechcls",
+        *args,
+    ]
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, check=check, env={**os.environ, **(env or {})}
+    )
 
 
 def test_two_ranks_featurize_a_store_identical_to_one_process(mini_root, tmp_path):
     tree = copy_tree(mini_root, tmp_path / "tree")
     (tree / "yes" / "deadbeef_nohash_0.wav").write_bytes(b"garbage")  # a skipped row, on some rank
-    args = ["featurize", "--variant", "mel", "--root", str(tree), "--device", "cpu", "--backend", "torch", "--batch-size", "32", "--chunk-rows", "16"]
-    subprocess.run([sys.executable, "-m", "speechcls", *args, "--out", str(tmp_path / "one.zarr")], check=True, capture_output=True)
+    args = [
+        "featurize",
+        "--variant",
+        "mel",
+        "--root",
+        str(tree),
+        "--device",
+        "cpu",
+        "--backend",
+        "torch",
+        "--batch-size",
+        "32",
+        "--chunk-rows",
+        "16",
+    ]
+    subprocess.run(
+        [sys.executable, "-m", "speechcls", *args, "--out", str(tmp_path / "one.zarr")], check=True, capture_output=True
+    )
     r = torchrun(*args, "--out", str(tmp_path / "two.zarr"))
     assert r.stdout.count("301 clips, 1 skipped") == 1, r.stdout + r.stderr  # rank 0 alone reports
     one, two = read_store(tmp_path / "one.zarr"), read_store(tmp_path / "two.zarr")
@@ -37,7 +68,7 @@ def test_two_ranks_featurize_a_store_identical_to_one_process(mini_root, tmp_pat
         assert chunk.read_bytes() == (tmp_path / "two.zarr" / chunk.relative_to(tmp_path / "one.zarr")).read_bytes()
     assert two["attrs"]["complete"] and two["attrs"]["ranks"] == 2
     assert two["attrs"]["skipped"] == one["attrs"]["skipped"] and len(two["attrs"]["skipped"]) == 1
-    store.open_store(tmp_path / "two.zarr")
+    reader.open_store(tmp_path / "two.zarr")
 
 
 def test_killed_ranks_leave_the_store_incomplete_and_a_rerun_finishes_it(mini_root, tmp_path):
@@ -52,11 +83,13 @@ def test_killed_ranks_leave_the_store_incomplete_and_a_rerun_finishes_it(mini_ro
     assert r.returncode != 0
     done = zarr.open_array(str(tmp_path / "s.zarr" / "done"), mode="r")[:]
     assert len(done) == 150 and 2 <= done.sum() <= 4, (done.sum(), r.stderr[-2000:])
-    with pytest.raises(store.IncompleteStore):
-        store.open_store(tmp_path / "s.zarr")
+    with pytest.raises(IncompleteStore):
+        reader.open_store(tmp_path / "s.zarr")
     r = torchrun(*args)
     assert "300 clips" in r.stdout, r.stdout + r.stderr
-    subprocess.run([sys.executable, "-m", "speechcls", *args[:-1], str(tmp_path / "one.zarr")], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "speechcls", *args[:-1], str(tmp_path / "one.zarr")], check=True, capture_output=True
+    )
     a, b = read_store(tmp_path / "s.zarr"), read_store(tmp_path / "one.zarr")
     assert a["attrs"]["complete"] and np.array_equal(a["features"], b["features"])
 
@@ -64,34 +97,34 @@ def test_killed_ranks_leave_the_store_incomplete_and_a_rerun_finishes_it(mini_ro
 # --- DistributedDataParallel training ---------------------------------------------------------------
 
 SCRIPT = Path(__file__).with_name("ddp_script.py")
-WORDS = ("bed", "bird", "cat", "dog", "down", "eight", "five", "four", "go", "happy")
+WORDS = WORDS10
 
 
 @pytest.fixture(scope="module")
-def ddp_store(mini_root, tmp_path_factory):
+def ddp_store(small_store):
     """10 words of the real clips, mel 80 x 81: 74 train rows (uneven shards at batch 16 x 2 ranks)."""
-    from speechcls.config import FeatureParams
-    from speechcls.featurize import featurize
-
-    base = tmp_path_factory.mktemp("ddp")
-    tree = copy_tree(mini_root, base / "tree", words=WORDS)
-    return featurize(FeatureParams("mel", n_mels=80, hop_length=200), tree, out=base / "mel.zarr", backend="torch", device="cpu").path
+    return small_store()
 
 
 @pytest.fixture(scope="module")
-def ddp_store_fine(ddp_store, mini_root, tmp_path_factory):
+def ddp_store_fine(small_store):
     """The same rows in chunks of 8 (13 chunks): the streaming loader gives each rank its own chunks."""
-    from speechcls.config import FeatureParams
-    from speechcls.featurize import featurize
-
-    tree = ddp_store.parent / "tree"
-    out = tmp_path_factory.mktemp("ddp-fine") / "mel.zarr"
-    return featurize(FeatureParams("mel", n_mels=80, hop_length=200), tree, out=out, backend="torch", device="cpu", chunk_rows=8).path
+    return small_store(chunk_rows=8)
 
 
 def script(*args, ranks=2, check=True):
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)] if ranks > 1 else [sys.executable]
-    r = subprocess.run([*launcher, str(SCRIPT), *map(str, args)], capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    launcher = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)]
+        if ranks > 1
+        else [sys.executable]
+    )
+    r = subprocess.run(
+        [*launcher, str(SCRIPT), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     if check:
         assert r.returncode == 0, r.stdout + r.stderr
     return r
@@ -130,9 +163,12 @@ def _seen(out):
 
 
 @pytest.mark.parametrize("loader", ["device", "stream"])
-def test_two_rank_training_sees_each_example_once_and_logs_what_one_process_would(ddp_store, ddp_store_fine, tmp_path, loader):
+def test_two_rank_training_sees_each_example_once_and_logs_what_one_process_would(
+    ddp_store, ddp_store_fine, tmp_path, loader
+):
     """device: global batches cut in two; stream: each rank reads its own chunks (batches 16 +- a few)."""
-    from speechcls.train import evaluate, read_log
+    from speechcls.engine.evaluate import evaluate
+    from speechcls.engine.run_dir import read_log
 
     out = tmp_path / "run"
     store_path = ddp_store if loader == "device" else ddp_store_fine
@@ -155,11 +191,18 @@ def test_two_rank_training_sees_each_example_once_and_logs_what_one_process_woul
     assert metrics["test_samples"] == alone["n"] == 14
     assert metrics["test_acc"] == pytest.approx(alone["acc"], abs=1e-12)
     assert metrics["test_loss"] == pytest.approx(alone["loss"], rel=1e-5)
-    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.json", "confusion.csv", "last.pt", "log.csv", "metrics.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "best.pt",
+        "config.json",
+        "confusion.csv",
+        "last.pt",
+        "log.csv",
+        "metrics.json",
+    ]
 
 
 def test_two_rank_training_resumes_where_it_stopped(ddp_store, tmp_path):
-    from speechcls.train import read_log
+    from speechcls.engine.run_dir import read_log
 
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     script("fit", whole, ddp_store, 16, 3)
@@ -175,7 +218,20 @@ def test_two_rank_training_resumes_where_it_stopped(ddp_store, tmp_path):
 
 
 def test_torchrun_speechcls_train(ddp_store, tmp_path):
-    r = torchrun("train", "--store", str(ddp_store), "--device", "cpu", "--epochs", "2", "--batch-size", "16", "--sync-bn", "--out", str(tmp_path / "run"))
+    r = torchrun(
+        "train",
+        "--store",
+        str(ddp_store),
+        "--device",
+        "cpu",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--sync-bn",
+        "--out",
+        str(tmp_path / "run"),
+    )
     assert r.stdout.count("test loss") == 1 and "on 2 x cpu" in r.stdout, r.stdout + r.stderr  # rank 0 alone reports
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["world"] == 2 and config["sync_bn"] and config["batch_size"] == 16
@@ -187,5 +243,18 @@ def test_torchrun_train_on_two_cuda_gpus_with_nccl(ddp_store, tmp_path):
 
     if torch.cuda.device_count() < 2:
         pytest.skip("needs 2 CUDA devices (NCCL refuses two ranks on one GPU)")
-    r = torchrun("train", "--store", str(ddp_store), "--device", "cuda", "--epochs", "2", "--batch-size", "16", "--sync-bn", "--out", str(tmp_path / "run"))
+    r = torchrun(
+        "train",
+        "--store",
+        str(ddp_store),
+        "--device",
+        "cuda",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--sync-bn",
+        "--out",
+        str(tmp_path / "run"),
+    )
     assert r.stdout.count("test loss") == 1 and "on 2 x cuda" in r.stdout, r.stdout + r.stderr

@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from speechcls import download as dl
+from speechcls.data import download as dl
 
 
 def make_tar(members: dict[str, bytes], links: dict[str, tuple[str, bytes]] = ()) -> bytes:
@@ -183,7 +183,9 @@ def test_unsafe_members_are_refused_and_nothing_escapes(server, tmp_path, member
 
 def test_links_inside_the_tree_are_fine(tmp_path):
     archive = tmp_path / "a.tar.gz"
-    archive.write_bytes(make_tar({"./yes/a_nohash_0.wav": b"x"}, {"./yes/b_nohash_0.wav": ("a_nohash_0.wav", tarfile.SYMTYPE)}))
+    archive.write_bytes(
+        make_tar({"./yes/a_nohash_0.wav": b"x"}, {"./yes/b_nohash_0.wav": ("a_nohash_0.wav", tarfile.SYMTYPE)})
+    )
     dl.extract(archive, tmp_path / "tree")
     assert (tmp_path / "tree" / "yes" / "b_nohash_0.wav").read_bytes() == b"x"
 

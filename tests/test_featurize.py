@@ -15,11 +15,13 @@ import torch
 import torchaudio.functional as AF
 import zarr
 
-from helpers import copy_tree, fsdd_tree, read_store, reference, write_wav
-from speechcls import config, store
+from speechcls import config
 from speechcls.config import FeatureParams
-from speechcls.dataset import index_tree
+from speechcls.data.tree import index_tree
 from speechcls.featurize import featurize
+from speechcls.store import FORMAT_VERSION, DamagedStore, IncompleteStore, location, reader, writer
+
+from helpers import copy_tree, fsdd_tree, read_store, reference, write_wav
 
 DIE_AFTER = Path(__file__).with_name("die_after.py")
 VARIANTS = ["spectrogram", "mel", "complex", "waveform"]
@@ -32,17 +34,33 @@ def rel_err(got: np.ndarray, ref: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def mini_stores(mini_root, tmp_path_factory):
     base = tmp_path_factory.mktemp("stores")
-    return {v: featurize(FeatureParams(v), mini_root, out=base / f"{v}.zarr", backend="torch", device="cpu", batch_size=64, chunk_rows=32) for v in VARIANTS}
+    return {
+        v: featurize(
+            FeatureParams(v),
+            mini_root,
+            out=base / f"{v}.zarr",
+            backend="torch",
+            device="cpu",
+            batch_size=64,
+            chunk_rows=32,
+        )
+        for v in VARIANTS
+    }
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_item_equals_torchaudio(mini_root, mini_stores, variant):
     result = mini_stores[variant]
     assert result.status == "written" and result.clips == 300 and not result.skipped
-    s = read_store(result.path)
+    s = read_store(result.store)
     params = FeatureParams(variant)
     assert s["features"].shape == (300, *params.shape)
-    assert s["features"].shape[1:] == {"spectrogram": (1, 257, 101), "mel": (1, 128, 101), "complex": (2, 257, 101), "waveform": (1, 16000)}[variant]
+    assert (
+        s["features"].shape[1:]
+        == {"spectrogram": (1, 257, 101), "mel": (1, 128, 101), "complex": (2, 257, 101), "waveform": (1, 16000)}[
+            variant
+        ]
+    )
     worst = 0.0
     for i, rel in enumerate(s["path"]):
         ref = reference(mini_root, rel, params)
@@ -55,7 +73,7 @@ def test_every_item_equals_torchaudio(mini_root, mini_stores, variant):
 
 
 def test_rows_labels_splits_follow_the_index(mini_root, mini_stores):
-    s = read_store(mini_stores["mel"].path)
+    s = read_store(mini_stores["mel"].store)
     index = index_tree(mini_root)
     by_path = {c.path: c for c in index.clips}
     official = dict(zip(index.paths, index.split("official")))
@@ -71,8 +89,8 @@ def test_rows_labels_splits_follow_the_index(mini_root, mini_stores):
 
 
 def test_store_attrs(mini_stores):
-    attrs = read_store(mini_stores["mel"].path)["attrs"]
-    assert attrs["complete"] and attrs["format_version"] == config.STORE_FORMAT_VERSION
+    attrs = read_store(mini_stores["mel"].store)["attrs"]
+    assert attrs["complete"] and attrs["format_version"] == FORMAT_VERSION
     assert attrs["variant"] == "mel" and attrs["params"]["n_mels"] == 128 and attrs["params"]["n_fft"] == 512
     assert attrs["sample_rate"] == 16000 and attrs["clip_samples"] == 16000
     assert attrs["classes"] == list(config.V001_WORDS)
@@ -85,7 +103,7 @@ def test_store_attrs(mini_stores):
 def test_float16_error_is_float16_rounding(mini_root, tmp_path):
     params = FeatureParams("spectrogram", dtype="float16")
     result = featurize(params, mini_root, out=tmp_path / "s16.zarr", backend="torch", device="cpu")
-    s = read_store(result.path)
+    s = read_store(result.store)
     assert s["features"].dtype == np.float16
     for i, rel in enumerate(s["path"][:60]):
         ref = reference(mini_root, rel, replace(params, dtype="float32"))
@@ -99,7 +117,7 @@ def test_fsdd_8khz_is_resampled_with_torchaudio(fsdd_root, tmp_path):
     root = fsdd_tree(fsdd_root, tmp_path / "fsdd", per_digit=3)
     result = featurize(FeatureParams("waveform"), root, out=tmp_path / "w.zarr", backend="torch", device="cpu")
     assert result.resampled == result.clips == 10 * 6 * 3
-    s = read_store(result.path)
+    s = read_store(result.store)
     for i, rel in enumerate(s["path"][:40]):
         audio, rate = sf.read(root / rel, dtype="float32")
         assert rate == 8000
@@ -117,7 +135,7 @@ def test_clips_over_and_under_one_second(tmp_path):
     long = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
     write_wav(tmp_path / "t" / "yes" / "a_nohash_0.wav", long, 16000, "FLOAT")
     write_wav(tmp_path / "t" / "yes" / "b_nohash_0.wav", long[:5000], 16000, "FLOAT")
-    s = read_store(featurize(FeatureParams("waveform"), tmp_path / "t", out=tmp_path / "w.zarr", device="cpu").path)
+    s = read_store(featurize(FeatureParams("waveform"), tmp_path / "t", out=tmp_path / "w.zarr", device="cpu").store)
     rows = dict(zip(s["path"], s["features"][:, 0].astype(np.float32) / 32768.0))
     np.testing.assert_allclose(rows["yes/a_nohash_0.wav"], long[:16000], atol=1 / 32768)
     np.testing.assert_allclose(rows["yes/b_nohash_0.wav"][:5000], long[:5000], atol=1 / 32768)
@@ -180,11 +198,19 @@ def test_bad_files_are_skipped_and_formats_decode(mini_root, tmp_path, backend):
         pytest.importorskip("nvidia.dali")
     tree = tmp_path / "tree"
     expected, bad = _formats_tree(tree, mini_root / "yes" / sorted(p.name for p in (mini_root / "yes").iterdir())[0])
-    result = featurize(FeatureParams("waveform"), tree, out=tmp_path / "w.zarr", backend=backend, device="cpu", batch_size=4, chunk_rows=4)
+    result = featurize(
+        FeatureParams("waveform"),
+        tree,
+        out=tmp_path / "w.zarr",
+        backend=backend,
+        device="cpu",
+        batch_size=4,
+        chunk_rows=4,
+    )
     assert set(result.skipped) == set(bad)
     assert all(reason for reason in result.skipped.values())
     assert result.resampled == 3
-    s = read_store(result.path)
+    s = read_store(result.store)
     assert s["attrs"]["skipped"] == result.skipped and s["attrs"]["complete"]
     classes = s["attrs"]["classes"]
     for i, rel in enumerate(s["path"]):
@@ -206,12 +232,14 @@ def test_skipped_files_are_reported_on_the_console(tmp_path, mini_root):
     tree = copy_tree(mini_root, tmp_path / "t", per_word=2, words=("yes", "no"))
     (tree / "no" / "deadbeef_nohash_0.wav").write_bytes(b"garbage")
     out = tmp_path / "s.zarr"
-    r = CliRunner().invoke(app, ["featurize", "--variant", "mel", "--root", str(tree), "--out", str(out), "--device", "cpu"])
+    r = CliRunner().invoke(
+        app, ["featurize", "--variant", "mel", "--root", str(tree), "--out", str(out), "--device", "cpu"]
+    )
     assert r.exit_code == 0, r.output
     assert "skipped no/deadbeef_nohash_0.wav" in r.output
     assert "5 clips, 1 skipped" in r.output and "clips/s" in r.output and "compression" in r.output
     info = CliRunner().invoke(app, ["info", str(out)])
-    assert info.exit_code == 0 and "skipped files: 1" in info.output and "valid clips: 4 of 5" in info.output
+    assert info.exit_code == 0 and "skipped files: 1" in info.output and "decoded clips: 4 of 5" in info.output
 
 
 @pytest.mark.parametrize(
@@ -236,7 +264,9 @@ def test_cli_refuses_bad_parameters(tmp_path, mini_root):
 
     from speechcls.cli import app
 
-    r = CliRunner().invoke(app, ["featurize", "--root", str(mini_root), "--win-length", "1024", "--out", str(tmp_path / "x.zarr")])
+    r = CliRunner().invoke(
+        app, ["featurize", "--root", str(mini_root), "--win-length", "1024", "--out", str(tmp_path / "x.zarr")]
+    )
     assert r.exit_code == 1 and "win_length" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "x.zarr").exists()
 
@@ -255,10 +285,18 @@ def test_full_disk_fails_clearly_and_store_is_not_complete(tmp_path, mini_root):
         pytest.skip("cannot mount a small tmpfs here (needs root)")
     try:
         with pytest.raises(ValueError, match="No space left") as e:
-            featurize(FeatureParams("complex"), mini_root, out=mnt / "s.zarr", device="cpu", backend="torch", chunk_rows=16, batch_size=16)
+            featurize(
+                FeatureParams("complex"),
+                mini_root,
+                out=mnt / "s.zarr",
+                device="cpu",
+                backend="torch",
+                chunk_rows=16,
+                batch_size=16,
+            )
         assert "resumes" in str(e.value)
-        with pytest.raises(store.IncompleteStore, match="run.*again"):
-            store.open_store(mnt / "s.zarr")
+        with pytest.raises(IncompleteStore, match="run.*again"):
+            reader.open_store(mnt / "s.zarr")
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
 
@@ -285,7 +323,7 @@ def test_default_store_path_is_in_the_cache(tmp_path, mini_root, monkeypatch):
     tree = copy_tree(mini_root, tmp_path / "speech_commands_v0.01", per_word=1)
     params = FeatureParams("mel")
     result = featurize(params, tree, device="cpu")
-    assert result.path == tmp_path / "cache" / "speech_commands_v0.01" / f"mel-{params.key()}.zarr"
+    assert result.store == tmp_path / "cache" / "speech_commands_v0.01" / f"mel-{params.key()}.zarr"
     assert FeatureParams("mel", dtype="float16").key() != params.key() != FeatureParams("spectrogram").key()
 
 
@@ -315,9 +353,11 @@ def _same_store(a: Path, b: Path) -> None:
 
 def test_crash_between_blocks_resumes_to_identical_store(tmp_path, mini_root, monkeypatch):
     params = FeatureParams("spectrogram")
-    whole = featurize(params, mini_root, out=tmp_path / "whole.zarr", backend="torch", device="cpu", chunk_rows=16, batch_size=32)
+    whole = featurize(
+        params, mini_root, out=tmp_path / "whole.zarr", backend="torch", device="cpu", chunk_rows=16, batch_size=32
+    )
     calls = {"n": 0}
-    original = store.StoreWriter.write_block
+    original = writer.StoreWriter.write_block
 
     def crashing(self, *args, **kwargs):
         calls["n"] += 1
@@ -327,17 +367,22 @@ def test_crash_between_blocks_resumes_to_identical_store(tmp_path, mini_root, mo
             raise KeyboardInterrupt
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(store.StoreWriter, "write_block", crashing)
+    monkeypatch.setattr(writer.StoreWriter, "write_block", crashing)
     with pytest.raises(KeyboardInterrupt):
-        featurize(params, mini_root, out=tmp_path / "part.zarr", backend="torch", device="cpu", chunk_rows=16, batch_size=32)
-    monkeypatch.setattr(store.StoreWriter, "write_block", original)
-    with pytest.raises(store.IncompleteStore, match="3 of 10 blocks"):
-        store.open_store(tmp_path / "part.zarr")
-    resumed = featurize(params, mini_root, out=tmp_path / "part.zarr", backend="torch", device="cpu", chunk_rows=16, batch_size=32)
+        featurize(
+            params, mini_root, out=tmp_path / "part.zarr", backend="torch", device="cpu", chunk_rows=16, batch_size=32
+        )
+    monkeypatch.setattr(writer.StoreWriter, "write_block", original)
+    with pytest.raises(IncompleteStore, match="3 of 10 blocks"):
+        reader.open_store(tmp_path / "part.zarr")
+    resumed = featurize(
+        params, mini_root, out=tmp_path / "part.zarr", backend="torch", device="cpu", chunk_rows=16, batch_size=32
+    )
     assert resumed.status == "resumed" and resumed.computed == 300 - 3 * 32
-    _same_store(whole.path, resumed.path)
+    _same_store(whole.store, resumed.store)
 
 
+@pytest.mark.slow
 def test_kill_9_then_rerun_gives_identical_store(tmp_path, mini_root):
     """A real SIGKILL in the middle of a run, then the same command again."""
     env = {**os.environ, "SPEECHCLS_CACHE": str(tmp_path / "cache")}
@@ -346,9 +391,11 @@ def test_kill_9_then_rerun_gives_identical_store(tmp_path, mini_root):
     subprocess.run([*cmd, str(tmp_path / "whole.zarr")], env=env, check=True, capture_output=True)
     out = tmp_path / "killed.zarr"
     # a real SIGKILL, sent by the run itself right after its 3rd block is recorded (tests/die_after.py)
-    r = subprocess.run([sys.executable, str(DIE_AFTER), "3", *cmd[3:], str(out)], env=env, capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, str(DIE_AFTER), "3", *cmd[3:], str(out)], env=env, capture_output=True, text=True
+    )
     assert r.returncode == -signal.SIGKILL, r.stderr
-    attrs = store.read_attrs(out)
+    attrs = reader.read_attrs(out)
     done = zarr.open_array(str(out / "done"), mode="r")[:]
     assert not attrs["complete"] and done.sum() == 3 and len(done) == 19
     subprocess.run([*cmd, str(out)], env=env, check=True, capture_output=True)
@@ -358,8 +405,18 @@ def test_kill_9_then_rerun_gives_identical_store(tmp_path, mini_root):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_cuda_path_equals_cpu_path(mini_root, mini_stores, tmp_path, variant):
-    gpu = read_store(featurize(FeatureParams(variant), mini_root, out=tmp_path / "g.zarr", backend="torch", device="cuda", batch_size=64, chunk_rows=32).path)
-    cpu = read_store(mini_stores[variant].path)
+    gpu = read_store(
+        featurize(
+            FeatureParams(variant),
+            mini_root,
+            out=tmp_path / "g.zarr",
+            backend="torch",
+            device="cuda",
+            batch_size=64,
+            chunk_rows=32,
+        ).store
+    )
+    cpu = read_store(mini_stores[variant].store)
     assert np.array_equal(gpu["path"], cpu["path"])
     for i in range(len(cpu["path"])):
         if variant == "waveform":
@@ -373,48 +430,62 @@ def test_every_chunk_is_an_object_and_lost_ones_are_recomputed(mini_root, mini_s
     so a lost one is found on open, and the same featurize command recomputes only its block."""
     import shutil
 
-    original = mini_stores["mel"].path  # 300 rows, chunks of 32, blocks of 64 rows (5 blocks)
-    assert store.lost_chunks(original, store.open_group(original, mode="r")) == {}
+    original = mini_stores["mel"].store  # 300 rows, chunks of 32, blocks of 64 rows (5 blocks)
+    assert reader.lost_chunks(original, location.open_group(original, mode="r")) == {}
     copy = tmp_path / "copy.zarr"
     shutil.copytree(original, copy)
     for key in ("features/c/3/0/0/0", "skip_reason/c/5", "label/c/0", "resampled/c/4"):
         (copy / key).unlink()  # a partial copy: blocks 1 (rows 96-127), 2 (rows 160-191) and 4 (rows 256-299)
-    with pytest.raises(store.DamagedStore, match=r"features: 1 of 10, label: 1 of 1, resampled: 1 of 5, skip_reason: 1 of 10"):
-        store.open_store(copy)
-    assert store.read_attrs(copy)["complete"]  # opening never changes the store
+    with pytest.raises(
+        DamagedStore, match=r"features: 1 of 10, label: 1 of 1, resampled: 1 of 5, skip_reason: 1 of 10"
+    ):
+        reader.open_store(copy)
+    assert reader.read_attrs(copy)["complete"]  # opening never changes the store
     from typer.testing import CliRunner
 
     from speechcls.cli import app
 
     shown = " ".join(CliRunner().invoke(app, ["info", str(copy)]).output.split())
-    assert "DAMAGED: lost chunk objects (features 1 of 10, label 1 of 1, resampled 1 of 5, skip_reason 1 of 10)" in shown
-    r = featurize(FeatureParams("mel"), mini_root, out=copy, backend="torch", device="cpu", batch_size=64, chunk_rows=32)
+    assert (
+        "DAMAGED: lost chunk objects (features 1 of 10, label 1 of 1, resampled 1 of 5, skip_reason 1 of 10)" in shown
+    )
+    r = featurize(
+        FeatureParams("mel"), mini_root, out=copy, backend="torch", device="cpu", batch_size=64, chunk_rows=32
+    )
     assert r.status == "repaired" and r.computed == 64 + 64 + 44 and "repaired" in r.line()
     _same_store(original, copy)
-    store.open_store(copy)
-    assert featurize(FeatureParams("mel"), mini_root, out=copy, backend="torch", device="cpu", batch_size=64, chunk_rows=32).status == "present"
+    reader.open_store(copy)
+    assert (
+        featurize(
+            FeatureParams("mel"), mini_root, out=copy, backend="torch", device="cpu", batch_size=64, chunk_rows=32
+        ).status
+        == "present"
+    )
     # an unfinished store (block 4 never written) that also lost a finished block's chunk: resuming redoes both
-    group = store.open_group(copy, mode="r+")
+    group = location.open_group(copy, mode="r+")
     group["done"][4] = False
     group.attrs["complete"] = False
     (copy / "features/c/3/0/0/0").unlink()
-    r = featurize(FeatureParams("mel"), mini_root, out=copy, backend="torch", device="cpu", batch_size=64, chunk_rows=32)
+    r = featurize(
+        FeatureParams("mel"), mini_root, out=copy, backend="torch", device="cpu", batch_size=64, chunk_rows=32
+    )
     assert r.status == "resumed" and r.computed == 64 + 44
     _same_store(original, copy)
-
 
 
 def test_a_store_of_an_older_format_is_rebuilt_by_featurize(mini_root, mini_stores, tmp_path):
     import shutil
 
-    original = mini_stores["mel"].path
+    original = mini_stores["mel"].store
     old = tmp_path / "old.zarr"
     shutil.copytree(original, old)
-    group = store.open_group(old, mode="r+")
+    group = location.open_group(old, mode="r+")
     group.attrs.update({"format_version": 2, "request": {**group.attrs["request"], "format_version": 2}})
-    with pytest.raises(ValueError, match="store format version 2, this speechcls reads version 3; run its featurize command again"):
-        store.open_store(old)
+    with pytest.raises(
+        ValueError, match="store format version 2, this speechcls reads version 3; run its featurize command again"
+    ):
+        reader.open_store(old)
     r = featurize(FeatureParams("mel"), mini_root, out=old, backend="torch", device="cpu", batch_size=64, chunk_rows=32)
     assert r.status == "rebuilt" and r.computed == 300 and "rebuilt (the store there had an older format" in r.line()
     _same_store(original, old)
-    assert store.read_attrs(old)["format_version"] == config.STORE_FORMAT_VERSION
+    assert reader.read_attrs(old)["format_version"] == FORMAT_VERSION

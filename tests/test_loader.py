@@ -4,11 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import copy_tree, read_store
 from speechcls.config import FeatureParams
-from speechcls.dataset import index_tree, random_split
+from speechcls.data.tree import index_tree, random_split
+from speechcls.dist import Rank
 from speechcls.featurize import featurize
-from speechcls.loader import FeatureLoader, batch_bounds, epoch_permutation, find_store, shard_bounds
+from speechcls.loader import FeatureLoader, batch_bounds, epoch_permutation, shard_bounds
+from speechcls.store import find_store
+
+from helpers import copy_tree, read_store
 
 MODES = ["device", "host", "stream"]
 
@@ -21,7 +24,9 @@ def stores(mini_root, tmp_path_factory):
     (tree / "yes" / "deadbeef_nohash_0.wav").write_bytes(b"not audio")
     out = {}
     for v in ("mel", "waveform"):
-        out[v] = featurize(FeatureParams(v), tree, out=base / f"{v}.zarr", backend="torch", device="cpu", chunk_rows=16, batch_size=32).path
+        out[v] = featurize(
+            FeatureParams(v), tree, out=base / f"{v}.zarr", backend="torch", device="cpu", chunk_rows=16, batch_size=32
+        ).store
     return out
 
 
@@ -32,7 +37,7 @@ def row_keys(store_path):
 
 
 def rows_of(loader):
-    keys, _ = row_keys(loader.path)
+    keys, _ = row_keys(loader.loc)
     seen, sizes = [], []
     for x, y in loader:
         sizes.append(len(y))
@@ -72,20 +77,32 @@ def test_shards_refuse_too_few_examples():
 def coarse(stores, mini_root, tmp_path_factory):
     """The mel store again in chunks of 256 rows: two chunks, too coarse to give ranks their own."""
     base = tmp_path_factory.mktemp("coarse")
-    return featurize(FeatureParams("mel"), mini_root, out=base / "mel.zarr", backend="torch", device="cpu", chunk_rows=256, batch_size=256).path
+    return featurize(
+        FeatureParams("mel"),
+        mini_root,
+        out=base / "mel.zarr",
+        backend="torch",
+        device="cpu",
+        chunk_rows=256,
+        batch_size=256,
+    ).store
 
 
-@pytest.mark.parametrize("mode,chunks", [(m, "fine") for m in MODES] + [("stream", "coarse")])  # chunking: streaming only
+@pytest.mark.parametrize(
+    "mode,chunks", [(m, "fine") for m in MODES] + [("stream", "coarse")]
+)  # chunking: streaming only
 @pytest.mark.parametrize("world", [2, 3])
 def test_ranks_see_the_split_exactly_once(stores, coarse, mode, world, chunks, monkeypatch):
-    from speechcls import store
+    from speechcls.store import reader
 
     path = stores["mel"] if chunks == "fine" else coarse
     s = read_store(path)
     expected = np.flatnonzero(s["valid"] & (s["split"] == 0))
-    loaders = [FeatureLoader(path, "train", batch_size=12, seed=2, mode=mode, rank=r, world=world) for r in range(world)]
-    read_chunk, reads = store.read_chunk, []
-    monkeypatch.setattr(store, "read_chunk", lambda loc, array, c: reads[-1].append(c) or read_chunk(loc, array, c))
+    loaders = [
+        FeatureLoader(path, "train", batch_size=12, seed=2, mode=mode, rank=Rank(r, world)) for r in range(world)
+    ]
+    read_chunk, reads = reader.read_chunk, []
+    monkeypatch.setattr(reader, "read_chunk", lambda loc, array, c: reads[-1].append(c) or read_chunk(loc, array, c))
     for epoch in (0, 1):
         seen, steps, reads[:] = [], [], []
         for loader in loaders:
@@ -168,7 +185,7 @@ def test_random_split_uses_the_one_function_on_the_store_paths(stores):
     s = read_store(stores["mel"])
     codes = random_split(list(s["path"]), 11)
     for split, code in (("train", 0), ("validation", 1), ("test", 2)):
-        loader = FeatureLoader(stores["mel"], split, kind="random", split_seed=11, batch_size=64, mode="device")
+        loader = FeatureLoader(stores["mel"], split, split_kind="random", split_seed=11, batch_size=64, mode="device")
         assert sorted(rows_of(loader)[0]) == list(np.flatnonzero((codes == code) & s["valid"]))
     # and it is the index's random split, path for path
     tree = index_tree(s["attrs"]["dataset"]["source_root"])
@@ -223,14 +240,14 @@ def test_a_chunk_deleted_while_training_is_an_error_not_zeros(stores, tmp_path, 
     """zarr would read the lost chunk as zeros; the loader stops, naming it."""
     import shutil
 
-    from speechcls import store
+    from speechcls.store import DamagedStore
 
     copy = tmp_path / "mel.zarr"
     shutil.copytree(stores["mel"], copy)
     loader = FeatureLoader(copy, "train", batch_size=16, device="cpu", mode=mode)  # opened whole
     (copy / "features" / "c" / "1" / "0" / "0" / "0").unlink()  # rows 16-31: train rows among them
-    with pytest.raises(store.DamagedStore, match=r"features/c/1/0/0/0 is gone"):
+    with pytest.raises(DamagedStore, match=r"features/c/1/0/0/0 is gone"):
         for _ in loader:
             pass
-    with pytest.raises(store.DamagedStore, match="features: 1 of 19"):
+    with pytest.raises(DamagedStore, match="features: 1 of 19"):
         FeatureLoader(copy, "train", device="cpu", mode=mode)

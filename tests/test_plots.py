@@ -7,12 +7,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from helpers import copy_tree
-from speechcls import plots
 from speechcls.cli import app
-from speechcls.config import FeatureParams, TrainConfig
-from speechcls.featurize import featurize
-from speechcls.train import fit, lr_find
+from speechcls.config import TrainConfig
+from speechcls.engine.fit import fit
+from speechcls.engine.lr_find import lr_find
+from speechcls.report import plots
 
 runner = CliRunner()
 
@@ -33,10 +32,9 @@ def clip(mini_root):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(mini_root, tmp_path_factory):
+def tiny_run(small_store, tmp_path_factory):
     base = tmp_path_factory.mktemp("plots")
-    tree = copy_tree(mini_root, base / "tree", words=("bed", "bird", "cat", "dog", "down"))
-    store = featurize(FeatureParams("mel", n_mels=80, hop_length=200), tree, out=base / "mel.zarr", device="cpu").path
+    store = small_store()
     cfg = TrainConfig(store=str(store), device="cpu", batch_size=16, epochs=2)
     fit(cfg, base / "run")
     lr_find(cfg, base / "lr", steps=8)
@@ -46,9 +44,17 @@ def tiny_run(mini_root, tmp_path_factory):
 @pytest.mark.parametrize(
     "args",
     [
-        ["wave", "{clip}"], ["dft", "{clip}"], ["spectrogram", "{clip}"], ["spectrogram", "{clip}", "--variant", "mel"],
-        ["spectrogram", "{clip}", "--variant", "complex"], ["melbank", "--n-mels", "16"], ["mel-vs-fourier", "{clip}", "--frame", "31"],
-        ["lr", "{run}/lr"], ["lr", "{run}/lr/lr_find.csv"], ["curves", "{run}/run"], ["confusion", "{run}/run"],
+        ["wave", "{clip}"],
+        ["dft", "{clip}"],
+        ["spectrogram", "{clip}"],
+        ["spectrogram", "{clip}", "--variant", "mel"],
+        ["spectrogram", "{clip}", "--variant", "complex"],
+        ["melbank", "--n-mels", "16"],
+        ["mel-vs-fourier", "{clip}", "--frame", "31"],
+        ["lr", "{run}/lr"],
+        ["lr", "{run}/lr/lr_find.csv"],
+        ["curves", "{run}/run"],
+        ["confusion", "{run}/run"],
     ],
     ids=lambda a: "-".join(x for x in a if not x.startswith("{")),
 )
@@ -108,8 +114,14 @@ def test_report_renders_in_headless_chromium(tiny_run, tmp_path):
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=chromium,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"],
-        )  # fmt: skip
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+            ],
+        )
         page = browser.new_page()
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: errors.append(str(e)))

@@ -10,14 +10,17 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from helpers import copy_tree, read_store
-from speechcls import store
 from speechcls.cli import app
 from speechcls.config import FeatureParams, TrainConfig
 from speechcls.featurize import featurize
+from speechcls.store import DamagedStore, IncompleteStore, location, reader
 
-WORDS = ("bed", "bird", "cat", "dog", "down", "eight", "five", "four", "go", "happy")
-SMALL = dict(n_mels=80, hop_length=200)
+from helpers import SMALL_MEL, WORDS10, InterruptAfter, read_store
+
+pytestmark = pytest.mark.slow  # an S3 server (moto) for the module
+
+WORDS = WORDS10
+SMALL = SMALL_MEL
 
 
 @pytest.fixture(scope="module")
@@ -47,29 +50,32 @@ def s3():
 
 
 @pytest.fixture(scope="module")
-def tree(mini_root, tmp_path_factory):
-    return copy_tree(mini_root, tmp_path_factory.mktemp("remote") / "tree", words=WORDS)
+def tree(words10_tree):
+    return words10_tree
 
 
 @pytest.fixture(scope="module")
-def local(tree, tmp_path_factory):
-    out = tmp_path_factory.mktemp("local") / "mel.zarr"
-    return featurize(FeatureParams("mel", **SMALL), tree, out=out, backend="torch", device="cpu", chunk_rows=16).path
+def local(small_store):
+    """The 10-word mel store on local disk in chunks of 16: what every S3 store here must equal."""
+    return small_store(chunk_rows=16)
 
 
 def objects(url: str) -> dict[str, bytes]:
     """Every object under the URL, by key relative to it."""
-    fs, root = store._fs(url)
+    fs, root = location._fs(url)
     return {k[len(root) + 1 :]: fs.cat_file(k) for k in fs.find(root)}
 
 
 def assert_same_store(url: str, local_path) -> None:
-    remote, here = objects(url), {str(p.relative_to(local_path)): p.read_bytes() for p in local_path.rglob("*") if p.is_file()}
+    remote, here = (
+        objects(url),
+        {str(p.relative_to(local_path)): p.read_bytes() for p in local_path.rglob("*") if p.is_file()},
+    )
     chunks = sorted(k for k in here if k.startswith("features/c/"))
     assert len(chunks) == 7  # 100 rows in chunks of 16
     for k in chunks:
         assert remote[k] == here[k], k  # byte for byte
-    a, b = store.open_store(url), store.open_store(local_path)
+    a, b = reader.open_store(url), reader.open_store(local_path)
     for name in ("valid", "label", "split", "path", "skip_reason"):
         assert np.array_equal(a[name][:], b[name][:]), name
 
@@ -77,7 +83,7 @@ def assert_same_store(url: str, local_path) -> None:
 def test_featurize_into_s3_equals_a_local_store(s3, tree, local):
     url = f"{s3}/one/mel.zarr"
     r = featurize(FeatureParams("mel", **SMALL), tree, out=url, backend="torch", device="cpu", chunk_rows=16)
-    assert r.path == url and r.clips == 100 and r.status == "written"
+    assert r.store == url and r.clips == 100 and r.status == "written"
     assert_same_store(url, local)
     again = featurize(FeatureParams("mel", **SMALL), tree, out=url, backend="torch", device="cpu", chunk_rows=16)
     assert again.status == "present"
@@ -87,18 +93,22 @@ def test_featurize_into_s3_equals_a_local_store(s3, tree, local):
 
 def test_interrupted_featurize_on_s3_resumes_to_the_same_bytes(s3, tree, local):
     url = f"{s3}/cut/mel.zarr"
-    blocks = []
-
-    def stop_after_two(n):
-        blocks.append(n)
-        if len(blocks) == 2:
-            raise KeyboardInterrupt("interrupted")
-
     with pytest.raises(KeyboardInterrupt):
-        featurize(FeatureParams("mel", **SMALL), tree, out=url, backend="torch", device="cpu", chunk_rows=16, batch_size=16, on_block=stop_after_two)
-    with pytest.raises(store.IncompleteStore, match="2 of 7 blocks"):
-        store.open_store(url)
-    r = featurize(FeatureParams("mel", **SMALL), tree, out=url, backend="torch", device="cpu", chunk_rows=16, batch_size=16)
+        featurize(
+            FeatureParams("mel", **SMALL),
+            tree,
+            out=url,
+            backend="torch",
+            device="cpu",
+            chunk_rows=16,
+            batch_size=16,
+            progress=InterruptAfter(advances=2),
+        )
+    with pytest.raises(IncompleteStore, match="2 of 7 blocks"):
+        reader.open_store(url)
+    r = featurize(
+        FeatureParams("mel", **SMALL), tree, out=url, backend="torch", device="cpu", chunk_rows=16, batch_size=16
+    )
     assert r.status == "resumed" and r.computed == 100 - 32
     assert_same_store(url, local)
 
@@ -107,33 +117,82 @@ def test_a_partial_copy_in_s3_is_found_and_only_its_lost_block_recomputed(s3, tr
     url = f"{s3}/partial/mel.zarr"
     run = dict(backend="torch", device="cpu", chunk_rows=16, batch_size=16)
     featurize(FeatureParams("mel", **SMALL), tree, out=url, **run)
-    fs, root = store._fs(url)
+    fs, root = location._fs(url)
     fs.rm(f"{root}/features/c/2/0/0/0")
-    with pytest.raises(store.DamagedStore, match="features: 1 of 7"):
-        store.open_store(url)
+    with pytest.raises(DamagedStore, match="features: 1 of 7"):
+        reader.open_store(url)
     r = featurize(FeatureParams("mel", **SMALL), tree, out=url, **run)
     assert r.status == "repaired" and r.computed == 16
     assert_same_store(url, local)
 
 
+@pytest.mark.dist
 def test_two_ranks_featurize_into_s3(s3, tree, local):
     url = f"{s3}/ranks/mel.zarr"
-    args = ["featurize", "--variant", "mel", "--n-mels", "80", "--hop-length", "200", "--root", str(tree), "--device", "cpu",
-            "--backend", "torch", "--batch-size", "16", "--chunk-rows", "16", "--out", url]  # fmt: skip
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "speechcls", *args]
+    args = [
+        "featurize",
+        "--variant",
+        "mel",
+        "--n-mels",
+        "80",
+        "--hop-length",
+        "200",
+        "--root",
+        str(tree),
+        "--device",
+        "cpu",
+        "--backend",
+        "torch",
+        "--batch-size",
+        "16",
+        "--chunk-rows",
+        "16",
+        "--out",
+        url,
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "speechcls",
+        *args,
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0 and r.stdout.count("100 clips") == 1, r.stdout + r.stderr
     assert_same_store(url, local)
-    assert store.read_attrs(url)["ranks"] == 2
+    assert reader.read_attrs(url)["ranks"] == 2
 
 
 def test_train_from_s3_equals_training_from_disk(s3, tree, local, tmp_path, monkeypatch):
-    from speechcls.train import fit, read_log
+    from speechcls.engine.fit import fit
+    from speechcls.engine.run_dir import read_log
 
     url = f"{s3}/cache"
     monkeypatch.setenv("SPEECHCLS_CACHE", url)  # the default store location is a bucket now
-    r = CliRunner().invoke(app, ["featurize", "--variant", "mel", "--n-mels", "80", "--hop-length", "200", "--root", str(tree),
-                                 "--device", "cpu", "--backend", "torch", "--chunk-rows", "16"])  # fmt: skip
+    r = CliRunner().invoke(
+        app,
+        [
+            "featurize",
+            "--variant",
+            "mel",
+            "--n-mels",
+            "80",
+            "--hop-length",
+            "200",
+            "--root",
+            str(tree),
+            "--device",
+            "cpu",
+            "--backend",
+            "torch",
+            "--chunk-rows",
+            "16",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert f"{url}/tree/mel-" in r.output.replace("\n", "")
     logs = {}
@@ -144,7 +203,9 @@ def test_train_from_s3_equals_training_from_disk(s3, tree, local, tmp_path, monk
         logs[(where, mode)] = read_log(tmp_path / f"{mode}-{bool(where)}" / "log.csv")
     assert logs[(str(local), "device")] == logs[("", "device")]  # the same bytes, the same run
     assert [r["epoch"] for r in logs[("", "stream")]] == [1, 1, 2, 2]
-    run = CliRunner().invoke(app, ["train", "--device", "cpu", "--epochs", "1", "--batch-size", "32", "--out", str(tmp_path / "cli")])
+    run = CliRunner().invoke(
+        app, ["train", "--device", "cpu", "--epochs", "1", "--batch-size", "32", "--out", str(tmp_path / "cli")]
+    )
     assert run.exit_code == 0 and "test loss" in run.output, run.output
     assert json.loads((tmp_path / "cli" / "config.json").read_text())["store"].startswith(f"{url}/tree/mel-")
 
@@ -162,7 +223,10 @@ def test_a_protocol_without_its_package_is_a_clear_error():
 
 def test_file_urls_are_local_stores(tree, local, tmp_path):
     url = f"file://{tmp_path}/f/mel.zarr"
-    assert store.where(url) == tmp_path / "f" / "mel.zarr" and store.where("s3://b/k.zarr") == "s3://b/k.zarr"
+    assert (
+        location.to_location(url) == tmp_path / "f" / "mel.zarr"
+        and location.to_location("s3://b/k.zarr") == "s3://b/k.zarr"
+    )
     r = featurize(FeatureParams("mel", **SMALL), tree, out=url, backend="torch", device="cpu", chunk_rows=16)
-    assert r.path == tmp_path / "f" / "mel.zarr"  # zarr's LocalStore, with its atomic renames
-    assert np.array_equal(read_store(r.path)["features"], read_store(local)["features"])
+    assert r.store == tmp_path / "f" / "mel.zarr"  # zarr's LocalStore, with its atomic renames
+    assert np.array_equal(read_store(r.store)["features"], read_store(local)["features"])

@@ -6,8 +6,8 @@ import pytest
 import soundfile as sf
 
 from speechcls import config
-from speechcls.dataset import index_tree, speakers_by_split, split_counts
-from speechcls.synth import MARKER, choose_voices, synthesize
+from speechcls.data.synth import MARKER, choose_voices, synthesize
+from speechcls.data.tree import index_tree, speakers_by_split, split_counts
 
 WORDS = ("yes", "no", "up", "down")
 

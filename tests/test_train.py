@@ -10,27 +10,29 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from helpers import copy_tree, fsdd_tree
 from speechcls import config
 from speechcls.cli import app
 from speechcls.config import FeatureParams, TrainConfig
+from speechcls.engine.fit import fit
+from speechcls.engine.lr_find import lr_find
+from speechcls.engine.run_dir import read_log
 from speechcls.featurize import featurize
-from speechcls.models import SeedCNN, check_input
-from speechcls.train import fit, lr_find, predict, read_log
+from speechcls.infer.predict import predict
+from speechcls.models.seed_cnn import SeedCNN, check_input
+
+from helpers import SMALL_MEL, WORDS10, InterruptAfter, fsdd_tree
 
 # small but real: 80 mel bins x 81 frames (hop 200) is just above the CNN's 78 x 78 minimum
-SMALL = dict(n_mels=80, hop_length=200)
+SMALL = SMALL_MEL
 
 
-WORDS = ("bed", "bird", "cat", "dog", "down", "eight", "five", "four", "go", "happy")
+WORDS = WORDS10
 
 
 @pytest.fixture(scope="module")
-def tiny_store(mini_root, tmp_path_factory):
-    """10 words of the real clips: 74 train, 12 validation, 14 test."""
-    base = tmp_path_factory.mktemp("train")
-    tree = copy_tree(mini_root, base / "tree", words=WORDS)
-    return featurize(FeatureParams("mel", **SMALL), tree, out=base / "mel.zarr", backend="torch", device="cpu").path
+def tiny_store(small_store):
+    """10 words of the real clips: 74 train, 12 validation, 14 test (conftest's shared store)."""
+    return small_store()
 
 
 def cfg_for(store, **kw):
@@ -41,9 +43,9 @@ def test_seed_cnn_shapes():
     m = SeedCNN(2, 35).eval()
     assert m(torch.zeros(1, 2, 257, 101)).shape == (1, 35)  # batch size 1 works (flatten, not squeeze)
     assert m(torch.zeros(3, 2, 78, 78)).shape == (3, 35)
-    widths = [l.out_channels for l in m.features if isinstance(l, torch.nn.Conv2d)]
+    widths = [layer.out_channels for layer in m.features if isinstance(layer, torch.nn.Conv2d)]
     assert widths == [32, 64, 128, 256, 512]
-    assert sum(isinstance(l, torch.nn.MaxPool2d) for l in m.features) == 4
+    assert sum(isinstance(layer, torch.nn.MaxPool2d) for layer in m.features) == 4
     with pytest.raises(ValueError, match="78"):
         check_input(40, 101)
 
@@ -51,10 +53,21 @@ def test_seed_cnn_shapes():
 def test_two_epochs_write_the_run_folder(tiny_store, tmp_path):
     run = tmp_path / "run"
     metrics = fit(cfg_for(tiny_store, epochs=2), run)
-    assert {"log.csv", "best.pt", "last.pt", "metrics.json", "confusion.csv", "config.json"} <= {p.name for p in run.iterdir()}
+    assert {"log.csv", "best.pt", "last.pt", "metrics.json", "confusion.csv", "config.json"} <= {
+        p.name for p in run.iterdir()
+    }
     lines = (run / "log.csv").read_text().splitlines()
-    assert lines[0] == '"epoch","set","loss","acc"' and lines[1].startswith('1,"train",') and lines[2].startswith('1,"valid",')
-    assert [(r["epoch"], r["set"]) for r in read_log(run / "log.csv")] == [(1, "train"), (1, "valid"), (2, "train"), (2, "valid")]
+    assert (
+        lines[0] == '"epoch","set","loss","acc"'
+        and lines[1].startswith('1,"train",')
+        and lines[2].startswith('1,"valid",')
+    )
+    assert [(r["epoch"], r["set"]) for r in read_log(run / "log.csv")] == [
+        (1, "train"),
+        (1, "valid"),
+        (2, "train"),
+        (2, "valid"),
+    ]
     m = json.loads((run / "metrics.json").read_text())
     for key in ("test_loss", "test_acc", "per_class_acc", "confusion", "classes", "epochs_run", "train_samples_per_s"):
         assert key in m
@@ -65,8 +78,9 @@ def test_two_epochs_write_the_run_folder(tiny_store, tmp_path):
     with open(run / "confusion.csv") as f:
         rows = list(csv.reader(f))
     assert rows[0][1:] == list(WORDS) and [int(v) for v in rows[1][1:]] == m["confusion"][0]
-    ckpt = torch.load(run / "last.pt", weights_only=False)
-    assert {"model", "optimizer", "scheduler", "epoch", "rng", "config"} <= set(ckpt)
+    ckpt = torch.load(run / "last.pt", weights_only=True)  # tensors and plain types only: no code in the file
+    assert {"model", "optimizer", "scheduler", "epoch", "rng_ranks", "config", "model_name", "in_shape"} <= set(ckpt)
+    assert ckpt["format"] == 2 and ckpt["model_name"] == "seed_cnn"
     assert TrainConfig(**ckpt["config"]).epochs == 2  # the run can be rebuilt from its file
     assert json.loads((run / "config.json").read_text())["batch_size"] == 32
 
@@ -84,7 +98,7 @@ def test_resume_equals_uninterrupted(tiny_store, tmp_path):
     cfg = cfg_for(tiny_store, epochs=3)
     whole = fit(cfg, tmp_path / "whole")
     with pytest.raises(KeyboardInterrupt):
-        fit(cfg, tmp_path / "cut", stop_after=1)
+        fit(cfg, tmp_path / "cut", progress=InterruptAfter(ends=1))
     assert [r["epoch"] for r in read_log(tmp_path / "cut" / "log.csv")] == [1, 1]
     resumed = fit(cfg, tmp_path / "cut", resume=True)
     assert abs(resumed["test_loss"] - whole["test_loss"]) <= 1e-6
@@ -95,7 +109,7 @@ def test_resume_equals_uninterrupted(tiny_store, tmp_path):
 
 
 def test_too_small_features_are_refused_before_training(mini_root, tmp_path):
-    store = featurize(FeatureParams("mel", n_mels=40), mini_root, out=tmp_path / "m40.zarr", device="cpu").path
+    store = featurize(FeatureParams("mel", n_mels=40), mini_root, out=tmp_path / "m40.zarr", device="cpu").store
     with pytest.raises(ValueError, match="too small"):
         fit(cfg_for(store, epochs=1), tmp_path / "run")
     assert not (tmp_path / "run").exists()
@@ -108,14 +122,49 @@ def test_lr_find_writes_csv_png_and_suggests(tiny_store, tmp_path):
     assert list(rows[0]) == ["lr", "loss"] and 2 <= len(rows) <= 12
     lrs = [float(r["lr"]) for r in rows]
     assert lrs == sorted(lrs) and lrs[0] == pytest.approx(1e-7)
-    assert (tmp_path / "lr" / "lr_find.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert r["suggested_max_lr"] == pytest.approx(r["min_loss_lr"] / 10)
+    out = CliRunner().invoke(
+        app,
+        [
+            "lr-find",
+            "--store",
+            str(tiny_store),
+            "--out",
+            str(tmp_path / "cli"),
+            "--steps",
+            "12",
+            "--device",
+            "cpu",
+            "--batch-size",
+            "32",
+        ],
+    )
+    assert out.exit_code == 0, out.output
+    assert (tmp_path / "cli" / "lr_find.csv").read_text() == (
+        tmp_path / "lr" / "lr_find.csv"
+    ).read_text()  # seeded: the same sweep
+    assert (tmp_path / "cli" / "lr_find.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_cli_train_evaluate_and_errors(tiny_store, tmp_path):
     runner = CliRunner()
     run = tmp_path / "run"
-    r = runner.invoke(app, ["train", "--store", str(tiny_store), "--epochs", "1", "--batch-size", "32", "--device", "cpu", "--out", str(run)])
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "--store",
+            str(tiny_store),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "32",
+            "--device",
+            "cpu",
+            "--out",
+            str(run),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "epoch 1: train loss" in r.output and "test loss" in r.output
     r = runner.invoke(app, ["evaluate", str(run), "--split", "validation", "--device", "cpu"])
@@ -146,7 +195,7 @@ def fsdd_run(fsdd_root, tmp_path_factory):
     index = lambda rel: int(rel.rsplit("_", 1)[1].removesuffix(".wav"))  # noqa: E731
     (root / config.TESTING_LIST).write_text("".join(r + "\n" for r in rels if index(r) < 5))
     (root / config.VALIDATION_LIST).write_text("".join(r + "\n" for r in rels if 5 <= index(r) < 10))
-    store = featurize(FeatureParams("mel", **SMALL), root, out=base / "mel.zarr", device="cpu").path
+    store = featurize(FeatureParams("mel", **SMALL), root, out=base / "mel.zarr", device="cpu").store
     cfg = TrainConfig(store=str(store), device="cpu", epochs=FSDD_EPOCHS, min_epochs=FSDD_EPOCHS)
     return root, base / "run", fit(cfg, base / "run")
 
@@ -155,6 +204,7 @@ FSDD_PER_DIGIT = 30  # 6 speakers x 10 digits x 30: 1,200 train, 300 validation,
 FSDD_EPOCHS = 8
 
 
+@pytest.mark.slow
 def test_learns_spoken_digits(fsdd_run):
     _, _, metrics = fsdd_run
     # seen here: test accuracy 0.587 after 8 epochs (2 cores, torch 2.14.1); chance is 0.10
@@ -162,6 +212,7 @@ def test_learns_spoken_digits(fsdd_run):
     assert metrics["epochs_run"] == FSDD_EPOCHS
 
 
+@pytest.mark.slow
 def test_predict_gives_a_real_clip_its_label(fsdd_run, tmp_path):
     root, run, _ = fsdd_run
     test_files = sorted(root.glob("*/*_nohash_[0-4].wav"))
@@ -178,3 +229,69 @@ def test_predict_gives_a_real_clip_its_label(fsdd_run, tmp_path):
     assert r.exit_code == 0, r.output
     out = json.loads(r.output[r.output.index("[") :])
     assert out[0]["top"][0]["label"] in fsdd_run[2]["classes"] and "error" in out[1]
+
+
+def test_models_are_built_by_name_and_an_unknown_name_is_refused():
+    from speechcls.models import build_model, names
+
+    assert "seed_cnn" in names()
+    model = build_model("seed_cnn", (2, 80, 81), 12, dropout2d=0.1, dropout=0.3)
+    assert model(torch.zeros(2, 2, 80, 81)).shape == (2, 12)
+    with pytest.raises(ValueError, match="unknown model 'resnet9': choose one of .*seed_cnn"):
+        build_model("resnet9", (1, 80, 81), 12)
+    with pytest.raises(ValueError, match="too small"):
+        build_model("seed_cnn", (1, 40, 101), 12)
+
+
+def test_a_format_1_checkpoint_still_loads_and_its_last_pt_is_refused_by_name(tiny_store, tmp_path):
+    """Checkpoints written before the model registry (format 1): best.pt held plain types and the seed
+    CNN's weights; last.pt also held numpy RNG objects, which a weights-only load refuses."""
+    import random
+    from dataclasses import asdict
+
+    from speechcls.engine import checkpoint
+    from speechcls.models.seed_cnn import SeedCNN
+
+    torch.manual_seed(0)
+    model = SeedCNN(1, len(WORDS)).eval()
+    cfg = asdict(TrainConfig(store=str(tiny_store), device="cpu", batch_size=32))
+    cfg["split"] = cfg.pop("split_kind")  # format 1's name for the split kind, and no model name
+    del cfg["model"]
+    meta = {"config": cfg, "classes": list(WORDS), "params": asdict(FeatureParams("mel", **SMALL)), "in_channels": 1,
+            "n_classes": len(WORDS), "format": 1}  # fmt: skip
+    old = tmp_path / "old"
+    old.mkdir()
+    torch.save({**meta, "model": model.state_dict(), "epoch": 1, "valid_loss": 2.0}, old / "best.pt")
+    loaded, ckpt = checkpoint.load_model(old)
+    x = torch.randn(3, 1, 80, 81)
+    assert torch.equal(loaded(x), model(x)) and ckpt["config"]["split_kind"] == "official"
+    r = CliRunner().invoke(app, ["evaluate", str(old), "--device", "cpu"])
+    assert r.exit_code == 0 and "confusion matrix" in r.output, r.output
+    rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    torch.save({**meta, "model": model.state_dict(), "epoch": 1, "rng": rng}, old / "last.pt")
+    with pytest.raises(ValueError, match="last.pt: refused.*format-1 last.pt"):
+        checkpoint.load(old / "last.pt")
+    r = CliRunner().invoke(app, ["train", "--resume", str(old), "--device", "cpu"])
+    assert r.exit_code == 1 and "format-1 last.pt" in r.output.replace("\n", " "), r.output
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
+    from speechcls.engine import checkpoint
+
+    marker = tmp_path / "ran"
+    torch.save({"model": _RunsCode(marker), "format": 2}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="evil.pt: refused"):
+        checkpoint.load(tmp_path / "evil.pt")
+    r = CliRunner().invoke(app, ["predict", str(tmp_path / "evil.pt"), str(tmp_path / "x.wav")])
+    assert r.exit_code == 1 and "refused" in r.output
+    assert not marker.exists()

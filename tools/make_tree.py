@@ -18,7 +18,7 @@ import numpy as np
 import soundfile as sf
 
 from speechcls import config
-from speechcls.synth import colored_noise, to_pcm16, write_lists
+from speechcls.data.synth import colored_noise, to_pcm16, write_lists
 
 SR = config.SAMPLE_RATE
 
@@ -61,7 +61,12 @@ def make_tree(out: Path, clips: int, words: int = 30, seed: int = 0) -> Path:
     def one(i: int) -> None:
         s, w = divmod(i, words)
         rng = np.random.default_rng([seed, 3, i])
-        sf.write(out / names[w] / f"{speakers[s]}_nohash_0.wav", to_pcm16(clip(w, pitches[s], rng, noise)), SR, subtype="PCM_16")
+        sf.write(
+            out / names[w] / f"{speakers[s]}_nohash_0.wav",
+            to_pcm16(clip(w, pitches[s], rng, noise)),
+            SR,
+            subtype="PCM_16",
+        )
 
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(one, range(clips)))

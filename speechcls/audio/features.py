@@ -3,8 +3,8 @@
 The chapter's definitions, exactly: Spectrogram(n_fft 512, win_length 480, hop_length 160,
 normalized, power 2) -> (1, 257, 101); MelSpectrogram with the same STFT and 128 HTK filters without
 normalization -> (1, 128, 101); power None -> real and imaginary parts as 2 channels -> (2, 257, 101).
-One module serves featurize (batches of hundreds of clips, CPU or CUDA) and, later, the loader's
-on-device features from a waveform cache.
+One module serves featurize (batches of hundreds of clips, CPU or CUDA), the loader's on-device
+features from a waveform store and predict.
 """
 
 from __future__ import annotations
@@ -19,17 +19,6 @@ from speechcls.config import FeatureParams
 # torchaudio warns that one of 128 mel filters is all zero at n_fft 512: expected with the chapter's
 # setting (the lowest filters are narrower than one Fourier bin); the store records it instead.
 EMPTY_MEL_FILTER = "At least one mel filterbank has all zero values"
-
-
-def resolve_device(device: str) -> str:
-    """"auto" -> "cuda" when torch sees a GPU, else "cpu"; a CUDA request without CUDA is an error."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device != "cpu" and device != "cuda" and not device.startswith("cuda:"):
-        raise ValueError(f"--device {device!r}: choose auto, cpu or cuda")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is visible to torch; use --device cpu or auto")
-    return device
 
 
 def make_transform(params: FeatureParams) -> torch.nn.Module:
@@ -76,14 +65,3 @@ class FeatureExtractor(torch.nn.Module):
         if x.is_complex():
             return torch.view_as_real(x).permute(0, 3, 1, 2)  # (B, F, T, 2) -> (B, 2, F, T): real, imag
         return x.unsqueeze(1)  # (B, 1, F, T)
-
-
-def reference_item(wave: torch.Tensor, params: FeatureParams) -> torch.Tensor:
-    """The per-item way the chapter writes it: one (L,) clip through the transform -> (C, F, T).
-    Parity tests hold every stored item against this."""
-    if params.variant == "waveform":
-        return to_pcm16(wave).unsqueeze(0)
-    x = make_transform(params)(wave.unsqueeze(0))  # (1, F, T)
-    if x.is_complex():
-        return torch.view_as_real(x.squeeze(0)).permute(2, 0, 1)
-    return x

@@ -1,12 +1,13 @@
-"""Tables for people: what a tree holds (`speechcls data info`)."""
+"""Tables for people: what a tree holds (`speechcls data info`), what a store holds (`speechcls info`),
+an evaluation (`speechcls evaluate`)."""
 
 from __future__ import annotations
 
 from collections import Counter
 
 from speechcls import config
-from speechcls.dataset import DatasetIndex, speakers_by_split, split_counts
-from speechcls.decode import AudioSurvey
+from speechcls.audio.decode import AudioSurvey
+from speechcls.data.tree import DatasetIndex, speakers_by_split, split_counts
 
 
 def print_index(index: DatasetIndex, seed: int, survey: AudioSurvey | None, console) -> None:
@@ -28,7 +29,9 @@ def print_index(index: DatasetIndex, seed: int, survey: AudioSurvey | None, cons
         for name in config.SPLITS:
             table.add_column(name, justify="right")
     per_class = Counter(c.label for c in index.clips)
-    per_class_split = Counter((c.label, int(s)) for c, s in zip(index.clips, official)) if official is not None else None
+    per_class_split = (
+        Counter((c.label, int(s)) for c, s in zip(index.clips, official)) if official is not None else None
+    )
     for label, name in enumerate(index.classes):
         row = [str(label), name, str(per_class[label])]
         if per_class_split is not None:
@@ -46,7 +49,11 @@ def print_index(index: DatasetIndex, seed: int, survey: AudioSurvey | None, cons
             continue
         counts = split_counts(codes)
         groups = speakers_by_split(index, codes)
-        shared = len((groups["train"] & groups["validation"]) | (groups["train"] & groups["test"]) | (groups["validation"] & groups["test"]))
+        shared = len(
+            (groups["train"] & groups["validation"])
+            | (groups["train"] & groups["test"])
+            | (groups["validation"] & groups["test"])
+        )
         splits.add_row(title, *(f"{counts[n]} ({len(groups[n])} spk)" for n in config.SPLITS), str(shared))
     console.print(splits)
 
@@ -84,7 +91,7 @@ def print_store(info: dict, console) -> None:
     console.print(f"dataset: {ds.get('name')} from {ds.get('source_root')}", markup=False)
     console.print(f"{len(info['classes'])} classes: {', '.join(info['classes'])}", markup=False)
     console.print(
-        f"valid clips: {info['valid']} of {info['shape'][0]}; "
+        f"decoded clips: {info['decoded']} of {info['shape'][0]}; "
         + ", ".join(f"{k} {v}" for k, v in info["per_split"].items())
     )
     console.print(f"skipped files: {len(info['skipped'])}")
@@ -103,87 +110,7 @@ def print_evaluation(r: dict, console) -> None:
         table.add_row(c, "-" if a is None else f"{a:.3f}")
     console.print(table)
     if r["most_confused"]:
-        console.print("most confused (true -> predicted: count): " + ", ".join(f"{t} -> {p}: {n}" for t, p, n in r["most_confused"]))
-
-
-CHAPTER = {"spectrogram": (32, 0.3776, 0.8898), "mel": (19, 0.5081, 0.8555), "complex": (40, 0.2373, 0.9324)}
-
-
-def html_report(runs: list, out):
-    """One self-contained HTML page (images embedded as data URIs) comparing runs side by side."""
-    import base64
-    import html
-    import json
-    import tempfile
-    from pathlib import Path
-
-    from speechcls import plots
-
-    runs = [Path(r) for r in runs]
-    if not runs:
-        raise ValueError("give at least one run folder")
-    loaded = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for i, run in enumerate(runs):
-            metrics_path = plots._run_file(run, "metrics.json", "train it first (speechcls train)")
-            metrics = json.loads(metrics_path.read_text())
-            cfg_path = run / "config.json"
-            cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
-            images = {}
-            for kind, fn in (("curves", plots.curves), ("confusion", plots.confusion)):
-                png = fn(run, Path(tmp) / f"{i}-{kind}.png")
-                images[kind] = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
-            loaded.append((run, metrics, cfg, images))
-
-    esc = html.escape
-    head = ["run", "variant", "split", "epochs", "test loss", "test accuracy", "train samples/s", "loader", "device"]
-    rows = []
-    for run, m, cfg, _ in loaded:
-        sps = m.get("train_samples_per_s")
-        cells = [run.name, m.get("variant", "?"), cfg.get("split", "?"), m["epochs_run"], f"{m['test_loss']:.4f}",
-                 f"{m['test_acc']:.4f}", f"{sps:,.0f}" if sps else "-", m.get("loader_mode", "?"), m.get("device", "?")]  # fmt: skip
-        rows.append("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in cells) + "</tr>")
-    for variant, (epochs, loss, acc) in CHAPTER.items():
-        rows.append(f"<tr class='ref'><td>chapter (R torch)</td><td>{variant}</td><td>random 60/20/20</td><td>{epochs}</td>"
-                    f"<td>{loss:.4f}</td><td>{acc:.4f}</td><td>-</td><td>-</td><td>-</td></tr>")  # fmt: skip
-    classes = loaded[0][1]["classes"]
-    pc_head = "".join(f"<th>{esc(r.name)}</th>" for r, *_ in loaded)
-    pc_rows = []
-    for c in classes:
-        vals = []
-        for _, m, _, _ in loaded:
-            a = m["per_class_acc"].get(c)
-            vals.append("-" if a is None else f"{a:.3f}")
-        pc_rows.append(f"<tr><td>{esc(c)}</td>" + "".join(f"<td>{v}</td>" for v in vals) + "</tr>")
-    sections = []
-    for run, m, _, img in loaded:
-        sections.append(
-            f"<section><h2>{esc(run.name)}</h2><p>{esc(str(run))}: {m['epochs_run']} epochs, best epoch "
-            f"{m.get('best_epoch', '?')}, test accuracy {m['test_acc']:.4f}</p>"
-            f"<img alt='training curves of {esc(run.name)}' src='{img['curves']}'>"
-            f"<img alt='confusion of {esc(run.name)}' src='{img['confusion']}'></section>"
+        console.print(
+            "most confused (true -> predicted: count): "
+            + ", ".join(f"{t} -> {p}: {n}" for t, p, n in r["most_confused"])
         )
-    page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>speechcls report</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
-table {{ border-collapse: collapse; margin: 1em 0; }}
-td, th {{ border: 1px solid #ccc; padding: 0.3em 0.7em; text-align: right; }}
-td:first-child, th:first-child {{ text-align: left; }}
-tr.ref {{ color: #777; }}
-img {{ max-width: 100%; display: block; margin: 1em 0; }}
-</style></head><body>
-<h1>speechcls report</h1>
-<table><tr>{"".join(f"<th>{h}</th>" for h in head)}</tr>
-{"".join(rows)}</table>
-<p>The chapter's numbers are for reference: its random split mixes speakers across train and test, the
-official split does not.</p>
-<h2>Per-class test accuracy</h2>
-<table><tr><th>class</th>{pc_head}</tr>{"".join(pc_rows)}</table>
-{"".join(sections)}
-</body></html>
-"""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page)
-    return out

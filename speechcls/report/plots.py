@@ -7,8 +7,6 @@ mel-vs-fourier 22.8, lr 22.4/22.9/22.12, curves 22.5/22.10/22.13, confusion 22.6
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +27,7 @@ def _plt():
     return plt
 
 
-def _save(fig, out: Path) -> Path:
+def save(fig, out: Path) -> Path:
     out = Path(out)
     if out.suffix.lower() not in (".png", ".svg", ".pdf"):
         raise ValueError(f"--out {out}: use a .png, .svg or .pdf file name")
@@ -41,7 +39,7 @@ def _save(fig, out: Path) -> Path:
 
 def _clip(path: Path, pad: bool = True) -> np.ndarray:
     """The clip as featurize sees it: mono float32 at 16 kHz (padded / truncated to one second)."""
-    from speechcls.decode import BadAudio, fit_length, read_at
+    from speechcls.audio.decode import BadAudio, fit_length, read_at
 
     path = Path(path)
     if not path.is_file():
@@ -56,7 +54,7 @@ def _clip(path: Path, pad: bool = True) -> np.ndarray:
 def _features(wave: np.ndarray, variant: str, power: float | None = None):
     import torch
 
-    from speechcls.features import FeatureExtractor, make_transform
+    from speechcls.audio.features import FeatureExtractor, make_transform
 
     params = FeatureParams(variant)
     if power is not None:  # the chapter displays sqrt magnitudes: power 0.5
@@ -73,7 +71,7 @@ def wave(file: Path, out: Path) -> Path:
     ax.plot(np.arange(len(x)) / config.SAMPLE_RATE, x, lw=0.4, color="#222222")
     ax.set(title=f"{Path(file).name}: sound wave", xlabel="time [s]", ylabel="amplitude")
     fig.tight_layout()
-    return _save(fig, out)
+    return save(fig, out)
 
 
 def dft(file: Path, out: Path) -> Path:
@@ -83,9 +81,11 @@ def dft(file: Path, out: Path) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=FIGSIZE)
     ax.plot(freqs, mag, lw=0.4, color="#222222")
-    ax.set(title=f"{Path(file).name}: discrete Fourier transform (first half)", xlabel="frequency [Hz]", ylabel="magnitude")
+    ax.set(
+        title=f"{Path(file).name}: discrete Fourier transform (first half)", xlabel="frequency [Hz]", ylabel="magnitude"
+    )
     fig.tight_layout()
-    return _save(fig, out)
+    return save(fig, out)
 
 
 def spectrogram(file: Path, out: Path, variant: str = "spectrogram") -> Path:
@@ -111,7 +111,7 @@ def spectrogram(file: Path, out: Path, variant: str = "spectrogram") -> Path:
         axes[0].set_ylabel("frequency [Hz] (log)")
         fig.suptitle(f"{name}: complex spectrogram")
         fig.colorbar(m, ax=axes)
-        return _save(fig, out)
+        return save(fig, out)
     fig, ax = plt.subplots(figsize=FIGSIZE)
     if variant == "mel":
         spec = _features(x, "mel")[0] ** 0.5
@@ -127,7 +127,7 @@ def spectrogram(file: Path, out: Path, variant: str = "spectrogram") -> Path:
     ax.set(yscale="log", title=title, xlabel="time [s]", ylabel="frequency [Hz] (log)")
     fig.colorbar(m, ax=ax, label="magnitude (square root)")
     fig.tight_layout()
-    return _save(fig, out)
+    return save(fig, out)
 
 
 def _hz_to_mel(f):
@@ -148,9 +148,13 @@ def melbank(out: Path, n_mels: int = 16) -> Path:
     fig, ax = plt.subplots(figsize=FIGSIZE)
     for j in range(n_mels):
         ax.plot(np.arange(1, 258), fb[:, j], lw=1)
-    ax.set(title=f"Mel filter bank: {n_mels} filters over 257 Fourier coefficients", xlabel="Fourier coefficient", ylabel="contribution to mel coefficient")
+    ax.set(
+        title=f"Mel filter bank: {n_mels} filters over 257 Fourier coefficients",
+        xlabel="Fourier coefficient",
+        ylabel="contribution to mel coefficient",
+    )
     fig.tight_layout()
-    return _save(fig, out)
+    return save(fig, out)
 
 
 def mel_vs_fourier(file: Path, out: Path, frame: int = 31) -> Path:
@@ -165,45 +169,50 @@ def mel_vs_fourier(file: Path, out: Path, frame: int = 31) -> Path:
     k = np.arange(1, 129)
     ax.plot(k, spec[:128, frame], label="fourier", lw=1.2)
     ax.plot(k, mel[:, frame], label="mel", lw=1.2)
-    ax.set(title=f"{Path(file).name}: frame {frame}, Fourier vs mel coefficients", xlabel="coefficient", ylabel="magnitude (power)")
+    ax.set(
+        title=f"{Path(file).name}: frame {frame}, Fourier vs mel coefficients",
+        xlabel="coefficient",
+        ylabel="magnitude (power)",
+    )
     ax.legend()
     fig.tight_layout()
-    return _save(fig, out)
+    return save(fig, out)
+
+
+def lr_figure(lrs, losses, smooth, suggestion: float):
+    """Loss and smoothed loss against the LR (log axis), the suggested max LR marked: a matplotlib
+    Figure for the caller to save."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+    ax.plot(lrs, losses, color="#bbbbbb", lw=0.8, label="loss")
+    ax.plot(lrs, smooth, color="#1f77b4", lw=1.6, label="smoothed")
+    ax.axvline(suggestion, color="#d62728", ls="--", lw=1, label=f"suggested max LR {suggestion:.2g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("loss")
+    ax.set_title("Learning rate finder")
+    ax.legend()
+    fig.tight_layout()
+    return fig
 
 
 def lr(source: Path, out: Path, beta: float = 0.98) -> Path:
     """lr-find's figure, redrawn from its CSV (the same smoothing and suggestion as lr-find)."""
-    from speechcls.train import SmoothedLoss, lr_figure, suggest_max_lr
+    from speechcls.engine.lr_find import SmoothedLoss, suggest_max_lr
+    from speechcls.engine.run_dir import read_lr_find
 
-    path = Path(source)
-    if path.is_dir():
-        path = path / "lr_find.csv"
-    if not path.is_file():
-        raise ValueError(f"{path}: no lr_find.csv; run `speechcls lr-find --out DIR` first")
-    with open(path, newline="") as f:
-        rows = [(float(r["lr"]), float(r["loss"])) for r in csv.DictReader(f)]
-    if not rows:
-        raise ValueError(f"{path}: no rows")
-    lrs, losses = map(list, zip(*rows))
+    lrs, losses = read_lr_find(source)
+    if not lrs:
+        raise ValueError(f"{source}: no rows")
     smoother = SmoothedLoss(beta)
     smooth = [smoother(v) for v in losses]
-    return _save(lr_figure(lrs, losses, smooth, suggest_max_lr(lrs, smooth)[0]), out)
-
-
-def _run_file(run: Path, name: str, hint: str) -> Path:
-    run = Path(run)
-    if not run.is_dir():
-        raise ValueError(f"{run}: no such run folder")
-    path = run / name
-    if not path.is_file():
-        raise ValueError(f"{run}: no {name} in this folder; {hint}")
-    return path
+    return save(lr_figure(lrs, losses, smooth, suggest_max_lr(lrs, smooth)[0]), out)
 
 
 def curves(run: Path, out: Path) -> Path:
-    from speechcls.train import read_log
+    from speechcls.engine.run_dir import RunDir
 
-    log = read_log(_run_file(run, "log.csv", "is it a `speechcls train` run folder?"))
+    log = RunDir(run).read_log()
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(12, 5))
     for ax, key in zip(axes, ("loss", "acc")):
@@ -214,14 +223,16 @@ def curves(run: Path, out: Path) -> Path:
         ax.set(xlabel="epoch", ylabel=key, title=f"{Path(run).name}: {key}")
         ax.legend()
     fig.tight_layout()
-    return _save(fig, out)
+    return save(fig, out)
 
 
 def confusion(run: Path, out: Path, min_share: float = 0.001) -> Path:
     """Row-normalized confusion heatmap (rows = true class) and the chapter's alluvial view:
     predictions (left) flowing into targets (right); pairs rarer than `min_share` of the test set
     are hidden, as in the chapter (a thousandth)."""
-    metrics = json.loads(_run_file(run, "metrics.json", "train (or evaluate) first").read_text())
+    from speechcls.engine.run_dir import RunDir
+
+    metrics = RunDir(run).read_metrics()
     conf = np.array(metrics["confusion"], dtype=float)
     classes = metrics["classes"]
     k = len(classes)
@@ -235,7 +246,7 @@ def confusion(run: Path, out: Path, min_share: float = 0.001) -> Path:
     fig.colorbar(im, ax=ax1, fraction=0.046)
     _alluvial(ax2, conf, classes, min_share)
     fig.tight_layout()
-    return _save(fig, out)
+    return save(fig, out)
 
 
 def _alluvial(ax, conf: np.ndarray, classes: list[str], min_share: float) -> None:

@@ -25,6 +25,7 @@ from typing import Callable
 import numpy as np
 
 from speechcls import config
+from speechcls.runtime import Progress
 
 ESPEAK = "espeak-ng"
 MARKER = ".speechcls-synth.json"  # written last; holds the parameters, so a rerun can tell "done"
@@ -174,7 +175,7 @@ def synthesize(
     noise: float = config.SYNTH_NOISE,
     overwrite: bool = False,
     workers: int | None = None,
-    on_clip: Callable[[], None] = lambda: None,
+    progress: Progress | None = None,
 ) -> tuple[Path, str]:
     """Write the tree to `out` (default data/synth_commands). Returns (out, "present" | "written").
 
@@ -223,15 +224,18 @@ def synthesize(
         voice, word = chosen[v_idx], words[w_idx]
         clip = make_clip(voice, v_idx, w_idx, word, params, noises, scratch)
         sf.write(tmp_tree / word / f"{voice.speaker}_nohash_0.wav", clip, config.SAMPLE_RATE, subtype="PCM_16")
-        on_clip()
+        progress.advance()
 
     tasks = [(v, w) for v in range(len(chosen)) for w in range(len(words))]
+    progress = progress or Progress()
+    progress.start("synth", len(tasks))
     with tempfile.TemporaryDirectory(prefix="speechcls-synth-") as scratch_dir:
         scratch = Path(scratch_dir)
         # espeak-ng runs as a subprocess and libsndfile releases the GIL: threads keep both cores busy
         with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
             for _ in pool.map(job, tasks):
                 pass
+    progress.end()
 
     write_lists(tmp_tree, [v.speaker for v in chosen], words, seed)
     (tmp_tree / "README.md").write_text(

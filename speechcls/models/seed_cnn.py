@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from speechcls.models.registry import register
+
 MIN_SIZE = 78  # unpadded 3x3 convs and 4 max-pools: 78 bins / frames is the least that leaves 1x1
 
 
@@ -49,3 +51,11 @@ class SeedCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.features(x), 1))  # (B, 512, 1, 1) -> (B, 512)
+
+
+@register("seed_cnn")
+def seed_cnn(in_shape: tuple[int, ...], n_classes: int, dropout2d: float = 0.2, dropout: float = 0.5) -> SeedCNN:
+    """The chapter's model; `in_shape` is (C, F, T)."""
+    c, f, t = in_shape
+    check_input(f, t)
+    return SeedCNN(c, n_classes, dropout2d, dropout)

@@ -52,10 +52,6 @@ class DatasetIndex:
         return [c.path for c in self.clips]
 
     @property
-    def labels(self) -> np.ndarray:
-        return np.fromiter((c.label for c in self.clips), dtype=np.int64, count=len(self.clips))
-
-    @property
     def speakers(self) -> list[str]:
         return [c.speaker for c in self.clips]
 

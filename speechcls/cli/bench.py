@@ -9,6 +9,11 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from speechcls.cli.app import app, console, user_errors
 
 SCRIPTS = {
     "featurize": "featurize.py",
@@ -20,7 +25,7 @@ SCRIPTS = {
 
 
 def benchmarks_dir() -> Path:
-    here = Path(__file__).resolve().parents[1] / "benchmarks"
+    here = Path(__file__).resolve().parents[2] / "benchmarks"  # speechcls/cli/bench.py -> the checkout
     if not (here / "common.py").is_file():
         raise ValueError(
             f"no benchmarks/ beside the speechcls package ({here}): `speechcls bench` runs from a source "
@@ -29,7 +34,9 @@ def benchmarks_dir() -> Path:
     return here
 
 
-def run(which: list[str], quick: bool = False, root: Path | None = None, out: Path | None = None, extra: list[str] = ()) -> list[Path]:
+def run(
+    which: list[str], quick: bool = False, root: Path | None = None, out: Path | None = None, extra: list[str] = ()
+) -> list[Path]:
     """Run each benchmark in a fresh process (timings are not disturbed by the others' threads and
     memory); returns the JSON result files written."""
     folder = benchmarks_dir()
@@ -60,9 +67,48 @@ def summary(files: list[Path]) -> list[tuple[str, str, str, str]]:
                 rate = r.get("clips_per_s", r.get("samples_per_s"))
                 rows.append((name, r["variant"], r["way"], f"{rate:,.0f}/s, x{r['ratio_vs_peer']:.2f} vs peer"))
             elif "input_overhead_pct" in r and r["way"].startswith("speechcls"):
-                rows.append((name, r["variant"], r["way"], f"{r['samples_per_s']:,.1f}/s, input overhead {r['input_overhead_pct']:.1f} %"))
+                rows.append(
+                    (
+                        name,
+                        r["variant"],
+                        r["way"],
+                        f"{r['samples_per_s']:,.1f}/s, input overhead {r['input_overhead_pct']:.1f} %",
+                    )
+                )
             elif name == "stream_ranks" and "speedup" in r:
-                rows.append((name, r["variant"], f"world {r['world']}, {r['ranks_read']}", f"{r['chunks_per_rank']:.1f} chunks a rank, x{r['speedup']:.2f} vs every chunk"))
+                rows.append(
+                    (
+                        name,
+                        r["variant"],
+                        f"world {r['world']}, {r['ranks_read']}",
+                        f"{r['chunks_per_rank']:.1f} chunks a rank, x{r['speedup']:.2f} vs every chunk",
+                    )
+                )
             elif name == "store_codecs" and r["codec"] == "blosc-lz4-5-bitshuffle":
-                rows.append((name, f"{r['variant']} {r['dtype']}", f"chunk {r['chunk_rows']}", f"ratio {r['ratio']:.2f}"))
+                rows.append(
+                    (name, f"{r['variant']} {r['dtype']}", f"chunk {r['chunk_rows']}", f"ratio {r['ratio']:.2f}")
+                )
     return rows
+
+
+@app.command()
+@user_errors
+def bench(
+    which: Annotated[
+        Optional[list[str]], typer.Argument(help="featurize | input | train | store | ranks | all [default: all].")
+    ] = None,
+    quick: Annotated[bool, typer.Option(help="Bounded work: one repeat, few steps (what the tests run).")] = False,
+    root: Annotated[Optional[Path], typer.Option(help="A Speech Commands tree [default: a synthetic one].")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Results folder [default: benchmarks/results].")] = None,
+) -> None:
+    """Benchmarks: the on-the-fly peer and speechcls side by side, ratios printed last."""
+    from rich.table import Table
+
+    names = list(SCRIPTS) if not which or "all" in which else which
+    files = run(names, quick, root, out)
+    table = Table(title="speechcls bench", title_justify="left")
+    for col in ("benchmark", "variant", "way", "result"):
+        table.add_column(col)
+    for row in summary(files):
+        table.add_row(*row)
+    console().print(table)

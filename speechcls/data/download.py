@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from speechcls import config
+from speechcls.runtime import Progress
 
 DONE_MARKER = ".speechcls-extracted"  # written last into a finished tree; its presence = nothing to redo
 
@@ -33,14 +34,6 @@ class UnsafeArchiveError(ValueError):
     """A member would land outside the target folder; nothing of the archive is left extracted."""
 
 
-@dataclass
-class Progress:
-    """Callbacks a front end (the CLI's rich bar) passes in; the library itself prints nothing."""
-
-    start: Callable[[int | None, int], None] = lambda total, done: None  # total bytes (None unknown), resumed from
-    advance: Callable[[int], None] = lambda n: None
-
-
 def archive_path(root: Path) -> Path:
     """The archive sits beside the tree it unpacks to: data/speech_commands_v0.01.tar.gz."""
     return root.with_name(root.name + ".tar.gz")
@@ -49,7 +42,7 @@ def archive_path(root: Path) -> Path:
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(config.CHUNK_BYTES):
+        while block := f.read(config.DOWNLOAD_READ_BYTES):
             h.update(block)
     return h.hexdigest()
 
@@ -82,11 +75,11 @@ def fetch(url: str, dest: Path, progress: Progress | None = None) -> Path:
             have = 0
         length = response.headers.get("Content-Length")
         total = have + int(length) if length is not None else None
-        progress.start(total, have)
+        progress.start("download", total, have)  # bytes; total None when unknown
         got = have
         try:
             with open(part, "ab" if have else "wb") as f:
-                while block := response.read(config.CHUNK_BYTES):
+                while block := response.read(config.DOWNLOAD_READ_BYTES):
                     f.write(block)
                     got += len(block)
                     progress.advance(len(block))

@@ -1,0 +1,1 @@
+"""Audio in: decoding (soundfile), the feature transforms (torchaudio), the DALI graphs."""

@@ -1,0 +1,88 @@
+"""`speechcls download`, `synth`, `data info`: getting and looking at a tree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from speechcls import config
+from speechcls.cli.app import VersionOpt, app, check_version, console, data_app, user_errors
+
+
+@app.command()
+@user_errors
+def download(
+    version: VersionOpt = config.DEFAULT_VERSION,
+    root: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Folder the tree is extracted to [default: $SPEECHCLS_DATA or data/, + speech_commands_<version>]."
+        ),
+    ] = None,
+    url: Annotated[Optional[str], typer.Option(help="Fetch from this address instead (a mirror).")] = None,
+    sha256: Annotated[Optional[str], typer.Option(help="Expected SHA-256 of the archive at --url.")] = None,
+    remove_archive: Annotated[bool, typer.Option(help="Delete the .tar.gz once extracted.")] = False,
+) -> None:
+    """Download, verify (SHA-256) and extract a Speech Commands release; resumes a partial download."""
+    from speechcls.cli.progress import RichProgress
+    from speechcls.data import download as dl
+
+    check_version(version)
+    with RichProgress(console(stderr=True), transfer=True) as progress:
+        tree, what = dl.download_release(version, root, url, sha256, progress)
+    if remove_archive:
+        dl.remove_archive(tree)
+    typer.echo(f"{tree}: {'already extracted' if what == 'present' else 'downloaded, verified and extracted'}")
+
+
+@app.command()
+@user_errors
+def synth(
+    out: Annotated[
+        Optional[Path], typer.Option(help="Tree to write [default: $SPEECHCLS_DATA or data/, + synth_commands].")
+    ] = None,
+    words: Annotated[
+        Optional[list[str]],
+        typer.Option("--words", "-w", help="Words to speak (repeat, or comma-separated) [default: the 30 of v0.01]."),
+    ] = None,
+    voices: Annotated[int, typer.Option(help="Speakers; each says every word once.", min=3)] = config.SYNTH_VOICES,
+    seed: Annotated[int, typer.Option(help="Same seed, same bytes.")] = 0,
+    noise: Annotated[
+        float, typer.Option(help="Background noise amplitude relative to the speech peak (0 = clean).", min=0.0)
+    ] = config.SYNTH_NOISE,
+    overwrite: Annotated[bool, typer.Option(help="Replace a different tree already at --out.")] = False,
+) -> None:
+    """Write a Speech Commands-style tree spoken by espeak-ng: offline demo and test data."""
+    from speechcls.cli.progress import RichProgress
+    from speechcls.data import synth as sy
+
+    word_list = tuple(w for item in (words or ()) for w in item.split(",")) or config.V001_WORDS
+    with RichProgress(console(stderr=True), unit="clips") as progress:
+        tree, what = sy.synthesize(out, word_list, voices, seed, noise, overwrite, progress=progress)
+    if what == "present":
+        typer.echo(f"{tree}: already written with these parameters")
+    else:
+        typer.echo(f"{tree}: {voices} voices x {len(set(word_list))} words = {voices * len(set(word_list))} clips")
+
+
+@data_app.command("info")
+@user_errors
+def data_info(
+    root: Annotated[
+        Optional[Path], typer.Option(help="The tree [default: $SPEECHCLS_DATA or data/, + speech_commands_v0.01].")
+    ] = None,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the random 60/20/20 split shown beside the official one.")
+    ] = config.SPLIT_SEED,
+    check_audio: Annotated[bool, typer.Option(help="Read every file's header (finds unreadable files).")] = True,
+) -> None:
+    """Classes, clips per class and split, speakers, missing list entries and unreadable files."""
+    from speechcls.audio import decode
+    from speechcls.data import tree
+    from speechcls.report import console as report
+
+    index = tree.index_tree(root if root is not None else config.default_root())
+    survey = decode.survey(index.root, index.paths) if check_audio else None
+    report.print_index(index, seed, survey, console())

@@ -1,0 +1,82 @@
+"""`speechcls featurize` and `speechcls info`: making and describing feature stores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from speechcls import config
+from speechcls.cli.app import VersionOpt, app, check_version, console, user_errors
+
+
+@app.command()
+@user_errors
+def featurize(
+    variant: Annotated[str, typer.Option(help="spectrogram | mel | complex | waveform.")] = "spectrogram",
+    root: Annotated[
+        Optional[Path],
+        typer.Option(help="The tree [default: data/speech_commands_<version>, downloaded if absent]."),
+    ] = None,
+    version: VersionOpt = config.DEFAULT_VERSION,
+    out: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Store to write: a folder or an fsspec URL (s3://...) "
+            "[default: cache/<dataset>/<variant>-<hash>.zarr]."
+        ),
+    ] = None,
+    backend: Annotated[str, typer.Option(help="auto | torch | dali (DALI: spectrogram and mel on CPU).")] = "auto",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Clips per batched feature call.", min=1)] = config.BATCH_SIZE,
+    dtype: Annotated[str, typer.Option(help="float32 | float16 (waveform is always int16).")] = "float32",
+    n_fft: Annotated[int, typer.Option(help="FFT size.")] = 512,
+    win_length: Annotated[int, typer.Option(help="Window length in samples (0.03 s).")] = 480,
+    hop_length: Annotated[int, typer.Option(help="Hop length in samples (0.01 s).")] = 160,
+    n_mels: Annotated[int, typer.Option(help="Mel filters (mel only).")] = 128,
+    f_min: Annotated[float, typer.Option(help="Lowest frequency (Hz) of the mel filters.")] = 0.0,
+    f_max: Annotated[Optional[float], typer.Option(help="Highest frequency (Hz) [default: sample rate / 2].")] = None,
+    normalized: Annotated[bool, typer.Option(help="Divide by the window's norm, as the chapter does.")] = True,
+    chunk_rows: Annotated[Optional[int], typer.Option(help="Rows per Zarr chunk [default: ~16 MB].", min=1)] = None,
+    codec: Annotated[str, typer.Option(help="none | zstd-<level> | blosc-<cname>-<level>-<shuffle>.")] = "",
+    overwrite: Annotated[bool, typer.Option(help="Replace a store made with other settings.")] = False,
+) -> None:
+    """Turn every clip into features in batched device passes and store them in a chunked Zarr cache."""
+    from speechcls import dist
+    from speechcls.cli.progress import RichProgress
+    from speechcls.featurize import featurize as run
+    from speechcls.store import DEFAULT_CODEC
+
+    check_version(version)
+    params = config.FeatureParams(
+        variant=variant, n_fft=n_fft, win_length=win_length, hop_length=hop_length, n_mels=n_mels,
+        f_min=f_min, f_max=f_max, normalized=normalized, dtype=dtype,
+    ).validate()  # fmt: skip
+    main = dist.from_env().main  # under torchrun, rank 0 alone shows progress and the summary
+    with RichProgress(console(stderr=True), unit="clips", disable=not main) as progress:
+        result = run(
+            params, root, version, out, backend, device, batch_size, chunk_rows, codec or DEFAULT_CODEC,
+            overwrite, progress=progress,
+        )  # fmt: skip
+    if not main:
+        return
+    err = console(stderr=True)
+    for rel, reason in sorted(result.skipped.items())[:20]:
+        err.print(f"skipped {rel}: {reason}", markup=False)
+    if len(result.skipped) > 20:
+        err.print(f"... {len(result.skipped) - 20} more skipped (all listed in the store's attrs)")
+    typer.echo(result.line())
+
+
+@app.command()
+@user_errors
+def info(
+    stores: Annotated[list[str], typer.Argument(metavar="STORE...", help="Feature stores (.zarr folders or URLs).")],
+) -> None:
+    """Variant, shape, dtype, chunks, codec, size on disk, ratio, classes, counts per split, skipped files."""
+    from speechcls.report.console import print_store
+    from speechcls.store import store_info
+
+    for store in stores:
+        print_store(store_info(store), console())

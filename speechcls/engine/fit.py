@@ -1,0 +1,315 @@
+"""Training: the chapter's recipe over the feature cache. No argument parsing here; the CLI builds a
+TrainConfig and calls `fit`.
+
+Adam, one-cycle LR (stepped per batch), early stopping on the validation loss, the best checkpoint kept
+and tested. Under torchrun, fit() is DistributedDataParallel: each rank steps on its share of every
+global batch (loader/sharding.py), the loss is weighted so the averaged gradient is the global batch's
+mean, metrics are all-reduced, and rank 0 alone reads and writes the run folder (the others get its
+checkpoints by broadcast, so only rank 0's machine needs the folder).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from speechcls import dist
+from speechcls.config import FeatureParams, TrainConfig
+from speechcls.engine import checkpoint
+from speechcls.engine.run_dir import RunDir
+from speechcls.engine.steps import evaluate_model, per_class, train_step
+from speechcls.loader import FeatureLoader
+from speechcls.models import build_model
+from speechcls.runtime import Progress, resolve_device, seed_everything
+from speechcls.store.location import Location, to_location
+from speechcls.store.reader import find_store
+
+
+@dataclass
+class Setup:
+    cfg: TrainConfig
+    store: Location
+    device: torch.device
+    loaders: dict[str, FeatureLoader]
+    classes: list[str]
+    params: FeatureParams  # what the model sees (computed on the device for a waveform store)
+    model: torch.nn.Module
+    rank: dist.Rank
+
+    def meta(self) -> dict:
+        """What every checkpoint of the run holds besides its state: enough to rebuild the model."""
+        return {
+            "config": asdict(self.cfg) | {"store": str(self.store)},
+            "classes": self.classes,
+            "params": asdict(self.params),
+            "in_shape": list(self.params.shape),
+            "n_classes": len(self.classes),
+            "model_name": self.cfg.model,
+            "model_cfg": {"dropout2d": self.cfg.dropout2d, "dropout": self.cfg.dropout},
+        }
+
+
+def make_loader(
+    cfg: TrainConfig,
+    store: Location,
+    split: str,
+    device: torch.device,
+    mode: str | None = None,
+    rank: dist.Rank = dist.Rank(),
+) -> FeatureLoader:
+    return FeatureLoader(store, split, cfg.loader_config(split, str(device), mode), rank)
+
+
+def build(
+    cfg: TrainConfig, variant: str | None = None, splits=("train", "validation", "test"), rank: dist.Rank = dist.Rank()
+) -> Setup:
+    """Store, loaders (this rank's shards) and a freshly initialised model (seeded) for `cfg`."""
+    cfg.validate()
+    device = torch.device(dist.local_device(resolve_device(cfg.device), rank))  # one GPU per process
+    if cfg.precision != "fp32" and device.type != "cuda":
+        raise ValueError(f"--precision {cfg.precision} needs CUDA (autocast); use fp32 on the CPU")
+    store = to_location(cfg.store) if cfg.store else find_store(variant)
+    loaders = {s: make_loader(cfg, store, s, device, rank=rank) for s in splits}
+    first = next(iter(loaders.values()))
+    seed_everything(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+    model = build_model(cfg.model, first.item_shape, len(first.classes), dropout2d=cfg.dropout2d, dropout=cfg.dropout)
+    model = model.to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if rank.distributed:
+        torch.manual_seed(cfg.seed + rank.rank)  # each rank its own dropout masks
+        if cfg.sync_bn:
+            model = dist.convert_sync_batchnorm(model, device)
+    return Setup(cfg, store, device, loaders, first.classes, first.params, model, rank)
+
+
+def data_parallel(s: Setup) -> torch.nn.Module:
+    """The module to step: DDP over the ranks (gradients averaged in buckets during backward)."""
+    if not s.rank.distributed:
+        return s.model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(s.model, device_ids=[s.device.index] if s.device.type == "cuda" else None)
+
+
+@dataclass
+class EarlyStopping:
+    """Stop after `patience` epochs without a lower validation loss, not counting before `min_epochs`."""
+
+    patience: int
+    min_epochs: int = 0
+    best_loss: float = math.inf
+    bad: int = 0
+    best_epoch: int = 0
+
+    def update(self, loss: float, epoch: int) -> bool:
+        """Record an epoch's validation loss; True when it is the best so far."""
+        if loss < self.best_loss:
+            self.best_loss, self.bad, self.best_epoch = loss, 0, epoch
+            return True
+        self.bad += 1
+        return False
+
+    def should_stop(self, epoch: int) -> bool:
+        return self.bad >= self.patience and epoch >= self.min_epochs
+
+
+@dataclass
+class Trainer:
+    """The optimizer, LR schedule and scaler of a run (the state last.pt keeps besides the model)."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+
+    @classmethod
+    def for_setup(cls, s: Setup) -> "Trainer":
+        optimizer = torch.optim.Adam(s.model.parameters())
+        steps = len(s.loaders["train"])
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=s.cfg.max_lr, epochs=s.cfg.epochs, steps_per_epoch=steps
+        )
+        return cls(optimizer, scheduler, torch.amp.GradScaler(s.device.type, enabled=s.cfg.precision == "fp16"))
+
+    def state(self) -> dict:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        }
+
+    def load(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def train_one_epoch(s: Setup, step_model, t: Trainer, epoch: int, progress: Progress) -> dict:
+    """One pass over this rank's training shard. Returns the epoch's log row (every rank's examples,
+    what one process would report), the examples and the seconds."""
+    loader, device, world = s.loaders["train"], s.device, s.rank.world
+    s.model.train()
+    loader.set_epoch(epoch)
+    progress.start(f"epoch {epoch}", len(loader))
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.float64, device=device)
+    n = steps = 0
+    _sync(device)
+    t0 = time.perf_counter()
+    for (x, y), global_size in zip(loader, loader.global_sizes, strict=True):
+        weight = len(y) * world / global_size  # 1.0 in one process
+        loss, logits = train_step(step_model, t.optimizer, t.scheduler, t.scaler, s.cfg, device, x, y, weight)
+        total_loss += loss.detach() * len(y)  # stays on the device: no sync per batch
+        correct += (logits.argmax(1) == y).sum()
+        n += len(y)
+        steps += 1
+        if steps % 20 == 0:  # note: .item() is a CPU-GPU sync point, so the bar reads it every 20 steps
+            progress.advance(1, examples=len(y), loss=total_loss.item() / n, acc=correct.item() / n)
+        else:
+            progress.advance(1, examples=len(y))
+    count = torch.tensor(float(n), dtype=torch.float64, device=device)
+    total, right, n = dist.all_reduce_sum(s.rank, torch.stack([total_loss, correct, count])).tolist()
+    _sync(device)
+    seconds = time.perf_counter() - t0
+    return {
+        "row": {"epoch": epoch, "set": "train", "loss": total / n, "acc": right / n},
+        "n": int(n),
+        "seconds": seconds,
+    }
+
+
+def validate(s: Setup, epoch: int) -> dict:
+    """The validation split's log row (the chapter's CSV calls the set "valid")."""
+    if not s.cfg.sync_bn:
+        dist.broadcast_buffers(s.rank, s.model)  # evaluate (and checkpoint) rank 0's running statistics
+    v = evaluate_model(s.model, s.loaders["validation"], s.cfg, s.device)
+    return {"epoch": epoch, "set": "valid", "loss": v["loss"], "acc": v["acc"]}
+
+
+def fit(
+    cfg: TrainConfig, out: Path, variant: str | None = None, resume: bool = False, progress: Progress | None = None
+) -> dict:
+    """Train, keep the best checkpoint, evaluate it on the test split; returns the test metrics.
+    `resume` continues from out/last.pt with the saved config. Under torchrun every rank calls this
+    with the same arguments (see the module docstring)."""
+    progress, run = progress or Progress(), RunDir(out)
+    rank = dist.init(resolve_device(cfg.device))
+    state = _load_resume(run, rank) if resume else None
+    if state is not None:
+        cfg = TrainConfig(**state["config"])
+    s = build(cfg, variant, rank=rank)
+    meta = s.meta()
+    if rank.main:
+        run.write_config(meta["config"] | {"world": rank.world})
+    t, stop = Trainer.for_setup(s), EarlyStopping(s.cfg.patience, s.cfg.min_epochs)
+    rows, start_epoch, clock, stopped = [], 1, {"time": 0.0, "seen": 0}, False
+    if state is not None:
+        start_epoch, rows, clock, stopped = _restore(state, s, t, stop)
+    net = data_parallel(s)  # after loading: DDP broadcasts rank 0's weights once here
+    step_model = torch.compile(net) if s.cfg.compile else net
+    for epoch in range(start_epoch, s.cfg.epochs + 1):
+        if stopped:
+            break
+        ep = train_one_epoch(s, step_model, t, epoch, progress)
+        clock["time"] += ep["seconds"]
+        clock["seen"] += ep["n"]
+        valid_row = validate(s, epoch)
+        rows += [ep["row"], valid_row]
+        improved = stop.update(valid_row["loss"], epoch)
+        # one verdict for all ranks (their all-reduced numbers agree; this makes it certain)
+        stopped = dist.broadcast(rank, stop.should_stop(epoch))
+        rngs = dist.gather(rank, checkpoint.rng_state())
+        if rank.main:
+            run.write_log(rows)
+            if improved:
+                checkpoint.save(
+                    run.best, {**meta, "model": s.model.state_dict(), "epoch": epoch, "valid_loss": valid_row["loss"]}
+                )
+            checkpoint.save(run.last, {
+                **meta, **t.state(), "model": s.model.state_dict(), "epoch": epoch, "best_loss": stop.best_loss,
+                "bad_epochs": stop.bad, "best_epoch": stop.best_epoch, "train_time": clock["time"],
+                "train_seen": clock["seen"], "rng_ranks": rngs, "world": rank.world,
+                "finished": stopped or epoch == s.cfg.epochs,
+            })  # fmt: skip
+        progress.end(train=ep["row"], valid=valid_row, samples_per_s=ep["n"] / max(ep["seconds"], 1e-9), best=improved)
+    return _test(s, run, rows, stop, clock)
+
+
+def _load_resume(run: RunDir, rank: dist.Rank) -> dict:
+    """last.pt, read by rank 0 and broadcast (errors included, so no rank waits in vain)."""
+    state = None
+    if rank.main:
+        try:
+            if not run.last.is_file():
+                raise ValueError(f"{run.path}: no last.pt to resume from; start the run without --resume")
+            state = checkpoint.load(run.last)
+            state["log"] = run.read_log() if run.has_log() else []
+        except ValueError as e:
+            state = e
+    state = dist.broadcast(rank, state)
+    if isinstance(state, ValueError):
+        raise state
+    return state
+
+
+def _restore(state: dict, s: Setup, t: Trainer, stop: EarlyStopping) -> tuple[int, list[dict], dict, bool]:
+    """Model, optimizer, schedule, early stopping, clock, log rows and this rank's RNG from last.pt."""
+    s.model.load_state_dict(state["model"])
+    t.load(state)
+    stop.best_loss, stop.bad, stop.best_epoch = state["best_loss"], state["bad_epochs"], state["best_epoch"]
+    rows = [r for r in state["log"] if r["epoch"] <= state["epoch"]]
+    ranks = state["rng_ranks"]
+    if len(ranks) == s.rank.world:
+        checkpoint.set_rng_state(ranks[s.rank.rank])
+    else:  # resumed with another number of ranks: the batch order is unchanged (seed, epoch); dropout reseeded
+        if s.rank.main:
+            warnings.warn(
+                f"resuming a {len(ranks)}-process run with {s.rank.world}: dropout masks are reseeded", stacklevel=3
+            )
+        checkpoint.set_rng_state(ranks[0])
+        torch.manual_seed(s.cfg.seed + 1000 * state["epoch"] + s.rank.rank)
+    finished = bool(state.get("finished"))
+    start = s.cfg.epochs + 1 if finished else state["epoch"] + 1
+    return start, rows, {"time": state["train_time"], "seen": state["train_seen"]}, finished
+
+
+def _test(s: Setup, run: RunDir, rows: list[dict], stop: EarlyStopping, clock: dict) -> dict:
+    """The best checkpoint on the test split: metrics.json and confusion.csv."""
+    rank, train_loader = s.rank, s.loaders["train"]
+    best = dist.broadcast(rank, checkpoint.load(run.best)["model"] if rank.main else None)
+    s.model.load_state_dict(best)
+    test = evaluate_model(s.model, s.loaders["test"], s.cfg, s.device)
+    epochs_run = max((r["epoch"] for r in rows), default=0)
+    metrics = {
+        "test_loss": test["loss"],
+        "test_acc": test["acc"],
+        "per_class_acc": per_class(test["confusion"], s.classes),
+        "confusion": test["confusion"].tolist(),
+        "classes": s.classes,
+        "epochs_run": epochs_run,
+        "best_epoch": stop.best_epoch,
+        "best_valid_loss": stop.best_loss,
+        "stopped_early": epochs_run < s.cfg.epochs,
+        "train_samples_per_s": clock["seen"] / clock["time"] if clock["time"] else None,
+        "test_samples": test["n"],
+        "train_samples": train_loader.n,
+        "device": str(s.device) if not rank.distributed else f"{rank.world} x {s.device.type}",
+        "world": rank.world,
+        "loader_mode": train_loader.mode,
+        "store": str(s.store),
+        "variant": s.params.variant,
+    }
+    if rank.main:
+        run.write_metrics(metrics)
+        run.write_confusion(test["confusion"], s.classes)
+    return metrics

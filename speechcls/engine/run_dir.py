@@ -1,0 +1,134 @@
+"""A run folder, the one reader and writer of its files:
+
+    config.json           the resolved TrainConfig (+ world)
+    log.csv               the chapter's format: "epoch","set","loss","acc", a train and a valid row per epoch
+    best.pt, last.pt      checkpoints (engine/checkpoint.py)
+    metrics.json          test loss and accuracy, per-class accuracy, confusion, throughput
+    confusion.csv         the test confusion matrix (rows = true class); confusion_<split>.csv by evaluate
+    lr_find.csv           the LR finder's sweep (its own folder)
+
+Small text files are written through a temporary file and a rename, like the checkpoints.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from speechcls import config
+from speechcls.runtime import write_text_atomic
+from speechcls.store.location import Location, name
+
+LOG_FIELDS = ("epoch", "set", "loss", "acc")
+
+
+def default_run_dir(store: Location) -> Path:
+    """runs/<store name>-<time>."""
+    return Path(config.RUNS_DIRNAME) / f"{name(store)}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    def __init__(self, path: str | Path):
+        object.__setattr__(self, "path", Path(path))
+
+    @property
+    def best(self) -> Path:
+        return self.path / "best.pt"
+
+    @property
+    def last(self) -> Path:
+        return self.path / "last.pt"
+
+    def file(self, name: str, hint: str = "") -> Path:
+        """A file of the run that must exist; ValueError naming the folder and what makes it otherwise."""
+        if not self.path.is_dir():
+            raise ValueError(f"{self.path}: no such run folder")
+        path = self.path / name
+        if not path.is_file():
+            raise ValueError(
+                f"{self.path}: no {name} in this folder; {hint or 'is it a `speechcls train` run folder?'}"
+            )
+        return path
+
+    # --- config.json, metrics.json ------------------------------------------------------------------
+    def write_config(self, cfg: dict) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.path / "config.json", json.dumps(cfg, indent=1) + "\n")
+
+    def write_metrics(self, metrics: dict) -> None:
+        write_text_atomic(self.path / "metrics.json", json.dumps(metrics, indent=1) + "\n")
+
+    def read_config(self) -> dict:
+        """config.json, or {} where the run has none."""
+        path = self.path / "config.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def read_metrics(self) -> dict:
+        return json.loads(self.file("metrics.json", "train (or evaluate) first").read_text())
+
+    # --- log.csv ---------------------------------------------------------------------------------------
+    def write_log(self, rows: list[dict]) -> None:
+        buf = io.StringIO(newline="")
+        w = csv.writer(buf, quoting=csv.QUOTE_NONNUMERIC)  # the chapter's (R's) format: "set" quoted
+        w.writerow(LOG_FIELDS)
+        for r in rows:
+            w.writerow([r["epoch"], r["set"], r["loss"], r["acc"]])
+        write_text_atomic(self.path / "log.csv", buf.getvalue())
+
+    def read_log(self) -> list[dict]:
+        return read_log(self.file("log.csv", "is it a `speechcls train` run folder?"))
+
+    def has_log(self) -> bool:
+        return (self.path / "log.csv").is_file()
+
+    # --- confusion matrices ---------------------------------------------------------------------------
+    def confusion_path(self, split: str | None = None) -> Path:
+        """confusion.csv (training's test evaluation) or confusion_<split>.csv (speechcls evaluate)."""
+        return self.path / ("confusion.csv" if split is None else f"confusion_{split}.csv")
+
+    def write_confusion(self, confusion: np.ndarray, classes: list[str], split: str | None = None) -> Path:
+        buf = io.StringIO(newline="")
+        w = csv.writer(buf)
+        w.writerow(["true\\predicted", *classes])
+        for c, row in zip(classes, confusion.tolist()):
+            w.writerow([c, *row])
+        return write_text_atomic(self.confusion_path(split), buf.getvalue())
+
+    # --- lr_find.csv ----------------------------------------------------------------------------------
+    def write_lr_find(self, lrs: list[float], losses: list[float]) -> Path:
+        self.path.mkdir(parents=True, exist_ok=True)
+        buf = io.StringIO(newline="")
+        w = csv.writer(buf)
+        w.writerow(["lr", "loss"])
+        w.writerows(zip(lrs, losses))
+        return write_text_atomic(self.path / "lr_find.csv", buf.getvalue())
+
+
+def read_log(path: str | Path) -> list[dict]:
+    """A log.csv's rows: epoch, set, loss, acc."""
+    with open(path, newline="") as f:
+        return [
+            {"epoch": int(r["epoch"]), "set": r["set"], "loss": float(r["loss"]), "acc": float(r["acc"])}
+            for r in csv.DictReader(f)
+        ]
+
+
+def read_lr_find(path: str | Path) -> tuple[list[float], list[float]]:
+    """lr_find.csv (or the folder holding it) -> (lrs, losses)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "lr_find.csv"
+    if not path.is_file():
+        raise ValueError(f"{path}: no lr_find.csv; run `speechcls lr-find --out DIR` first")
+    with open(path, newline="") as f:
+        rows = [(float(r["lr"]), float(r["loss"])) for r in csv.DictReader(f)]
+    return [r[0] for r in rows], [r[1] for r in rows]

@@ -1,0 +1,1 @@
+"""Using a trained model: predict (export and listen will join it)."""

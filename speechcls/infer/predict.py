@@ -1,0 +1,42 @@
+"""`speechcls predict`: audio files -> the features a checkpoint was trained on -> top-k labels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from speechcls.config import FeatureParams
+from speechcls.engine.checkpoint import load_model
+from speechcls.runtime import resolve_device
+
+
+def predict(checkpoint: Path, files: list[Path], top: int = 3, device: str = "auto") -> list[dict]:
+    """Top-k labels with probabilities for each file, computed with the features the checkpoint was
+    trained on; an unreadable file gets an error entry and the others are still predicted."""
+    from speechcls.audio.decode import BadAudio, load_clip
+    from speechcls.audio.features import FeatureExtractor
+
+    dev = torch.device(resolve_device(device))
+    model, ckpt = load_model(checkpoint, dev)
+    params = FeatureParams(**ckpt["params"])
+    extractor = FeatureExtractor(params).to(dev)
+    classes = ckpt["classes"]
+    out = []
+    for f in files:
+        try:
+            audio, _ = load_clip(Path(f), params.sample_rate, params.clip_samples)
+        except BadAudio as e:
+            out.append({"file": str(f), "error": f"not readable audio: {e}"})
+            continue
+        except OSError as e:
+            out.append({"file": str(f), "error": str(e)})
+            continue
+        with torch.no_grad():
+            x = extractor(torch.from_numpy(audio).unsqueeze(0).to(dev)).float()
+            probs = torch.softmax(model(x).float(), dim=1)[0]
+        p, i = probs.topk(min(top, len(classes)))
+        out.append(
+            {"file": str(f), "top": [{"label": classes[j], "prob": float(q)} for q, j in zip(p.tolist(), i.tolist())]}
+        )
+    return out

@@ -1,0 +1,94 @@
+"""`speechcls report`: one self-contained HTML page (images embedded) comparing runs."""
+
+from __future__ import annotations
+
+import base64
+import html
+import tempfile
+from pathlib import Path
+
+CHAPTER = {"spectrogram": (32, 0.3776, 0.8898), "mel": (19, 0.5081, 0.8555), "complex": (40, 0.2373, 0.9324)}
+
+
+def html_report(runs: list, out):
+    """One self-contained HTML page (images embedded as data URIs) comparing runs side by side."""
+    from speechcls.engine.run_dir import RunDir
+    from speechcls.report import plots
+
+    runs = [Path(r) for r in runs]
+    if not runs:
+        raise ValueError("give at least one run folder")
+    loaded = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, run in enumerate(runs):
+            metrics = RunDir(run).read_metrics()
+            cfg = RunDir(run).read_config()
+            images = {}
+            for kind, fn in (("curves", plots.curves), ("confusion", plots.confusion)):
+                png = fn(run, Path(tmp) / f"{i}-{kind}.png")
+                images[kind] = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
+            loaded.append((run, metrics, cfg, images))
+
+    esc = html.escape
+    head = ["run", "variant", "split", "epochs", "test loss", "test accuracy", "train samples/s", "loader", "device"]
+    rows = []
+    for run, m, cfg, _ in loaded:
+        sps = m.get("train_samples_per_s")
+        cells = [
+            run.name,
+            m.get("variant", "?"),
+            cfg.get("split_kind", cfg.get("split", "?")),
+            m["epochs_run"],
+            f"{m['test_loss']:.4f}",
+            f"{m['test_acc']:.4f}",
+            f"{sps:,.0f}" if sps else "-",
+            m.get("loader_mode", "?"),
+            m.get("device", "?"),
+        ]
+        rows.append("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in cells) + "</tr>")
+    for variant, (epochs, loss, acc) in CHAPTER.items():
+        rows.append(
+            f"<tr class='ref'><td>chapter (R torch)</td><td>{variant}</td><td>random 60/20/20</td><td>{epochs}</td>"
+            f"<td>{loss:.4f}</td><td>{acc:.4f}</td><td>-</td><td>-</td><td>-</td></tr>"
+        )
+    classes = loaded[0][1]["classes"]
+    pc_head = "".join(f"<th>{esc(r.name)}</th>" for r, *_ in loaded)
+    pc_rows = []
+    for c in classes:
+        vals = []
+        for _, m, _, _ in loaded:
+            a = m["per_class_acc"].get(c)
+            vals.append("-" if a is None else f"{a:.3f}")
+        pc_rows.append(f"<tr><td>{esc(c)}</td>" + "".join(f"<td>{v}</td>" for v in vals) + "</tr>")
+    sections = []
+    for run, m, _, img in loaded:
+        sections.append(
+            f"<section><h2>{esc(run.name)}</h2><p>{esc(str(run))}: {m['epochs_run']} epochs, best epoch "
+            f"{m.get('best_epoch', '?')}, test accuracy {m['test_acc']:.4f}</p>"
+            f"<img alt='training curves of {esc(run.name)}' src='{img['curves']}'>"
+            f"<img alt='confusion of {esc(run.name)}' src='{img['confusion']}'></section>"
+        )
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>speechcls report</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; }}
+td, th {{ border: 1px solid #ccc; padding: 0.3em 0.7em; text-align: right; }}
+td:first-child, th:first-child {{ text-align: left; }}
+tr.ref {{ color: #777; }}
+img {{ max-width: 100%; display: block; margin: 1em 0; }}
+</style></head><body>
+<h1>speechcls report</h1>
+<table><tr>{"".join(f"<th>{h}</th>" for h in head)}</tr>
+{"".join(rows)}</table>
+<p>The chapter's numbers are for reference: its random split mixes speakers across train and test, the
+official split does not.</p>
+<h2>Per-class test accuracy</h2>
+<table><tr><th>class</th>{pc_head}</tr>{"".join(pc_rows)}</table>
+{"".join(sections)}
+</body></html>
+"""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page)
+    return out

@@ -1,0 +1,187 @@
+"""The store's format: its version, the attributes a store records, codecs, how rows are ordered and
+cut into chunks and blocks. Writer and reader both follow this module; nothing else knows the layout.
+
+Layout (N = every indexed clip, rows in a seeded shuffled order so each chunk mixes classes)::
+
+    features  (N, C, F, T) float32|float16   ((N, 1, L) int16 for waveform), chunked along N only
+    valid     (N,) bool       the clip was decoded (false: skipped, its row stays zero-filled); the array
+                              keeps its format-3 name, in code the flag is called `decoded`
+    label     (N,) int64      index into attrs["classes"]
+    split     (N,) int8       official split: 0 train, 1 validation, 2 test (-1: the tree has no lists)
+    speaker   (N,) str
+    path      (N,) str        relative to the source root
+    skip_reason (N,) str      why a clip was skipped ("" for a decoded row), chunked like features
+    done      (B,) bool       block b (a run of whole chunks) is written; one object per block
+    resampled (B,) int32      clips of block b that were resampled; one object per block
+
+Every chunk is an object, all-zero ones included (zarr's write_empty_chunks, off by default, is turned
+on for every array): zarr reads a missing chunk as its fill value, so without this a chunk lost in a
+partial copy or deleted during training would silently read as zeros (or as label 0).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from speechcls import config
+from speechcls.config import FeatureParams
+from speechcls.store.location import Location, join, to_location
+
+FORMAT_VERSION = 3  # bump on any change of layout; readers refuse another version (3: every chunk written)
+
+# Chosen by benchmarks/store_codecs.py on the 300 real clips (benchmarks/results/store_codecs-cpu2.md):
+# real speech's spectra barely compress (1.06x to 1.2x whatever the codec); blosc lz4 after a bit
+# shuffle gets within a few percent of the best zstd ratio while writing 800-1,150 MB/s and reading
+# 2.3-3.8 GB/s on 2 cores, 1.5-3x zstd's speeds: featurize and streaming are not held up by the codec.
+DEFAULT_CODEC = "blosc-lz4-5-bitshuffle"
+DEFAULT_CHUNK_BYTES = 16 << 20  # ~16 MB of raw features per chunk: few objects, whole-chunk reads stay cheap
+
+# every chunk is written, even one equal to the fill value: a missing chunk object is then damage
+ARRAY_CONFIG = {"write_empty_chunks": True}
+
+SPLIT_CODES = {"train": 0, "validation": 1, "test": 2}  # the int8 codes of the `split` array
+
+
+class IncompleteStore(ValueError):
+    """A store not (yet) marked complete: the featurize command that made it finishes it."""
+
+
+class DamagedStore(IncompleteStore):
+    """A store marked complete that lacks chunk objects (a partial copy, a deletion)."""
+
+
+def make_codec(spec: str):
+    """Compressor list from a short name: "none", "zstd-<level>", "blosc-<cname>-<level>-<shuffle>"."""
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    parts = spec.split("-")
+    try:
+        if spec == "none":
+            return []
+        if parts[0] == "zstd" and len(parts) == 2:
+            return [ZstdCodec(level=int(parts[1]))]
+        if parts[0] == "blosc" and len(parts) == 4:
+            return [BloscCodec(cname=parts[1], clevel=int(parts[2]), shuffle=parts[3].replace("none", "noshuffle"))]
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"bad codec {spec!r}: {e}") from e
+    raise ValueError(
+        f"bad codec {spec!r}: use none, zstd-<level> or blosc-<lz4|zstd|blosclz>-<level>-<shuffle|bitshuffle|none>"
+    )
+
+
+def default_chunk_rows(params: FeatureParams) -> int:
+    item = int(np.prod(params.shape)) * np.dtype(params.store_dtype).itemsize
+    return int(max(16, min(1024, DEFAULT_CHUNK_BYTES // item)))
+
+
+def default_location(dataset: str, params: FeatureParams) -> Location:
+    """cache/<dataset>/<variant>-<hash>.zarr: where `speechcls train` looks."""
+    return join(to_location(config.cache_dir()), dataset, f"{params.variant}-{params.key()}.zarr")
+
+
+@dataclass
+class Layout:
+    """How the N rows are cut: chunks of the arrays, blocks of work (whole chunks)."""
+
+    n: int
+    chunk_rows: int
+    block_rows: int
+
+    @property
+    def n_blocks(self) -> int:
+        return -(-self.n // self.block_rows)
+
+    def block(self, b: int) -> slice:
+        return slice(b * self.block_rows, min((b + 1) * self.block_rows, self.n))
+
+
+def row_arrays(index, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The seeded row order of a tree's index (row r holds clip perm[r]) and the per-row arrays known
+    before decoding: label, split, speaker, path."""
+    perm = np.random.default_rng(seed).permutation(len(index.clips))
+    clips = [index.clips[i] for i in perm]
+    official = index.official[perm] if index.official is not None else np.full(len(perm), -1, dtype=np.int8)
+    rows = {
+        "label": np.array([c.label for c in clips], dtype=np.int64),
+        "split": official.astype(np.int8),
+        "speaker": np.array([c.speaker for c in clips], dtype=str),
+        "path": np.array([c.path for c in clips], dtype=str),
+    }
+    return perm, rows
+
+
+def rows_digest(paths: list[str], labels: np.ndarray) -> str:
+    """Fingerprint of what the rows hold, so a changed tree never silently reuses a store."""
+    h = hashlib.sha1()
+    for p, y in zip(paths, labels.tolist()):
+        h.update(f"{p}\t{y}\n".encode())
+    return h.hexdigest()
+
+
+def request(params: FeatureParams, rows: dict[str, np.ndarray], row_seed: int, codec: str, chunk_rows: int) -> dict:
+    """The settings that define a store's numbers: a store is reused only for an equal request."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "params": params.describing(),
+        "rows": rows_digest(list(rows["path"]), rows["label"]),
+        "row_order_seed": row_seed,
+        "n": len(rows["path"]),
+        "codec": codec,
+        "chunk_rows": chunk_rows,
+    }
+
+
+def new_attrs(params: FeatureParams, index, version: str, root, row_seed: int, engine: dict) -> dict:
+    """What a new store records about itself, besides its layout."""
+    from speechcls.audio.features import empty_mel_filters
+    from speechcls.runtime import package_versions
+
+    empty = empty_mel_filters(params)
+    return {
+        "variant": params.variant,
+        "params": params.describing(),
+        "sample_rate": params.sample_rate,
+        "clip_samples": params.clip_samples,
+        "classes": index.classes,
+        "dataset": {
+            "name": index.name,
+            "version": version if index.name == config.release(version).name else None,
+            "source_root": str(Path(root).resolve()),
+            "official_split": index.official is not None,
+            "missing_list_entries": index.missing,
+        },
+        "row_order_seed": row_seed,
+        "engine": engine,
+        "packages": package_versions(),
+        "command": " ".join(["speechcls", *map(shlex.quote, sys.argv[1:])]) if _from_cli() else None,
+        "notes": (
+            [
+                f"{empty} of {params.n_mels} mel filters are all zero at n_fft {params.n_fft} (torchaudio warns); "
+                "expected with the chapter's settings"
+            ]
+            if empty
+            else []
+        ),  # fmt: skip
+    }
+
+
+def _from_cli() -> bool:
+    return Path(sys.argv[0]).name in ("speechcls", "__main__.py")
+
+
+def params_from_attrs(attrs: dict) -> FeatureParams:
+    """The FeatureParams of the stored items."""
+    if attrs["variant"] == "waveform":
+        return FeatureParams("waveform", sample_rate=attrs["sample_rate"], clip_samples=attrs["clip_samples"])
+    return FeatureParams(**attrs["params"])
+
+
+def rebuild_command(attrs: dict) -> str:
+    """The featurize command that made (and finishes, repairs or rebuilds) the store."""
+    return attrs.get("command") or "speechcls featurize ..."
