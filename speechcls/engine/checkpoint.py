@@ -61,12 +61,11 @@ def load(path: str | Path, map_location="cpu") -> dict:
         raise ValueError(f"{path}: no such checkpoint; pass a run folder (with best.pt) or a .pt file")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
+    except pickle.UnpicklingError:
         raise ValueError(
             f"{path}: refused: the file holds objects other than tensors and plain values, which speechcls does "
             "not unpickle (loading would run code from it). A format-1 last.pt (speechcls before the model "
-            "registry) holds numpy RNG objects: its run cannot be resumed, its best.pt still loads. "
-            f"({str(e).splitlines()[0]})"
+            "registry) holds numpy RNG objects: its run cannot be resumed, its best.pt still loads."
         ) from None
     except Exception as e:  # not a torch file, truncated, ...
         raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
