@@ -143,31 +143,16 @@ def featurize(
     loc = to_location(out) if out is not None else fmt.default_location(index.name, params)
     request = fmt.request(params, rows, row_seed, codec, chunk_rows)
     engine = {"backend": backend, "device": device}
-    # rank 0 alone decides (and creates the store); every rank gets its verdict, errors included,
-    # so no rank waits at a barrier for a store that will never come
-    try:
-        status = plan(loc, request, engine, overwrite) if rank.main else None
-    except ValueError as e:
-        status = e
-    status = dist.broadcast(rank, status)
-    if isinstance(status, ValueError):
-        raise status
+    status = _decide(rank, loc, request, engine, overwrite)
     if status == "present":
         return FeaturizeResult.of(loc, "present")
+
+    def create() -> StoreWriter:
+        attrs = fmt.new_attrs(params, index, version, root, row_seed, engine)
+        return StoreWriter.create(loc, params, request, rows, layout, codec, attrs)
+
     try:
-        if not rank.main:
-            dist.barrier(rank)  # rank 0 has made or checked the store
-            writer = StoreWriter.reopen(loc)
-        elif status in ("resume", "repair"):
-            writer = StoreWriter.reopen(loc)
-            # blocks that lost a chunk are redone with the missing ones (a finished block may have lost
-            # one too, in a copy), nothing else
-            writer.reopen_damaged(rows)
-            dist.barrier(rank)
-        else:
-            attrs = fmt.new_attrs(params, index, version, root, row_seed, engine)
-            writer = StoreWriter.create(loc, params, request, rows, layout, codec, attrs)
-            dist.barrier(rank)  # the store exists: the others may open it
+        writer = _open_writer(rank, status, loc, rows, create)
         device = dist.local_device(device, rank)
         result = _run(writer, index.root, rows["path"], params, backend, device, workers, progress or Progress(), rank)
     except OSError as e:
@@ -177,6 +162,35 @@ def featurize(
         ) from e
     result.status = {"resume": "resumed", "repair": "repaired", "rebuild": "rebuilt"}.get(status, "written")
     return result
+
+
+def _decide(rank, loc: Location, request: dict, engine: dict, overwrite: bool) -> str | None:
+    """What to do with the location (store/writer.py's plan): rank 0 alone decides, every rank gets its
+    verdict, errors included, so no rank waits at a barrier for a store that will never come."""
+    try:
+        status = plan(loc, request, engine, overwrite) if rank.main else None
+    except ValueError as e:
+        status = e
+    status = dist.broadcast(rank, status)
+    if isinstance(status, ValueError):
+        raise status
+    return status
+
+
+def _open_writer(rank, status: str | None, loc: Location, rows: dict, create) -> StoreWriter:
+    """Rank 0 creates the store (or reopens one to resume or repair) before the other ranks open it."""
+    if not rank.main:
+        dist.barrier(rank)  # rank 0 has made or checked the store
+        return StoreWriter.reopen(loc)
+    if status in ("resume", "repair"):
+        writer = StoreWriter.reopen(loc)
+        # blocks that lost a chunk are redone with the missing ones (a finished block may have lost one
+        # too, in a copy), nothing else
+        writer.reopen_damaged(rows)
+    else:
+        writer = create()
+    dist.barrier(rank)  # the store exists: the others may open it
+    return writer
 
 
 def _transform(params: FeatureParams, backend: str, device: str, block_rows: int, workers: int):

@@ -18,6 +18,19 @@ WORDS10 = ("bed", "bird", "cat", "dog", "down", "eight", "five", "four", "go", "
 SMALL_MEL = dict(n_mels=80, hop_length=200)
 
 
+def torchrun(*args: str, env: dict | None = None, check: bool = True, ranks: int = 2):
+    """`torchrun --standalone --nproc-per-node <ranks> -m speechcls <args>`, one thread per rank."""
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(
+        [*cmd, "-m", "speechcls", *args], capture_output=True, text=True, timeout=300, check=check, env=env
+    )
+
+
 def copy_tree(src: Path, dst: Path, per_word: int | None = None, words=None) -> Path:
     """Copy (part of) an official-layout tree, with its lists."""
     dst.mkdir(parents=True, exist_ok=True)

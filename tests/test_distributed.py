@@ -12,28 +12,11 @@ import pytest
 
 from speechcls.store import IncompleteStore, reader
 
-from helpers import WORDS10, copy_tree, read_store
+from helpers import WORDS10, copy_tree, read_store, torchrun
 
 pytestmark = pytest.mark.dist  # every test here starts torchrun ranks
 
 DIE_AFTER = Path(__file__).with_name("die_after.py")
-
-
-def torchrun(*args, env=None, check=True):
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "speechcls",
-        *args,
-    ]
-    return subprocess.run(
-        cmd, capture_output=True, text=True, timeout=300, check=check, env={**os.environ, **(env or {})}
-    )
 
 
 def test_two_ranks_featurize_a_store_identical_to_one_process(mini_root, tmp_path):
@@ -218,20 +201,8 @@ def test_two_rank_training_resumes_where_it_stopped(ddp_store, tmp_path):
 
 
 def test_torchrun_speechcls_train(ddp_store, tmp_path):
-    r = torchrun(
-        "train",
-        "--store",
-        str(ddp_store),
-        "--device",
-        "cpu",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "16",
-        "--sync-bn",
-        "--out",
-        str(tmp_path / "run"),
-    )
+    opts = "--device cpu --epochs 2 --batch-size 16 --sync-bn".split()
+    r = torchrun("train", "--store", str(ddp_store), *opts, "--out", str(tmp_path / "run"))
     assert r.stdout.count("test loss") == 1 and "on 2 x cpu" in r.stdout, r.stdout + r.stderr  # rank 0 alone reports
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["world"] == 2 and config["sync_bn"] and config["batch_size"] == 16
@@ -243,18 +214,6 @@ def test_torchrun_train_on_two_cuda_gpus_with_nccl(ddp_store, tmp_path):
 
     if torch.cuda.device_count() < 2:
         pytest.skip("needs 2 CUDA devices (NCCL refuses two ranks on one GPU)")
-    r = torchrun(
-        "train",
-        "--store",
-        str(ddp_store),
-        "--device",
-        "cuda",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "16",
-        "--sync-bn",
-        "--out",
-        str(tmp_path / "run"),
-    )
+    opts = "--device cuda --epochs 2 --batch-size 16 --sync-bn".split()
+    r = torchrun("train", "--store", str(ddp_store), *opts, "--out", str(tmp_path / "run"))
     assert r.stdout.count("test loss") == 1 and "on 2 x cuda" in r.stdout, r.stdout + r.stderr

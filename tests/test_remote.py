@@ -3,8 +3,6 @@ server (moto's server mode on 127.0.0.1, started here), credentials and endpoint
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,12 +13,26 @@ from speechcls.config import FeatureParams, TrainConfig
 from speechcls.featurize import featurize
 from speechcls.store import DamagedStore, IncompleteStore, location, reader
 
-from helpers import SMALL_MEL, WORDS10, InterruptAfter, read_store
+from helpers import SMALL_MEL, WORDS10, InterruptAfter, read_store, torchrun
 
 pytestmark = pytest.mark.slow  # an S3 server (moto) for the module
 
 WORDS = WORDS10
 SMALL = SMALL_MEL
+# the CLI's featurize for conftest's small store (mel, 80 filters, hop 200)
+FEATURIZE_SMALL = [
+    "featurize",
+    "--variant",
+    "mel",
+    "--n-mels",
+    "80",
+    "--hop-length",
+    "200",
+    "--device",
+    "cpu",
+    "--backend",
+    "torch",
+]
 
 
 @pytest.fixture(scope="module")
@@ -129,39 +141,9 @@ def test_a_partial_copy_in_s3_is_found_and_only_its_lost_block_recomputed(s3, tr
 @pytest.mark.dist
 def test_two_ranks_featurize_into_s3(s3, tree, local):
     url = f"{s3}/ranks/mel.zarr"
-    args = [
-        "featurize",
-        "--variant",
-        "mel",
-        "--n-mels",
-        "80",
-        "--hop-length",
-        "200",
-        "--root",
-        str(tree),
-        "--device",
-        "cpu",
-        "--backend",
-        "torch",
-        "--batch-size",
-        "16",
-        "--chunk-rows",
-        "16",
-        "--out",
-        url,
-    ]
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "speechcls",
-        *args,
-    ]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r = torchrun(
+        *FEATURIZE_SMALL, "--root", str(tree), "--batch-size", "16", "--chunk-rows", "16", "--out", url, check=False
+    )
     assert r.returncode == 0 and r.stdout.count("100 clips") == 1, r.stdout + r.stderr
     assert_same_store(url, local)
     assert reader.read_attrs(url)["ranks"] == 2
@@ -173,26 +155,7 @@ def test_train_from_s3_equals_training_from_disk(s3, tree, local, tmp_path, monk
 
     url = f"{s3}/cache"
     monkeypatch.setenv("SPEECHCLS_CACHE", url)  # the default store location is a bucket now
-    r = CliRunner().invoke(
-        app,
-        [
-            "featurize",
-            "--variant",
-            "mel",
-            "--n-mels",
-            "80",
-            "--hop-length",
-            "200",
-            "--root",
-            str(tree),
-            "--device",
-            "cpu",
-            "--backend",
-            "torch",
-            "--chunk-rows",
-            "16",
-        ],
-    )
+    r = CliRunner().invoke(app, [*FEATURIZE_SMALL, "--root", str(tree), "--chunk-rows", "16"])
     assert r.exit_code == 0, r.output
     assert f"{url}/tree/mel-" in r.output.replace("\n", "")
     logs = {}

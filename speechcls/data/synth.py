@@ -167,6 +167,19 @@ def write_lists(tree: Path, speakers: list[str], words: tuple[str, ...], seed: i
         (tree / name).write_text("".join(line + "\n" for line in lines))
 
 
+def write_noise(folder: Path, seed: int) -> list[np.ndarray]:
+    """The tree's _background_noise_ recordings (white, pink, brown); returns them for mixing into clips."""
+    import soundfile as sf
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng([seed, 2])
+    noises = []
+    for name, slope in NOISE_FILES.items():
+        noises.append(colored_noise(NOISE_SECONDS * config.SAMPLE_RATE, slope, rng))
+        sf.write(folder / name, to_pcm16(noises[-1]), config.SAMPLE_RATE, subtype="PCM_16")
+    return noises
+
+
 def synthesize(
     out: str | Path | None = None,
     words: tuple[str, ...] = config.V001_WORDS,
@@ -207,15 +220,9 @@ def synthesize(
 
     tmp_tree = out.with_name(f".{out.name}.synth-tmp")
     shutil.rmtree(tmp_tree, ignore_errors=True)
-    (tmp_tree / config.BACKGROUND_DIR).mkdir(parents=True)
     import soundfile as sf
 
-    noise_rng = np.random.default_rng([seed, 2])
-    noises = []
-    for name, slope in NOISE_FILES.items():
-        bg = colored_noise(NOISE_SECONDS * config.SAMPLE_RATE, slope, noise_rng)
-        noises.append(bg)
-        sf.write(tmp_tree / config.BACKGROUND_DIR / name, to_pcm16(bg), config.SAMPLE_RATE, subtype="PCM_16")
+    noises = write_noise(tmp_tree / config.BACKGROUND_DIR, seed)
     for w in words:
         (tmp_tree / w).mkdir()
 

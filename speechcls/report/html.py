@@ -10,24 +10,29 @@ from pathlib import Path
 CHAPTER = {"spectrogram": (32, 0.3776, 0.8898), "mel": (19, 0.5081, 0.8555), "complex": (40, 0.2373, 0.9324)}
 
 
-def html_report(runs: list, out):
-    """One self-contained HTML page (images embedded as data URIs) comparing runs side by side."""
+def _load(runs: list[Path]) -> list[tuple]:
+    """(run, metrics, config, {figure: data URI}) of each run."""
     from speechcls.engine.run_dir import RunDir
     from speechcls.report import plots
 
-    runs = [Path(r) for r in runs]
-    if not runs:
-        raise ValueError("give at least one run folder")
     loaded = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, run in enumerate(runs):
-            metrics = RunDir(run).read_metrics()
-            cfg = RunDir(run).read_config()
+            metrics, cfg = RunDir(run).read_metrics(), RunDir(run).read_config()  # first: names what is missing
             images = {}
             for kind, fn in (("curves", plots.curves), ("confusion", plots.confusion)):
                 png = fn(run, Path(tmp) / f"{i}-{kind}.png")
                 images[kind] = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
             loaded.append((run, metrics, cfg, images))
+    return loaded
+
+
+def html_report(runs: list, out):
+    """One self-contained HTML page (images embedded as data URIs) comparing runs side by side."""
+    runs = [Path(r) for r in runs]
+    if not runs:
+        raise ValueError("give at least one run folder")
+    loaded = _load(runs)
 
     esc = html.escape
     head = ["run", "variant", "split", "epochs", "test loss", "test accuracy", "train samples/s", "loader", "device"]
