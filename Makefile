@@ -19,7 +19,8 @@ demo: setup
 	$(BIN)/speechcls data info --root $(DEMO_TREE)
 	$(BIN)/speechcls featurize --variant mel --root $(DEMO_TREE)
 	$(BIN)/speechcls info cache/synth_commands/mel-*.zarr
-	@if [ -f $(DEMO_RUN)/metrics.json ]; then echo "$(DEMO_RUN): already trained"; else \
+	@if [ -f $(DEMO_RUN)/metrics.json ]; then echo "$(DEMO_RUN): already trained"; \
+	elif [ -f $(DEMO_RUN)/last.pt ]; then $(BIN)/speechcls train --resume $(DEMO_RUN); else \
 		$(BIN)/speechcls train --variant mel --epochs 16 --min-epochs 16 --out $(DEMO_RUN); fi
 	$(BIN)/speechcls evaluate $(DEMO_RUN)
 	$(BIN)/speechcls predict $(DEMO_RUN) $(DEMO_TREE)/$$(head -n 1 $(DEMO_TREE)/testing_list.txt)

@@ -32,6 +32,18 @@ def drain(loader, device) -> int:
     return nbytes
 
 
+def unchecked_store(featurize, params, root, out, dev):
+    """The same store written without the crc32c codec (format 4 otherwise): what reading costs without
+    checksums. Only for this measurement; speechcls never writes such a store."""
+    from unittest import mock
+
+    with (
+        mock.patch("speechcls.store.writer.checksummed", lambda codecs: list(codecs)),
+        mock.patch("speechcls.store.writer.record_codecs", lambda: [__import__("zarr").codecs.ZstdCodec()]),
+    ):
+        return featurize(params, root, out=out, device=dev).store
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=Path, default=None)
@@ -45,6 +57,11 @@ def main() -> None:
     ap.add_argument("--peer-workers", default=None, help="e.g. 0,2 [default: 0 and the core count]")
     ap.add_argument("--quick", action="store_true", help="one epoch each, no warm-up, peer workers 0 (tests)")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument(
+        "--checksum-cost",
+        action="store_true",
+        help="also stream the same float32 store written without the crc32c codec: the price of the checksums",
+    )
     args = ap.parse_args()
     from speechcls.config import FeatureParams
     from speechcls.data.tree import index_tree
@@ -113,6 +130,16 @@ def main() -> None:
                         lambda mode=mode, store=store: FeatureLoader(
                             store, "train", batch_size=args.batch_size, device=dev, mode=mode
                         ),
+                        n,
+                    )
+                    r["ratio_vs_peer"] = r["samples_per_s"] / peer_rate
+                if args.checksum_cost and dtype == "float32" and "stream" in modes:
+                    bare = unchecked_store(featurize, FeatureParams(variant), root, tmp / f"{variant}-nocrc.zarr", dev)
+                    r = measure(
+                        variant,
+                        dtype,
+                        "speechcls stream, no checksums",
+                        lambda: FeatureLoader(bare, "train", batch_size=args.batch_size, device=dev, mode="stream"),
                         n,
                     )
                     r["ratio_vs_peer"] = r["samples_per_s"] / peer_rate

@@ -12,6 +12,7 @@ blocks (whole chunks, so no two ranks write one object); rank 0 creates the stor
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,8 +27,8 @@ from speechcls.data.tree import index_tree
 from speechcls.runtime import Progress, resolve_device
 from speechcls.store import format as fmt
 from speechcls.store.location import Location, to_location
-from speechcls.store.reader import store_info
-from speechcls.store.writer import StoreWriter, plan
+from speechcls.store.reader import read_attrs, store_info
+from speechcls.store.writer import StoreWriter, lock, plan
 
 
 @dataclass
@@ -141,34 +142,49 @@ def featurize(
     chunk_rows = chunk_rows or fmt.default_chunk_rows(params)
     layout = fmt.Layout(len(index.clips), chunk_rows, -(-batch_size // chunk_rows) * chunk_rows)
     loc = to_location(out) if out is not None else fmt.default_location(index.name, params)
-    request = fmt.request(params, rows, row_seed, codec, chunk_rows)
+    request = fmt.request(params, rows, row_seed, codec, chunk_rows, fmt.tree_fingerprint(index))
     engine = {"backend": backend, "device": device}
-    status = _decide(rank, loc, request, engine, overwrite)
-    if status == "present":
-        return FeaturizeResult.of(loc, "present")
+    with _lock(rank, loc, root):  # one featurize at a time writes a local store
+        status = _decide(rank, loc, request, engine, overwrite, root)
+        if status == "present":
+            return FeaturizeResult.of(loc, "present")
 
-    def create() -> StoreWriter:
-        attrs = fmt.new_attrs(params, index, version, root, row_seed, engine)
-        return StoreWriter.create(loc, params, request, rows, layout, codec, attrs)
+        def create() -> StoreWriter:
+            attrs = fmt.new_attrs(params, index, version, root, row_seed, engine)
+            return StoreWriter.create(loc, params, request, rows, layout, codec, attrs)
 
-    try:
-        writer = _open_writer(rank, status, loc, rows, create)
-        device = dist.local_device(device, rank)
-        result = _run(writer, index.root, rows["path"], params, backend, device, workers, progress or Progress(), rank)
-    except OSError as e:
-        raise ValueError(
-            f"cannot write the store at {loc}: {e.strerror or e}. Free space or choose another --out; the store "
-            "is not marked complete and the same command resumes it"
-        ) from e
+        try:
+            writer = _open_writer(rank, status, loc, rows, create)
+            device = dist.local_device(device, rank)
+            result = _run(
+                writer, index.root, rows["path"], params, backend, device, workers, progress or Progress(), rank
+            )
+        except OSError as e:
+            raise ValueError(
+                f"cannot write the store at {loc}: {e.strerror or e}. Free space or choose another --out; the store "
+                "is not marked complete and the same command resumes it"
+            ) from e
     result.status = {"resume": "resumed", "repair": "repaired", "rebuild": "rebuilt"}.get(status, "written")
     return result
 
 
-def _decide(rank, loc: Location, request: dict, engine: dict, overwrite: bool) -> str | None:
-    """What to do with the location (store/writer.py's plan): rank 0 alone decides, every rank gets its
-    verdict, errors included, so no rank waits at a barrier for a store that will never come."""
+def _lock(rank, loc: Location, root: Path):
+    """Rank 0 holds the store's lock (store/writer.py) while it decides and writes. Not taken for a location
+    that is, holds or lies inside the tree: plan() refuses those, and no lock file goes into a tree."""
+    if not rank.main or not isinstance(loc, Path):
+        return contextlib.nullcontext()
+    at, tree = loc.resolve(), Path(root).resolve()
+    if at == tree or at in tree.parents or tree in at.parents:
+        return contextlib.nullcontext()
+    return lock(loc)
+
+
+def _decide(rank, loc: Location, request: dict, engine: dict, overwrite: bool, root: Path) -> str | None:
+    """What to do with the location (store/writer.py's plan; never the tree at `root`): rank 0 alone
+    decides, every rank gets its verdict, errors included, so no rank waits at a barrier for a store
+    that will never come."""
     try:
-        status = plan(loc, request, engine, overwrite) if rank.main else None
+        status = plan(loc, request, engine, overwrite, tree=root) if rank.main else None
     except ValueError as e:
         status = e
     status = dist.broadcast(rank, status)
@@ -178,11 +194,12 @@ def _decide(rank, loc: Location, request: dict, engine: dict, overwrite: bool) -
 
 
 def _open_writer(rank, status: str | None, loc: Location, rows: dict, create) -> StoreWriter:
-    """Rank 0 creates the store (or reopens one to resume or repair) before the other ranks open it."""
+    """Rank 0 creates the store (or reopens one to resume or repair) before the other ranks open it. A
+    store whose creation was killed (attrs "created" false) is created again: no block was written."""
     if not rank.main:
         dist.barrier(rank)  # rank 0 has made or checked the store
         return StoreWriter.reopen(loc)
-    if status in ("resume", "repair"):
+    if status in ("resume", "repair") and read_attrs(loc).get("created"):
         writer = StoreWriter.reopen(loc)
         # blocks that lost a chunk are redone with the missing ones (a finished block may have lost one
         # too, in a copy), nothing else
@@ -218,6 +235,21 @@ def _transform(params: FeatureParams, backend: str, device: str, block_rows: int
     return transform
 
 
+def _refuse_nonfinite(features: np.ndarray, batch, rels: list[str]) -> np.ndarray:
+    """A decoded clip whose features are not all finite becomes a skipped one (write_block zero-fills
+    its row): a float file with samples far out of [-1, 1] overflows the power spectrum to inf, and one
+    such row would make every training step NaN. Checked once per block on the host copy the writer
+    needs anyway; int16 waveforms are clamped, so always finite."""
+    if features.dtype.kind != "f":
+        return features
+    finite = np.isfinite(features.reshape(len(features), -1)).all(axis=1)  # (B,)
+    for i in np.flatnonzero(batch.decoded & ~finite):
+        peak = float(np.abs(batch.wave[i]).max())
+        batch.decoded[i] = False
+        batch.skipped[rels[i]] = f"features are not finite (peak sample {peak:.3g}: a float file out of [-1, 1]?)"
+    return features
+
+
 def _run(writer, root, paths, params, backend, device, workers, progress: Progress, rank) -> FeaturizeResult:
     """Featurize the blocks not yet done that belong to this rank (contiguous ranges of blocks, so
     ranks write disjoint chunk objects); rank 0 marks the store complete once every rank is through."""
@@ -243,7 +275,8 @@ def _run(writer, root, paths, params, backend, device, workers, progress: Progre
             if k + 1 < len(todo):  # decode the next block while this one is transformed and written
                 pending = ahead.submit(decode_block, todo[k + 1], pool)
             rels = list(paths[layout.block(b)])
-            writer.write_block(b, transform(batch.wave), batch.decoded, batch.skipped, batch.resampled, rels)
+            features = _refuse_nonfinite(transform(batch.wave), batch, rels)
+            writer.write_block(b, features, batch, rels)
             computed += len(rels)
             progress.advance(len(rels))
     seconds = time.perf_counter() - t0

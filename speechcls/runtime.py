@@ -35,19 +35,30 @@ def seed_everything(seed: int) -> None:
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp)` on a temporary file beside `path`, then rename it over `path`: a kill at any
-    point leaves the old file or the new one, never half of one (timm's checkpoint saver does the same)."""
+    """Call `write(tmp)` on a temporary file beside `path`, fsync it, rename it over `path` and fsync the
+    folder: a kill or a power loss at any point leaves the old file or the new one, never half of one
+    (timm's checkpoint saver writes and renames the same way)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
+        _fsync(tmp)  # the bytes are on disk before the name points at them
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync(path.parent, directory=True)  # and the rename itself survives a power loss
     return path
+
+
+def _fsync(path, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

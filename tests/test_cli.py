@@ -1,3 +1,4 @@
+import errno
 import subprocess
 import sys
 
@@ -48,6 +49,7 @@ def test_python_dash_m_help():
         (["data", "info", "--root", "/nonexistent/tree"], "no such directory"),
         (["nope"], "No such command"),
         (["synth", "--voices", "many"], "--voices"),
+        (["download", "--root", "/nonexistent/tree", "--sha256", "abc"], "64 hexadecimal digits"),
     ],
 )
 def test_bad_arguments_give_an_error_not_a_traceback(args, message):
@@ -115,3 +117,99 @@ def test_download_command_against_local_server(tmp_path):
     finally:
         server.httpd.shutdown()
         server.httpd.server_close()
+
+
+# --- every expected failure is one line ----------------------------------------------------------------
+
+
+def _error_line(result) -> str:
+    """The one line a failed command prints: `error: ...` on stderr, exit status 1, no traceback."""
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]
+
+
+def test_paths_in_errors_are_printed_literally(tmp_path):
+    odd = tmp_path / "[red]x[/] [/] :smile:"  # rich markup and an emoji code (three folders): printed as they are
+    odd.mkdir(parents=True)
+    line = _error_line(runner.invoke(app, ["data", "info", "--root", str(odd)]))
+    assert line.startswith(f"error: {odd}: no word folders with .wav files")
+
+
+SEE_MORE = "run again with --debug (or SPEECHCLS_DEBUG=1) to see the traceback"
+
+
+@pytest.mark.parametrize(
+    "exc, expected",
+    [
+        (
+            OSError(errno.EROFS, "Read-only file system", "/ro/run/config.json"),
+            "cannot write /ro/run/config.json: Read-only file system; choose another --out (or another place to write)",
+        ),
+        (
+            PermissionError(errno.EACCES, "Permission denied", "/data/[red]tree[/]"),
+            "cannot access /data/[red]tree[/]: Permission denied; check the permissions, or choose another path",
+        ),
+        (
+            ConnectionResetError("connection reset by peer"),
+            f"connection reset by peer (ConnectionResetError; {SEE_MORE})",
+        ),
+        (
+            RuntimeError("boom [/]\nsecond line"),
+            f"unexpected RuntimeError: boom [/]. This is a bug or a damaged file; {SEE_MORE}",
+        ),
+        (KeyError("model"), f"unexpected KeyError: 'model'. This is a bug or a damaged file; {SEE_MORE}"),
+        (EOFError(), f"unexpected EOFError. This is a bug or a damaged file; {SEE_MORE}"),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else "",
+)
+def test_other_failures_are_one_line_and_debug_shows_the_traceback(monkeypatch, tmp_path, exc, expected):
+    from speechcls.data import tree
+
+    def fail(root):
+        raise exc
+
+    monkeypatch.setattr(tree, "index_tree", fail)
+    args = ["data", "info", "--root", str(tmp_path)]
+    assert _error_line(runner.invoke(app, args)) == f"error: {expected}"
+    for debug in (runner.invoke(app, ["--debug", *args]), runner.invoke(app, args, env={"SPEECHCLS_DEBUG": "1"})):
+        if isinstance(exc, EOFError):  # click would turn it into "Aborted!": the traceback is printed instead
+            assert debug.exit_code == 1 and "Traceback (most recent call last)" in debug.output, debug.output
+        else:
+            assert debug.exception is exc
+
+
+def test_a_list_file_that_is_not_utf8_is_one_line_naming_it(tmp_path, mini_root):
+    import shutil
+
+    (tmp_path / "yes").mkdir()
+    shutil.copy(next((mini_root / "yes").glob("*.wav")), tmp_path / "yes")
+    (tmp_path / "testing_list.txt").write_bytes(b"yes/\xff\xfe_nohash_0.wav\n")
+    line = _error_line(runner.invoke(app, ["data", "info", "--root", str(tmp_path)]))
+    assert f"{tmp_path / 'testing_list.txt'}: not UTF-8 text" in line
+
+
+def test_data_info_lists_unusable_entries_and_classes_without_training_clips(tmp_path, mini_root):
+    import os
+    import shutil
+
+    for word in ("yes", "no", "up"):
+        (tmp_path / word).mkdir()
+        for wav in sorted((mini_root / word).glob("*.wav"))[:2]:
+            shutil.copy(wav, tmp_path / word / wav.name)
+    up = sorted(f"up/{p.name}" for p in (tmp_path / "up").iterdir())
+    (tmp_path / "validation_list.txt").write_text(up[0] + "\n")
+    (tmp_path / "testing_list.txt").write_text(up[1] + "\n")
+    (tmp_path / "yes" / "dir_nohash_0.wav").mkdir()
+    os.symlink("nowhere.wav", tmp_path / "yes" / "gone_nohash_0.wav")
+    os.symlink("loop_nohash_0.wav", tmp_path / "yes" / "loop_nohash_0.wav")
+    result = runner.invoke(app, ["data", "info", "--root", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "3 classes, 6 clips" in out and "unreadable files: 0" in out
+    assert "unusable entries (not clips, left out): 3" in out
+    assert "yes/dir_nohash_0.wav: a directory, not an audio file" in out
+    assert "yes/gone_nohash_0.wav: a broken symbolic link (to nowhere.wav)" in out
+    assert "yes/loop_nohash_0.wav: a symbolic link loop" in out
+    assert "class 'up': no training clips in the official split" in out
+    assert "class 'yes': no training clips in the official split" not in out

@@ -121,3 +121,60 @@ def test_clip_in_both_lists_is_refused(tmp_path):
     (tmp_path / "testing_list.txt").write_text("yes/a1_nohash_0.wav\n")
     with pytest.raises(ValueError, match="both"):
         index_tree(tmp_path)
+
+
+def test_a_list_file_that_is_not_utf8_is_refused_naming_it(tmp_path):
+    _touch(tmp_path / "yes" / "a1_nohash_0.wav")
+    (tmp_path / "validation_list.txt").write_bytes("yes/café_nohash_0.wav\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"validation_list.txt: not UTF-8 text .*save it as UTF-8"):
+        index_tree(tmp_path)
+    (tmp_path / "validation_list.txt").write_bytes("\ufeffyes/a1_nohash_0.wav\n".encode())  # a BOM is fine
+    assert index_tree(tmp_path).official.tolist() == [1]
+
+
+def test_wav_entries_that_are_no_file_are_listed_as_unusable(tmp_path):
+    import os
+
+    _touch(tmp_path / "yes" / "a1_nohash_0.wav")
+    (tmp_path / "yes" / "a2_nohash_0.wav").mkdir()
+    os.symlink("nowhere_nohash_0.wav", tmp_path / "yes" / "a3_nohash_0.wav")
+    os.symlink("a4_nohash_0.wav", tmp_path / "yes" / "a4_nohash_0.wav")  # points at itself
+    index = index_tree(tmp_path)
+    assert index.paths == ["yes/a1_nohash_0.wav"]
+    assert index.unusable == {
+        "yes/a2_nohash_0.wav": "a directory, not an audio file",
+        "yes/a3_nohash_0.wav": "a broken symbolic link (to nowhere_nohash_0.wav)",
+        "yes/a4_nohash_0.wav": "a symbolic link loop",
+    }
+
+
+def test_unreadable_audio_gets_the_system_reason_not_system_error(tmp_path, monkeypatch):
+    import os
+
+    from speechcls.audio import decode
+
+    def reason(path):
+        with pytest.raises(decode.BadAudio) as e:
+            decode.read_audio(path)
+        return str(e.value)
+
+    (tmp_path / "x.wav").mkdir()
+    assert reason(tmp_path / "x.wav") == "a directory, not an audio file"
+    os.symlink("nowhere.wav", tmp_path / "link.wav")
+    assert reason(tmp_path / "link.wav") == "cannot read the file: a broken symbolic link (to nowhere.wav)"
+    assert reason(tmp_path / "gone.wav") == "cannot read the file: no such file or directory"
+    # no read permission: root reads any file, so the refusal is simulated as libsndfile and open() give it
+    import soundfile
+
+    def libsndfile(path, *args, **kwargs):
+        raise RuntimeError(f"Error opening {path!r}: System error.")
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    locked = tmp_path / "locked.wav"
+    locked.write_bytes(b"RIFF")
+    monkeypatch.setattr(soundfile, "SoundFile", libsndfile)
+    monkeypatch.setattr(decode, "open", refuse, raising=False)
+    assert reason(locked) == "cannot read the file: permission denied"
+    assert decode.survey(tmp_path, ["x.wav"]).unreadable == {"x.wav": "a directory, not an audio file"}

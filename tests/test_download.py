@@ -9,6 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from speechcls import config
 from speechcls.data import download as dl
 
 
@@ -216,3 +217,43 @@ def test_http_error_is_reported(server, tmp_path):
     server.serve(make_tar(GOOD))
     with pytest.raises(dl.DownloadError, match="404"):
         dl.download_release("v0.01", tmp_path / "t", server.url.replace("sc.tar", "nope.tar"), "0" * 64)
+
+
+@pytest.mark.parametrize(
+    "sha", ["abc123", "g" * 64, "0" * 63, "0" * 65, ""], ids=["short", "not-hex", "63", "65", "empty"]
+)
+def test_a_malformed_sha256_is_refused_before_any_download(server, tmp_path, sha):
+    server.serve(make_tar(GOOD))
+    with pytest.raises(ValueError, match="64 hexadecimal digits"):
+        dl.download_release("v0.01", tmp_path / "speech_commands_v0.01", server.url, sha)
+    assert server.requests == [] and list(tmp_path.iterdir()) == []
+
+
+def test_the_caps_leave_room_for_each_release():
+    # the largest possible clip: 1 s of 16 kHz 16-bit mono + a 44-byte header
+    for rel in config.RELEASES.values():
+        limits = dl.ExtractLimits.for_release(rel)
+        assert limits.members >= 2 * rel.n_clips
+        assert limits.bytes >= 2 * rel.n_clips * (16_000 * 2 + 44)
+    assert dl.ExtractLimits.for_release(config.RELEASES["v0.01"]).bytes < 5e9  # but a bomb is still stopped
+
+
+@pytest.mark.parametrize(
+    "members, what",
+    [
+        ({f"./yes/a{i}_nohash_0.wav": b"x" for i in range(5)}, "more than 4 members"),  # cap: 2 x 2 clips
+        ({"./yes/a_nohash_0.wav": bytes(70_000), "./no/a_nohash_0.wav": bytes(70_000)}, "more than 128,176 bytes"),
+    ],
+)
+def test_an_archive_past_the_caps_is_refused_and_nothing_is_extracted(server, tmp_path, monkeypatch, members, what):
+    from dataclasses import replace
+
+    # a release of 2 clips: caps of 4 members and 2 x 2 x 32,044 = 128,176 bytes
+    monkeypatch.setitem(config.RELEASES, "v0.01", replace(config.RELEASES["v0.01"], n_clips=2))
+    sha = server.serve(make_tar(members))
+    root = tmp_path / "speech_commands_v0.01"
+    with pytest.raises(dl.UnsafeArchiveError, match=what) as e:
+        dl.download_release("v0.01", root, server.url, sha)
+    assert "nothing was extracted" in str(e.value) and "Speech Commands v0.01 (2 clips)" in str(e.value)
+    assert not root.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["speech_commands_v0.01.tar.gz"]  # no half-extracted tree

@@ -318,6 +318,78 @@ def test_complete_store_is_reused_and_other_settings_refused(tmp_path, mini_root
     assert read_store(out)["features"].shape == (59, 1, 64, 101)
 
 
+# --- what --overwrite may replace ------------------------------------------------------------------
+
+
+def _listing(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_overwrite_never_replaces_a_folder_that_is_not_a_store(tmp_path, mini_root):
+    from typer.testing import CliRunner
+
+    from speechcls.cli import app
+
+    tree = copy_tree(mini_root, tmp_path / "t", per_word=1)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    other_group = zarr.open_group(str(tmp_path / "other.zarr"), mode="w")  # a Zarr group speechcls did not make
+    other_group.attrs["made_by"] = "someone else"
+    zarr.create_array(str(tmp_path / "array.zarr"), shape=(3,), dtype="int8")
+    for out in (mine, tmp_path / "other.zarr", tmp_path / "array.zarr"):
+        before = _listing(out)
+        for overwrite in (False, True):
+            with pytest.raises(ValueError, match="not a speechcls feature store") as e:
+                featurize(FeatureParams("mel"), tree, out=out, device="cpu", overwrite=overwrite)
+            message = str(e.value)
+            assert str(out) in message and "\n" not in message
+            assert "--overwrite only replaces stores speechcls made; choose another --out" in message
+        assert _listing(out) == before
+    r = CliRunner().invoke(
+        app, ["featurize", "--root", str(tree), "--out", str(mine), "--overwrite", "--device", "cpu"]
+    )
+    assert r.exit_code == 1 and "not a speechcls feature store" in r.output and "Traceback" not in r.output, r.output
+    assert _listing(mine) == {"notes.txt": b"keep me"}
+
+
+def test_the_tree_being_read_is_never_replaced_nor_written_into(tmp_path, mini_root):
+    from typer.testing import CliRunner
+
+    from speechcls.cli import app
+
+    tree = copy_tree(mini_root, tmp_path / "t", per_word=1)
+    (tmp_path / "link").symlink_to(tree)
+    before = _listing(tree)
+    # what was seen before: `--root T --out T --overwrite` deleted T and wrote "300 clips, 300 skipped"
+    r = CliRunner().invoke(
+        app, ["featurize", "--root", str(tree), "--out", str(tree), "--overwrite", "--device", "cpu"]
+    )
+    assert r.exit_code == 1 and "is the tree being read" in r.output and "Traceback" not in r.output, r.output
+    cases = [
+        (tree, "is the tree being read"),
+        (tmp_path / "link", "is the tree being read"),  # the same folder through a symlink
+        (tmp_path, "holds the tree"),
+        (tree / "yes", "lies inside the tree"),
+        (tree / "s.zarr", "lies inside the tree"),  # new: it would add a folder the index reads as a word
+    ]
+    for out, message in cases:
+        for overwrite in (False, True):
+            with pytest.raises(ValueError, match=message):
+                featurize(FeatureParams("mel"), tree, out=out, device="cpu", overwrite=overwrite)
+    assert _listing(tree) == before and not (tree / "s.zarr").exists()
+
+
+def test_overwrite_replaces_a_store_speechcls_made(tmp_path, mini_root):
+    tree = copy_tree(mini_root, tmp_path / "t", per_word=1)
+    out = tmp_path / "s.zarr"
+    assert featurize(FeatureParams("mel"), tree, out=out, device="cpu").status == "written"
+    (out / "stray").write_text("inside the store: replaced with it")
+    again = featurize(FeatureParams("mel"), tree, out=out, device="cpu", overwrite=True)
+    assert again.status == "written" and again.computed == again.clips and not (out / "stray").exists()
+    assert reader.open_store(out).attrs["complete"]
+
+
 def test_default_store_path_is_in_the_cache(tmp_path, mini_root, monkeypatch):
     monkeypatch.setenv("SPEECHCLS_CACHE", str(tmp_path / "cache"))
     tree = copy_tree(mini_root, tmp_path / "speech_commands_v0.01", per_word=1)
@@ -482,10 +554,47 @@ def test_a_store_of_an_older_format_is_rebuilt_by_featurize(mini_root, mini_stor
     group = location.open_group(old, mode="r+")
     group.attrs.update({"format_version": 2, "request": {**group.attrs["request"], "format_version": 2}})
     with pytest.raises(
-        ValueError, match="store format version 2, this speechcls reads version 3; run its featurize command again"
+        ValueError,
+        match=f"store format version 2, this speechcls reads version {FORMAT_VERSION}; run its featurize command again",
     ):
         reader.open_store(old)
     r = featurize(FeatureParams("mel"), mini_root, out=old, backend="torch", device="cpu", batch_size=64, chunk_rows=32)
     assert r.status == "rebuilt" and r.computed == 300 and "rebuilt (the store there had an older format" in r.line()
     _same_store(original, old)
     assert reader.read_attrs(old)["format_version"] == FORMAT_VERSION
+
+
+def test_a_clip_with_non_finite_features_is_skipped_not_stored(words10_tree, small_store, tmp_path):
+    """A float WAV holding one finite but huge sample (1e30) overflows the power spectrum to inf: its row is
+    skipped with the reason (one such row made every training step NaN), every other row is the same as in
+    the store of the tree with the clip as it was (same paths, so the same rows)."""
+    from typer.testing import CliRunner
+
+    from speechcls.cli import app
+
+    from helpers import SMALL_MEL
+
+    tree = copy_tree(words10_tree, tmp_path / "tree")
+    rel = "cat/" + sorted(p.name for p in (tree / "cat").iterdir())[0]
+    audio, rate = sf.read(tree / rel, dtype="float32")
+    audio[100] = 1e30
+    (tree / rel).unlink()
+    write_wav(tree / rel, audio, rate, "FLOAT")
+    out = tmp_path / "s.zarr"
+    args = ["--n-mels", str(SMALL_MEL["n_mels"]), "--hop-length", str(SMALL_MEL["hop_length"])]
+    r = CliRunner().invoke(
+        app, ["featurize", "--variant", "mel", *args, "--root", str(tree), "--out", str(out), "--device", "cpu",
+              "--backend", "torch"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    reason = "features are not finite (peak sample 1e+30: a float file out of [-1, 1]?)"
+    assert f"skipped {rel}: {reason}" in " ".join(r.output.split())
+    got, ref = read_store(out), read_store(small_store())
+    assert np.array_equal(got["path"], ref["path"]) and ref["valid"].all()
+    bad = got["path"] == rel
+    assert got["attrs"]["skipped"] == {rel: reason}
+    assert np.array_equal(got["valid"], ~bad) and not got["features"][bad].any()
+    assert np.array_equal(got["features"][~bad], ref["features"][~bad])
+    info = CliRunner().invoke(app, ["info", str(out)])
+    shown = " ".join(info.output.split())
+    assert info.exit_code == 0 and "skipped files: 1" in shown and f"{rel}: {reason}" in shown, info.output

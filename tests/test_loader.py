@@ -146,6 +146,20 @@ def test_every_example_exactly_once_and_invalid_rows_never(stores, mode, split):
         assert len(expected) == 205 and 205 % 12 == 1 and sizes[-1] == 13  # the last single example joined
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_batch_rows_name_the_store_rows_of_each_step(stores, mode):
+    """What a training error names: the rows of step k of the current epoch, in batch order."""
+    keys, _ = row_keys(stores["mel"])
+    loader = FeatureLoader(stores["mel"], "train", batch_size=12, seed=5, mode=mode)
+    loader.set_epoch(2)
+    for k, (x, _y) in enumerate(loader):
+        assert loader.batch_rows(k).tolist() == [keys[xi.astype(np.float32).tobytes()] for xi in x.numpy()]
+    if mode == "stream":  # recorded as batches are streamed: a step of an epoch not yet streamed is not known
+        loader.set_epoch(3)
+        with pytest.raises(IndexError, match="step 0 of epoch 3 has not been streamed"):
+            loader.batch_rows(0)
+
+
 def test_labels_match_rows(stores):
     s = read_store(stores["mel"])
     keys, _ = row_keys(stores["mel"])

@@ -75,6 +75,25 @@ def test_rerun_is_a_no_op_and_other_params_need_overwrite(tmp_path, espeak):
     assert not list(tmp_path.glob(".*synth-tmp"))
 
 
+def test_overwrite_replaces_only_a_tree_synth_wrote(tmp_path, espeak):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    for overwrite in (False, True):
+        with pytest.raises(ValueError, match=r"not a tree written by `speechcls synth`.*choose another --out") as e:
+            synthesize(mine, words=("go",), voices=3, seed=0, overwrite=overwrite)
+        assert str(mine) in str(e.value) and "pass --overwrite" not in str(e.value)
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "keep me"
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(ValueError, match="is a file"):
+        synthesize(tmp_path / "file", words=("go",), voices=3, seed=0, overwrite=True)
+    assert (tmp_path / "file").read_text() == "not a folder"
+    own = tmp_path / "own"
+    assert synthesize(own, words=("go",), voices=3, seed=0)[1] == "written"
+    assert synthesize(own, words=("go",), voices=3, seed=0, overwrite=True)[1] == "written"  # its own: replaced
+    assert len(list((own / "go").iterdir())) == 3
+
+
 def test_default_out_is_data_synth_commands(tmp_path, monkeypatch, espeak):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("SPEECHCLS_DATA", raising=False)

@@ -19,6 +19,7 @@ from speechcls.engine.run_dir import read_log
 from speechcls.featurize import featurize
 from speechcls.infer.predict import predict
 from speechcls.models.seed_cnn import SeedCNN, check_input
+from speechcls.runtime import Progress
 
 from helpers import SMALL_MEL, WORDS10, InterruptAfter, fsdd_tree
 
@@ -182,6 +183,42 @@ def test_cli_train_evaluate_and_errors(tiny_store, tmp_path):
         assert r.exit_code != 0 and message in r.output and "Traceback" not in r.output, (args, r.output)
 
 
+def test_an_existing_run_is_refused_unless_overwrite_and_other_folders_always(tiny_store, tmp_path):
+    runner = CliRunner()
+    run = tmp_path / "run"
+    train = ["train", "--store", str(tiny_store), "--epochs", "1", "--batch-size", "32", "--device", "cpu", "--out"]
+    assert runner.invoke(app, [*train, str(run)]).exit_code == 0
+    (run / "notes.txt").write_text("mine")  # not a run file: kept by --overwrite
+    (run / "confusion_validation.csv").write_text("from evaluate")  # a run file: removed by --overwrite
+    files = lambda folder: {p.name: p.read_bytes() for p in folder.iterdir()}  # noqa: E731
+    before = files(run)
+    r = runner.invoke(app, [*train, str(run)])
+    line = r.output.replace("\n", "")
+    assert r.exit_code == 1 and f"{run} already holds a run" in line and "Traceback" not in line, r.output
+    assert f"`--resume {run}` continues it, --overwrite replaces it" in line
+    assert files(run) == before
+    with pytest.raises(ValueError, match="already holds a run"):
+        fit(cfg_for(tiny_store, epochs=1), run)
+    assert files(run) == before
+    r = runner.invoke(app, [*train, str(run), "--overwrite", "--seed", "1"])
+    assert r.exit_code == 0 and "test loss" in r.output, r.output
+    after = files(run)
+    assert after["notes.txt"] == b"mine" and "confusion_validation.csv" not in after
+    assert {"config.json", "log.csv", "best.pt", "last.pt", "metrics.json", "confusion.csv"} <= set(after)
+    assert json.loads(after["config.json"])["seed"] == 1 and after["last.pt"] != before["last.pt"]
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "data.csv").write_text("not a run")
+    for extra in ([], ["--overwrite"]):
+        r = runner.invoke(app, [*train, str(foreign), *extra])
+        line = r.output.replace("\n", "")
+        assert r.exit_code == 1 and f"{foreign} is not empty and holds no run" in line, r.output
+        assert "choose another --out" in line
+    assert files(foreign) == {"data.csv": b"not a run"}
+    r = runner.invoke(app, ["train", "--resume", str(run), "--overwrite", "--device", "cpu"])
+    assert r.exit_code != 0 and "--resume continues a run" in r.output and files(run) == after, r.output
+
+
 # --- learning on real speech ------------------------------------------------------------------------
 
 
@@ -226,7 +263,7 @@ def test_predict_gives_a_real_clip_its_label(fsdd_run, tmp_path):
         probs = [t["prob"] for t in r["top"]]
         assert len(probs) == 3 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
     r = CliRunner().invoke(app, ["predict", str(run), str(test_files[0]), str(bad), "--json", "--device", "cpu"])
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == 1, r.output  # one file failed: non-zero, and the other is still predicted
     out = json.loads(r.output[r.output.index("[") :])
     assert out[0]["top"][0]["label"] in fsdd_run[2]["classes"] and "error" in out[1]
 
@@ -295,3 +332,229 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
     r = CliRunner().invoke(app, ["predict", str(tmp_path / "evil.pt"), str(tmp_path / "x.wav")])
     assert r.exit_code == 1 and "refused" in r.output
     assert not marker.exists()
+
+
+# --- one bad sample must not poison a run -------------------------------------------------------------
+
+
+def _store_with_an_inf_row(store, dst):
+    """A copy of `store` whose first training row holds inf features (what a float file out of [-1, 1]
+    gave before featurize refused it). Returns (the copy, that row)."""
+    import shutil
+
+    import zarr
+
+    from speechcls.store.format import SPLIT_CODES
+
+    shutil.copytree(store, dst)
+    g = zarr.open_group(str(dst), mode="r+")
+    row = int(np.flatnonzero((g["split"][:] == SPLIT_CODES["train"]) & g["valid"][:])[0])
+    feats = g["features"][row]
+    feats[0, 0, 0] = np.inf
+    g["features"][row] = feats
+    return dst, row
+
+
+def test_a_non_finite_loss_in_epoch_1_stops_the_run_with_no_checkpoint(tiny_store, tmp_path):
+    from speechcls.loader import epoch_permutation
+    from speechcls.store.reader import open_store, split_rows
+
+    store, row = _store_with_an_inf_row(tiny_store, tmp_path / "inf.zarr")
+    run = tmp_path / "run"
+    args = ["train", "--store", str(store), "--epochs", "2", "--batch-size", "8", "--device", "cpu", "--out", str(run)]
+    r = CliRunner().invoke(app, args)
+    message = " ".join(r.output.split())
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    # the batch holding the row is the first bad step: rows in the epoch-1 order, 8 a batch
+    train = split_rows(open_store(store), "train")
+    step = int(np.flatnonzero(train[epoch_permutation(len(train), 0, 1)] == row)[0]) // 8
+    assert f"not finite at epoch 1, step {step} (batch index" in message, message
+    named = message.split("store rows ")[1].split(";")[0].split(", ")
+    assert str(row) in named and len(named) == 8
+    assert "no checkpoint was written" in message and "--max-lr" in message and "speechcls info" in message
+    # nothing of the run's results: no checkpoint (none from NaN), no log row, no test metrics
+    assert not {"best.pt", "last.pt", "log.csv", "metrics.json"} & {p.name for p in run.iterdir()}
+
+
+class _KeepCheckpoints(Progress):
+    """Remembers the bytes of the checkpoints and log as each epoch ends."""
+
+    def __init__(self, run):
+        self.run, self.seen = run, []
+
+    def end(self, **summary) -> None:
+        self.seen.append({name: (self.run / name).read_bytes() for name in ("best.pt", "last.pt", "log.csv")})
+
+
+def _poison(monkeypatch, store, at_call: int) -> dict:
+    """Patches the trainer's step so that its `at_call`-th call (from 1) gets one example set to inf: a
+    real NaN loss, and NaN weights from there on. Returns the calls made and the store row poisoned."""
+    from speechcls.engine import fit as fitting
+
+    from helpers import read_store
+
+    s = read_store(store)
+    keys = {s["features"][i].astype(np.float32).tobytes(): i for i in range(len(s["path"]))}
+    seen = {"calls": 0, "row": None}
+    original = fitting.train_step
+
+    def step(model, optimizer, scheduler, scaler, cfg, device, x, y, weight=1.0):
+        seen["calls"] += 1
+        if seen["calls"] == at_call:
+            seen["row"] = keys[x[0].numpy().tobytes()]
+            x = x.clone()
+            x[0] = np.inf
+        return original(model, optimizer, scheduler, scaler, cfg, device, x, y, weight)
+
+    monkeypatch.setattr(fitting, "train_step", step)
+    return seen
+
+
+@pytest.mark.parametrize("mode", ["device", "stream"])
+def test_a_nan_loss_in_epoch_2_keeps_epoch_1s_files_and_names_the_batch(tiny_store, tmp_path, monkeypatch, mode):
+    """3 steps an epoch (74 rows, 32 a batch): epoch 2's step 1 is poisoned; the end of the epoch sees it."""
+    seen = _poison(monkeypatch, tiny_store, at_call=3 + 2)
+    run = tmp_path / "run"
+    progress = _KeepCheckpoints(run)
+    with pytest.raises(ValueError, match=r"not finite at epoch 2, step 1 \(batch index") as e:
+        fit(cfg_for(tiny_store, epochs=3, loader=mode), run, progress=progress)
+    assert seen["calls"] == 6
+    assert f"store rows {seen['row']}, " in str(e.value) and "last.pt and log.csv are those of epoch 1" in str(e.value)
+    assert len(progress.seen) == 1  # epoch 2 never ended: no validation, no checkpoint (best.pt not from NaN)
+    assert {name: (run / name).read_bytes() for name in progress.seen[0]} == progress.seen[0]
+    assert [(r["epoch"], r["set"]) for r in read_log(run / "log.csv")] == [(1, "train"), (1, "valid")]
+    assert not (run / "metrics.json").exists()
+
+
+def test_a_nan_loss_stops_the_run_at_the_next_sync_within_20_steps(tiny_store, tmp_path, monkeypatch):
+    """2 a batch: 37 steps an epoch; step 3 is poisoned, the loop reads the loss at step 20 and stops there,
+    naming step 3 (found in the per-step losses), not step 19."""
+    seen = _poison(monkeypatch, tiny_store, at_call=4)
+    with pytest.raises(ValueError, match=r"not finite at epoch 1, step 3 \(batch index.*no checkpoint was written"):
+        fit(replace(cfg_for(tiny_store, epochs=2), batch_size=2), tmp_path / "run")
+    assert seen["calls"] == 20
+
+
+def test_predict_gives_a_file_with_non_finite_features_or_probabilities_an_error(
+    tiny_store, words10_tree, tmp_path, monkeypatch
+):
+    import soundfile as sf
+
+    from speechcls.infer import predict as predicting
+
+    from helpers import write_wav
+
+    run = tmp_path / "run"
+    fit(cfg_for(tiny_store, epochs=1), run)
+    good = sorted((words10_tree / "cat").glob("*.wav"))[:2]
+    audio, rate = sf.read(good[0], dtype="float32")
+    audio[100] = 1e30
+    huge = write_wav(tmp_path / "huge.wav", audio, rate, "FLOAT")
+    results = predict(run, [good[0], huge, good[1]], top=3, device="cpu")
+    assert [r["file"] for r in results] == [str(good[0]), str(huge), str(good[1])]
+    assert results[1] == {
+        "file": str(huge),
+        "error": "features are not finite (peak sample 1e+30: a float file out of [-1, 1]?)",
+    }
+    for r in (results[0], results[2]):
+        probs = [t["prob"] for t in r["top"]]
+        assert "error" not in r and len(probs) == 3 and all(np.isfinite(probs)) and 0 < sum(probs) <= 1 + 1e-6
+    # a model that gives NaN (finite features): the file gets an error, not "nan" probabilities
+    load = predicting.load_model
+
+    def nan_model(path, device):
+        model, ckpt = load(path, device)
+        return (lambda x: model(x) * float("nan")), ckpt
+
+    monkeypatch.setattr(predicting, "load_model", nan_model)
+    (r,) = predict(run, [good[0]], device="cpu")
+    assert r == {"file": str(good[0]), "error": "the model's probabilities are not finite (NaN or inf)"}
+
+
+# --- every expected failure is one line --------------------------------------------------------------
+
+
+def _error_line(result) -> str:
+    """The one line a failed command prints: `error: ...` on stderr, exit status 1, no traceback."""
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]
+
+
+def test_a_damaged_checkpoint_is_one_error_line_for_predict_and_evaluate(tmp_path):
+    import random
+    from dataclasses import asdict
+
+    from speechcls.engine import checkpoint
+
+    params = FeatureParams("mel", **SMALL)
+    meta = {"config": asdict(TrainConfig(device="cpu")), "classes": ["a", "b", "c"], "params": asdict(params),
+            "in_shape": list(params.shape), "n_classes": 3, "model_name": "seed_cnn",
+            "model_cfg": {"dropout2d": 0.2, "dropout": 0.5}}  # fmt: skip
+    real = checkpoint.save(tmp_path / "real.pt", {**meta, "model": SeedCNN(1, 3).state_dict(), "epoch": 1})
+    assert checkpoint.load_model(real)[1]["classes"] == ["a", "b", "c"]  # whole, it loads
+    data = real.read_bytes()
+    run = tmp_path / "run"
+    run.mkdir()
+    damaged = {
+        tmp_path / "truncated.pt": data[: len(data) // 2],
+        tmp_path / "empty.pt": b"",
+        tmp_path / "garbage.pt": random.Random(0).randbytes(5000),
+        run / "best.pt": data[:1000],
+    }
+    wav = tmp_path / "clip.wav"
+    import soundfile as sf
+
+    sf.write(wav, np.zeros(16_000, dtype=np.float32), 16_000)
+    runner = CliRunner()
+    for path, content in damaged.items():
+        path.write_bytes(content)
+        given = run if path.parent == run else path
+        for args in (["predict", str(given), str(wav)], ["evaluate", str(given)]):
+            line = _error_line(runner.invoke(app, [*args, "--device", "cpu"]))
+            assert line.startswith(f"error: {path}: "), line
+
+
+def test_an_out_that_cannot_be_written_is_one_error_line(tiny_store, tmp_path, monkeypatch):
+    import errno
+    import os
+
+    runner = CliRunner()
+    train = ["train", "--store", str(tiny_store), "--epochs", "1", "--batch-size", "32", "--device", "cpu", "--out"]
+    (tmp_path / "file.txt").write_text("a file, not a folder")
+    out = tmp_path / "file.txt" / "run"
+    line = _error_line(runner.invoke(app, [*train, str(out)]))
+    assert line.startswith(f"error: cannot access {out}") and "Not a directory; a part of the path is a file" in line
+    # a read-only file system (root writes through permission bits, so the mount is simulated at mkdir)
+    ro, real_mkdir = tmp_path / "ro", os.mkdir
+
+    def mkdir(path, *args, **kwargs):
+        if str(path).startswith(str(ro)):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    line = _error_line(runner.invoke(app, [*train, str(ro / "run")]))
+    assert line.startswith(f"error: cannot write {ro}") and "Read-only file system; choose another --out" in line
+
+
+def test_a_class_without_training_clips_is_warned_of_before_training(mini_root, tmp_path):
+    from speechcls.engine.fit import build
+
+    from helpers import copy_tree
+
+    root = copy_tree(mini_root, tmp_path / "tree", per_word=4, words=("bed", "bird", "cat"))
+    cats = sorted(f"cat/{p.name}" for p in (root / "cat").glob("*.wav"))
+    (root / config.VALIDATION_LIST).write_text("\n".join(cats[:2]) + "\n")
+    (root / config.TESTING_LIST).write_text("\n".join(cats[2:]) + "\n")
+    store = featurize(FeatureParams("mel", **SMALL), root, out=tmp_path / "mel.zarr", device="cpu").store
+    with pytest.warns(UserWarning, match="no training clips for class 'cat' in the official split"):
+        build(cfg_for(store))
+    r = CliRunner().invoke(
+        app, ["train", "--store", str(store), "--epochs", "1", "--device", "cpu", "--out", str(tmp_path / "run")]
+    )
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    warned = [i for i, line in enumerate(lines) if "no training clips" in line]
+    assert len(warned) == 1 and lines[warned[0]].startswith("warning: no training clips for class 'cat'"), r.output
+    assert warned[0] < next(i for i, line in enumerate(lines) if line.startswith("epoch 1"))

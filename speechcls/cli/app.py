@@ -4,10 +4,15 @@ library modules), never here, so that `speechcls --help` answers at once."""
 
 from __future__ import annotations
 
+import errno
 import functools
+import os
+import traceback
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
+import click
 import typer
 
 from speechcls import __version__, config
@@ -32,17 +37,87 @@ def console(stderr: bool = False):
     return Console(stderr=stderr, highlight=False)
 
 
+# errno -> what to do; the message already names the file and says what went wrong
+_OS_HINTS = {
+    errno.EROFS: "choose another --out (or another place to write)",
+    errno.ENOSPC: "the disk is full; free some space or choose another --out",
+    errno.EDQUOT: "the disk quota is used up; free some space or choose another --out",
+    errno.EACCES: "check the permissions, or choose another path",
+    errno.EPERM: "check the permissions, or choose another path",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; choose another path",
+    errno.EISDIR: "it is a folder where a file is expected; choose another path",
+    errno.ENOENT: "check the path",
+    errno.EEXIST: "something else is already there; remove it or choose another path",
+    errno.ELOOP: "the path goes through a symbolic link loop; fix or remove the link",
+}
+_WRITE_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_state = {"debug": False}  # set by the app callback from --debug (typer's documented way to share an option)
+_SEE_MORE = "run again with --debug (or SPEECHCLS_DEBUG=1) to see the traceback"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def _os_error_line(e: OSError) -> str:
+    """`cannot write /ro/run/config.json: Read-only file system; choose another --out`."""
+    if e.filename is None:  # a socket, a pipe, or a library that put the path in the message
+        return f"{_one_line(str(e)) or type(e).__name__} ({type(e).__name__}; {_SEE_MORE})"
+    names = " -> ".join(os.fsdecode(f) for f in (e.filename, e.filename2) if f is not None)
+    verb = "write" if e.errno in _WRITE_ERRNOS else "access"
+    hint = _OS_HINTS.get(e.errno, _SEE_MORE)
+    return f"cannot {verb} {names}: {e.strerror or type(e).__name__}; {hint}"
+
+
+def error_line(e: BaseException) -> str:
+    """The one line (after `error: `) the CLI prints for an exception it does not show as a traceback."""
+    from speechcls.data.download import DownloadError
+
+    if isinstance(e, (ValueError, DownloadError)):
+        return _one_line(str(e)) or type(e).__name__
+    if isinstance(e, OSError):
+        return _os_error_line(e)
+    first = (str(e).strip().splitlines() or [""])[0][:300]
+    if type(e).__name__ == "OutOfMemoryError":  # torch's, a RuntimeError (no torch import here)
+        return f"out of memory on the device ({first}); lower --batch-size, or {_SEE_MORE}"
+    what = f"{type(e).__name__}: {first}" if first else type(e).__name__
+    return f"unexpected {what}. This is a bug or a damaged file; {_SEE_MORE}"
+
+
+def _debug() -> bool:
+    return _state["debug"] or os.environ.get("SPEECHCLS_DEBUG", "") not in ("", "0")
+
+
+def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """warnings.showwarning for the CLI: `warning: <text>`, one line, not the source location."""
+    from rich.text import Text
+
+    console(stderr=True).print(Text.assemble(("warning:", "bold yellow"), " ", _one_line(str(message))), soft_wrap=True)
+
+
 def user_errors(fn):
-    """Turn the errors a user can cause into one red line and exit status 1, not a traceback."""
+    """Every expected failure becomes `error: <what, which file, what to do>` on stderr and exit status 1,
+    not a traceback (`--debug` or SPEECHCLS_DEBUG=1 shows the traceback instead); warnings print as one
+    `warning:` line. Messages are printed as plain text: a path holding `[red]` stays as it is."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from speechcls.data.download import DownloadError
+        from rich.text import Text
 
         try:
-            return fn(*args, **kwargs)
-        except (ValueError, DownloadError, FileNotFoundError, PermissionError) as e:
-            console(stderr=True).print(f"[bold red]error:[/] {e}", markup=True, soft_wrap=True)
+            with warnings.catch_warnings():
+                warnings.showwarning = _print_warning
+                return fn(*args, **kwargs)
+        except (typer.Exit, click.exceptions.Exit, click.exceptions.Abort):  # RuntimeErrors too: they pass
+            raise
+        except (ValueError, OSError, RuntimeError, KeyError, EOFError) as e:
+            if _debug():
+                if isinstance(e, EOFError):  # click turns an EOFError into "Aborted!": show it here
+                    traceback.print_exc()
+                    raise typer.Exit(1) from None
+                raise
+            line = Text.assemble(("error:", "bold red"), " ", error_line(e))
+            console(stderr=True).print(line, soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper
@@ -59,8 +134,15 @@ def main(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug", envvar="SPEECHCLS_DEBUG", help="Show the traceback of an error instead of its one line."
+        ),
+    ] = False,
 ) -> None:
     """speechcls: spoken-word classifiers on Google's Speech Commands, fast and exact about features."""
+    _state["debug"] = debug
 
 
 VersionOpt = Annotated[str, typer.Option("--version", "-v", help="Speech Commands release: v0.01 or v0.02.")]

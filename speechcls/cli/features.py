@@ -80,3 +80,24 @@ def info(
 
     for store in stores:
         print_store(store_info(store), console())
+
+
+@app.command()
+@user_errors
+def verify(
+    store: Annotated[str, typer.Argument(metavar="STORE", help="A feature store (.zarr folder or URL).")],
+    root: Annotated[
+        Optional[Path], typer.Option(help="The tree it was made from: check that it has not changed since.")
+    ] = None,
+) -> None:
+    """Read every chunk and check its checksum, the metadata and the attributes (and, with --root, the
+    tree); exit 1 on any mismatch."""
+    from speechcls.store.reader import verify as check
+
+    r = check(store, str(root) if root is not None else None)
+    for problem in r["problems"]:
+        typer.echo(f"{store}: {problem}", err=True)
+    status = "DAMAGED" if r["problems"] else "ok"
+    typer.echo(f"{store}: {status}: {r['chunks']} chunks, {r['bytes'] / 1e6:.1f} MB read and checked")
+    if r["problems"]:
+        raise typer.Exit(1)

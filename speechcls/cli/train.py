@@ -24,6 +24,9 @@ def train(
     variant: VariantOpt = None,
     out: Annotated[Optional[Path], typer.Option(help="Run folder [default: runs/<store>-<time>].")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the interrupted run in this folder.")] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace the run already in --out (its run files only; never another folder).")
+    ] = False,
     features: Annotated[str, typer.Option(help="For a waveform store: the variant computed on the device.")] = "",
     split_kind: Annotated[
         str, typer.Option("--split-kind", "--split", help="official (speaker-disjoint lists) | random (60/20/20).")
@@ -51,6 +54,8 @@ def train(
     from speechcls.engine.fit import fit
     from speechcls.engine.run_dir import default_run_dir
 
+    if resume is not None and overwrite:
+        raise typer.BadParameter("--resume continues a run and --overwrite replaces one: choose one")
     cfg = _train_config(
         store=store, features=features, split_kind=split_kind, split_seed=split_seed, epochs=epochs,
         batch_size=batch_size, max_lr=max_lr, patience=patience, min_epochs=min_epochs, seed=seed, device=device,
@@ -64,10 +69,10 @@ def train(
 
         run_dir = out or default_run_dir(cfg.store or find_store(variant))
     if not dist.from_env().main:  # rank 0 alone shows progress, writes the run folder and reports
-        fit(cfg, run_dir, variant, resume is not None)
+        fit(cfg, run_dir, variant, resume is not None, overwrite=overwrite)
         return
     with RichProgress(console(stderr=True), unit="samples", on_end=_epoch_line) as progress:
-        metrics = fit(cfg, run_dir, variant, resume is not None, progress)
+        metrics = fit(cfg, run_dir, variant, resume is not None, progress, overwrite)
     typer.echo(
         f"{run_dir}: test loss {metrics['test_loss']:.4f} acc {metrics['test_acc']:.4f} after {metrics['epochs_run']} "
         f"epochs (best {metrics['best_epoch']}), {metrics['train_samples_per_s']:.0f} train samples/s, "
@@ -156,5 +161,5 @@ def predict(
                 typer.echo(f"{r['file']}: error: {r['error']}", err=True)
             else:
                 typer.echo(f"{r['file']}: " + ", ".join(f"{t['label']} {t['prob']:.3f}" for t in r["top"]))
-    if any("error" in r for r in results):
-        raise typer.Exit(1 if all("error" in r for r in results) else 0)
+    if any("error" in r for r in results):  # the others were still predicted and printed
+        raise typer.Exit(1)

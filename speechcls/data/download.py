@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import re
 import shutil
 import socket
 import tarfile
@@ -18,12 +19,34 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable
 
 from speechcls import config
 from speechcls.runtime import Progress
 
 DONE_MARKER = ".speechcls-extracted"  # written last into a finished tree; its presence = nothing to redo
+# The largest clip: one second of 16 kHz 16-bit mono plus the 44-byte WAV header (the largest file of the
+# real v0.01 clips in ../shared/data). Unpacked, a release is at most n_clips of these plus its noise
+# recordings (~13 MB): v0.01 <= 2.07 GB (a 1.4 GB archive), v0.02 <= 3.39 GB (2.3 GB).
+MAX_CLIP_BYTES = 32_044
+EXTRACT_MARGIN = 2  # the caps are twice those bounds: a release fits with room, a decompression bomb does not
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+
+
+@dataclass(frozen=True)
+class ExtractLimits:
+    """Caps on what an archive may unpack to: members and total bytes of its regular files."""
+
+    members: int
+    bytes: int
+    what: str  # what the archive is said to be, for the message: "Speech Commands v0.01 (64,727 clips)"
+
+    @classmethod
+    def for_release(cls, rel: config.DatasetRelease) -> "ExtractLimits":
+        return cls(
+            members=EXTRACT_MARGIN * rel.n_clips,  # clips + ~40 folders, lists and noise files
+            bytes=EXTRACT_MARGIN * rel.n_clips * MAX_CLIP_BYTES,
+            what=f"Speech Commands {rel.version} ({rel.n_clips:,} clips)",
+        )
 
 
 class DownloadError(RuntimeError):
@@ -114,11 +137,13 @@ def _check_member(member: tarfile.TarInfo, target: Path) -> None:
         raise UnsafeArchiveError(f"archive member {name!r} is a device or fifo; refusing to extract")
 
 
-def extract(archive: Path, target: Path) -> None:
+def extract(archive: Path, target: Path, limits: ExtractLimits | None = None) -> None:
     """Extract `archive` into `target` (which must not exist yet), all or nothing.
 
     Members go to a sibling temporary folder first; only when every member passed the checks is it
-    renamed to `target`, so an unsafe or broken archive leaves nothing behind.
+    renamed to `target`, so an unsafe or broken archive leaves nothing behind. With `limits`, an archive
+    of more members or more unpacked bytes than they allow is refused (UnsafeArchiveError) before the
+    member that passes them is written.
     """
     target = Path(target)
     tmp = target.with_name(f".{target.name}.extracting")
@@ -128,13 +153,30 @@ def extract(archive: Path, target: Path) -> None:
     real = tmp.resolve()
     try:
         with tarfile.open(archive, mode="r|*") as tar:  # streaming: one pass over a 1.4 GB gzip
+            members = size = 0
             for member in tar:
                 _check_member(member, real)
+                members, size = members + 1, size + (member.size if member.isfile() else 0)
+                if limits is not None:
+                    _check_limits(archive, limits, members, size)
                 tar.extract(member, real, filter="data")  # second guard; also drops setuid bits
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     tmp.rename(target)
+
+
+def _check_limits(archive: Path, limits: ExtractLimits, members: int, size: int) -> None:
+    if members > limits.members:
+        raise UnsafeArchiveError(
+            f"{archive}: more than {limits.members:,} members, the cap for {limits.what}; refusing to "
+            "extract it (nothing was extracted). Is --url the archive of this --version?"
+        )
+    if size > limits.bytes:
+        raise UnsafeArchiveError(
+            f"{archive}: unpacks to more than {limits.bytes:,} bytes ({limits.bytes / 1e9:.1f} GB), the cap for "
+            f"{limits.what}; refusing to extract it (nothing was extracted). Is --url the archive of this --version?"
+        )
 
 
 def download_release(
@@ -148,12 +190,18 @@ def download_release(
 
     Returns (root, what happened: "present" | "extracted"). Steps are skipped when already done: a
     finished tree (marker file) is left alone; a finished archive is not downloaded again.
-    A checksum mismatch deletes the archive and extracts nothing.
+    A checksum mismatch deletes the archive and extracts nothing; a malformed `sha256` is refused before
+    any download; an archive larger than twice the release (ExtractLimits) is refused and extracts nothing.
     """
     rel = config.release(version)
+    if sha256 is not None and not _SHA256.fullmatch(sha256.strip()):
+        raise ValueError(
+            f"--sha256 {sha256!r} is not a SHA-256 (64 hexadecimal digits); copy it again from where the archive "
+            "is published, or leave --sha256 out to check against the release's own"
+        )
     root = Path(root) if root is not None else config.default_root(version)
     url = url or rel.url
-    expected = (sha256 or rel.sha256).lower()
+    expected = (sha256 or rel.sha256).strip().lower()
     if (root / DONE_MARKER).is_file():
         return root, "present"
     if root.exists() and any(root.iterdir()):
@@ -179,7 +227,7 @@ def download_release(
         )
     if root.exists():
         root.rmdir()  # empty (checked above); extract() renames its temporary folder onto it
-    extract(archive, root)
+    extract(archive, root, ExtractLimits.for_release(rel))
     (root / DONE_MARKER).write_text(f"{expected}  {url}\n")
     return root, "extracted"
 

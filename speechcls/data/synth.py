@@ -20,7 +20,6 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -94,7 +93,18 @@ def choose_voices(n: int, seed: int) -> list[Voice]:
 
 def _speak(voice: Voice, word: str, tmp: Path) -> tuple[np.ndarray, int]:
     out = tmp / f"{voice.speaker}_{word}.wav"
-    cmd = [ESPEAK, "-v", f"{voice.accent}+{voice.variant}", "-s", str(voice.rate), "-p", str(voice.pitch), "-w", str(out), word]
+    cmd = [
+        ESPEAK,
+        "-v",
+        f"{voice.accent}+{voice.variant}",
+        "-s",
+        str(voice.rate),
+        "-p",
+        str(voice.pitch),
+        "-w",
+        str(out),
+        word,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0 or not out.is_file():
         raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.strip()}")
@@ -135,7 +145,9 @@ def to_pcm16(x: np.ndarray) -> np.ndarray:
     return np.clip(np.round(x * 32767.0), -32768, 32767).astype(np.int16)
 
 
-def make_clip(voice: Voice, v_idx: int, w_idx: int, word: str, params: SynthParams, noises: list[np.ndarray], tmp: Path) -> np.ndarray:
+def make_clip(
+    voice: Voice, v_idx: int, w_idx: int, word: str, params: SynthParams, noises: list[np.ndarray], tmp: Path
+) -> np.ndarray:
     """One clip of exactly CLIP_SAMPLES int16 samples."""
     rng = np.random.default_rng([params.seed, 1, v_idx, w_idx])
     audio, rate = _speak(voice, word, tmp)
@@ -180,6 +192,33 @@ def write_noise(folder: Path, seed: int) -> list[np.ndarray]:
     return noises
 
 
+def _synth_record(out: Path) -> dict | None:
+    """The parameters recorded in the marker of a tree synth wrote at `out`, else None."""
+    try:
+        record = json.loads((out / MARKER).read_text())
+    except (OSError, ValueError):  # no marker (not synth's tree), or not one synth wrote
+        return None
+    return record if isinstance(record, dict) and "espeak" in record else None
+
+
+def _refuse_occupied(out: Path, written: dict | None, overwrite: bool) -> None:
+    """ValueError unless `out` may receive the tree: absent, empty, or synth's own tree and `overwrite`."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file, not a folder; choose another --out")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if written is None:
+        raise ValueError(
+            f"{out} is not empty and is not a tree written by `speechcls synth` (no {MARKER}): --overwrite only "
+            "replaces synth's own trees; choose another --out"
+        )
+    if not overwrite:
+        raise ValueError(
+            f"{out} already holds a synth tree with other parameters; pass --overwrite to replace it or choose "
+            "another --out"
+        )
+
+
 def synthesize(
     out: str | Path | None = None,
     words: tuple[str, ...] = config.V001_WORDS,
@@ -192,9 +231,10 @@ def synthesize(
 ) -> tuple[Path, str]:
     """Write the tree to `out` (default data/synth_commands). Returns (out, "present" | "written").
 
-    A tree already written with the same parameters is left as it is; any other non-empty `out` is
-    refused unless `overwrite`. The tree is built in a temporary sibling folder and renamed into place,
-    so an interrupted run never leaves a tree that looks finished.
+    A tree already written with the same parameters is left as it is; one synth wrote with other
+    parameters is replaced only with `overwrite`; any other non-empty `out` is refused, `overwrite` or
+    not (only a tree holding synth's marker file is ever deleted). The tree is built in a temporary
+    sibling folder and renamed into place, so an interrupted run never leaves a tree that looks finished.
     """
     out = Path(out) if out is not None else config.data_dir() / config.SYNTH_DIRNAME
     words = tuple(dict.fromkeys(w.strip().lower() for w in words if w.strip()))
@@ -210,13 +250,10 @@ def synthesize(
     chosen = choose_voices(voices, seed)
     record = {**asdict(params), "words": list(words), "espeak": version}
 
-    marker = out / MARKER
-    if marker.is_file() and json.loads(marker.read_text()) == record and not overwrite:
+    written = _synth_record(out)
+    if written == record and not overwrite:
         return out, "present"
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ValueError(
-            f"{out} already holds a different tree; pass --overwrite to replace it or choose another --out"
-        )
+    _refuse_occupied(out, written, overwrite)
 
     tmp_tree = out.with_name(f".{out.name}.synth-tmp")
     shutil.rmtree(tmp_tree, ignore_errors=True)

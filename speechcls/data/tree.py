@@ -10,6 +10,8 @@ Official layout::
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -41,6 +43,9 @@ class DatasetIndex:
     official: np.ndarray | None  # (N,) int8 codes into config.SPLITS; None where the tree has no lists
     missing: dict[str, int] = field(default_factory=dict)  # list file -> entries naming absent files
     background: list[str] = field(default_factory=list)  # relative paths of the noise recordings
+    # relative path -> reason, for *.wav entries of a word folder that are no file to read (a folder, a
+    # broken link, a link loop): kept out of `clips`, listed by `speechcls data info`
+    unusable: dict[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -105,17 +110,45 @@ def _read_list(root: Path, name: str) -> list[str] | None:
     path = root / name
     if not path.is_file():
         return None
+    try:
+        text = path.read_bytes().decode("utf-8-sig")  # -sig: a byte-order mark some editors write is dropped
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{path}: not UTF-8 text (byte {e.start} is {e.object[e.start : e.start + 1]!r}); the list holds one "
+            "relative path a line: save it as UTF-8, or remove it to index the tree without it"
+        ) from None
+    except OSError as e:
+        raise ValueError(
+            f"{path}: cannot read the list ({e.strerror or e}); check its permissions, or remove it to index the "
+            "tree without it"
+        ) from None
     entries = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         line = line.strip().replace("\\", "/")
         if line:
             entries.append(line.removeprefix("./"))
     return entries
 
 
+def _unusable(path: Path) -> str:
+    """Why a `*.wav` entry that is not a regular file cannot be a clip."""
+    if path.is_dir():
+        return "a directory, not an audio file"
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "a symbolic link loop"
+        if path.is_symlink() and e.errno == errno.ENOENT:
+            return f"a broken symbolic link (to {os.readlink(path)})"
+        return f"cannot read it: {(e.strerror or type(e).__name__).lower()}"
+    return "not a regular file (a device, fifo or socket)"
+
+
 def index_tree(root: str | Path) -> DatasetIndex:
     """Index a tree in the official layout. Raises ValueError naming the path for a tree without word
-    folders or a clip whose name lacks `_nohash_`. List entries naming absent files are only counted."""
+    folders, a clip whose name lacks `_nohash_` or a list file that is not UTF-8 text. List entries naming
+    absent files are only counted; `*.wav` entries that are no readable file go to `unusable`."""
     root = Path(root)
     if not root.is_dir():
         raise ValueError(
@@ -123,9 +156,7 @@ def index_tree(root: str | Path) -> DatasetIndex:
             "one (speechcls synth), or point --root at a Speech Commands tree."
         )
     # A word folder: a visible folder that is not `_background_noise_` (nor any `_`-prefixed one).
-    word_dirs = sorted(
-        d for d in root.iterdir() if d.is_dir() and not d.name.startswith(("_", "."))
-    )
+    word_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(("_", ".")))
     word_dirs = [d for d in word_dirs if any(d.glob("*.wav"))]
     if not word_dirs:
         raise ValueError(
@@ -133,10 +164,13 @@ def index_tree(root: str | Path) -> DatasetIndex:
             "<word>/<speaker>_nohash_<n>.wav. Point --root at the folder that holds the word folders."
         )
     classes = [d.name for d in word_dirs]
-    clips = []
+    clips, unusable = [], {}
     for label, d in enumerate(word_dirs):
         for wav in sorted(d.iterdir()):
-            if wav.suffix.lower() != ".wav" or not wav.is_file():
+            if wav.suffix.lower() != ".wav":
+                continue
+            if not wav.is_file():
+                unusable[f"{d.name}/{wav.name}"] = _unusable(wav)
                 continue
             speaker, utterance = parse_clip_name(wav)
             clips.append(Clip(f"{d.name}/{wav.name}", label, speaker, utterance))
@@ -166,7 +200,7 @@ def index_tree(root: str | Path) -> DatasetIndex:
 
     bg_dir = root / config.BACKGROUND_DIR
     background = sorted(f"{config.BACKGROUND_DIR}/{p.name}" for p in bg_dir.glob("*.wav")) if bg_dir.is_dir() else []
-    return DatasetIndex(root, classes, clips, official, missing, background)
+    return DatasetIndex(root, classes, clips, official, missing, background, unusable)
 
 
 def split_counts(codes: np.ndarray) -> dict[str, int]:

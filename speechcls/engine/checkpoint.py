@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import pickle
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -61,13 +62,18 @@ def load(path: str | Path, map_location="cpu") -> dict:
         raise ValueError(f"{path}: no such checkpoint; pass a run folder (with best.pt) or a .pt file")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as e:
+        found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)", str(e))
+        if found is None:  # not a pickle at all: garbage or damaged bytes
+            raise ValueError(f"{path}: not a checkpoint, or a damaged one (it does not unpickle)") from None
         raise ValueError(
-            f"{path}: refused: the file holds objects other than tensors and plain values, which speechcls does "
-            "not unpickle (loading would run code from it). A format-1 last.pt (speechcls before the model "
-            "registry) holds numpy RNG objects: its run cannot be resumed, its best.pt still loads."
+            f"{path}: refused: the file holds a {found[1]} object; speechcls unpickles only tensors and plain values "
+            "(anything else could run code). A format-1 last.pt (speechcls before the model registry) holds numpy "
+            "RNG objects: its run cannot be resumed, its best.pt still loads."
         ) from None
-    except Exception as e:  # not a torch file, truncated, ...
+    except (EOFError, RuntimeError) as e:  # empty or truncated: torch's zip reader or the unpickler ran out
+        raise ValueError(f"{path}: not a checkpoint, or a truncated one ({type(e).__name__}: {e})") from None
+    except Exception as e:
         raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "format" not in ckpt:
         raise ValueError(f"{path}: not a speechcls checkpoint (no model state or format version)")

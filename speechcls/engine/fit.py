@@ -76,6 +76,15 @@ def build(
     store = to_location(cfg.store) if cfg.store else find_store(variant)
     loaders = {s: make_loader(cfg, store, s, device, rank=rank) for s in splits}
     first = next(iter(loaders.values()))
+    if "train" in loaders and rank.main:  # said before training: a class without a training clip is never learned
+        seen = set(loaders["train"].labels.tolist())
+        if absent := [name for i, name in enumerate(first.classes) if i not in seen]:
+            warnings.warn(
+                f"no training clips for class {', '.join(map(repr, absent))} in the {cfg.split_kind} split of "
+                f"{store}: the model cannot learn it; add clips to the tree (and featurize again), or try "
+                "--split-kind random",
+                stacklevel=2,
+            )
     seed_everything(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     model = build_model(cfg.model, first.item_shape, len(first.classes), dropout2d=cfg.dropout2d, dropout=cfg.dropout)
     model = model.to(device)
@@ -156,29 +165,41 @@ def _sync(device: torch.device) -> None:
 
 def train_one_epoch(s: Setup, step_model, t: Trainer, epoch: int, progress: Progress) -> dict:
     """One pass over this rank's training shard. Returns the epoch's log row (every rank's examples,
-    what one process would report), the examples and the seconds."""
+    what one process would report), the examples and the seconds.
+
+    A non-finite training loss raises a ValueError naming the epoch, the first bad step and the store rows
+    of its batch. The losses stay on the device and are checked where the loop syncs anyway (every 20
+    steps, and at the end of the epoch), so the run stops within 20 steps of the first bad batch; the
+    checkpoints are written only at epoch ends, so they stay those of the last finished epoch."""
     loader, device, world = s.loaders["train"], s.device, s.rank.world
     s.model.train()
     loader.set_epoch(epoch)
     progress.start(f"epoch {epoch}", len(loader))
-    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)  # turns NaN/inf for good at a bad loss
     correct = torch.zeros((), dtype=torch.float64, device=device)
+    losses = torch.zeros(len(loader), dtype=torch.float32, device=device)  # per step: finds the first bad one
     n = steps = 0
     _sync(device)
     t0 = time.perf_counter()
     for (x, y), global_size in zip(loader, loader.global_sizes, strict=True):
         weight = len(y) * world / global_size  # 1.0 in one process
         loss, logits = train_step(step_model, t.optimizer, t.scheduler, t.scaler, s.cfg, device, x, y, weight)
+        losses[steps] = loss.detach()
         total_loss += loss.detach() * len(y)  # stays on the device: no sync per batch
         correct += (logits.argmax(1) == y).sum()
         n += len(y)
         steps += 1
         if steps % 20 == 0:  # note: .item() is a CPU-GPU sync point, so the bar reads it every 20 steps
-            progress.advance(1, examples=len(y), loss=total_loss.item() / n, acc=correct.item() / n)
+            seen = total_loss.item()
+            if not math.isfinite(seen):
+                raise _diverged(s, losses[:steps], epoch)
+            progress.advance(1, examples=len(y), loss=seen / n, acc=correct.item() / n)
         else:
             progress.advance(1, examples=len(y))
     count = torch.tensor(float(n), dtype=torch.float64, device=device)
     total, right, n = dist.all_reduce_sum(s.rank, torch.stack([total_loss, correct, count])).tolist()
+    if not math.isfinite(total):  # every rank sees the all-reduced sum: all of them stop here
+        raise _diverged(s, losses[:steps], epoch)
     _sync(device)
     seconds = time.perf_counter() - t0
     return {
@@ -186,6 +207,26 @@ def train_one_epoch(s: Setup, step_model, t: Trainer, epoch: int, progress: Prog
         "n": int(n),
         "seconds": seconds,
     }
+
+
+def _diverged(s: Setup, losses: torch.Tensor, epoch: int) -> ValueError:
+    """The one-line error for a non-finite training loss: this rank's first bad step (from its recorded
+    per-step losses) and the store rows of that batch, what was kept, and what to do."""
+    bad = torch.nonzero(~torch.isfinite(losses)).flatten().tolist()
+    if bad:
+        k = bad[0]
+        rows = s.loaders["train"].batch_rows(k).tolist()
+        shown = ", ".join(map(str, rows[:8])) + (f" and {len(rows) - 8} more" if len(rows) > 8 else "")
+        loss = losses[k].item()
+        where = f"epoch {epoch}, step {k} (batch index, from 0; loss {loss}): the batch of store rows {shown}"
+    else:  # torchrun: another rank's batch; the all-reduced sum told this one
+        where = f"epoch {epoch}, on another rank's batch"
+    kept = "no checkpoint was written" if epoch == 1 else f"last.pt and log.csv are those of epoch {epoch - 1}"
+    return ValueError(
+        f"the training loss is not finite at {where}; the run stopped within 20 steps of it and {kept}. "
+        f"Lower --max-lr (it is {s.cfg.max_lr:g}), or check the store with `speechcls info {s.store}` "
+        "for clips with extreme features"
+    )
 
 
 def validate(s: Setup, epoch: int) -> dict:
@@ -197,13 +238,21 @@ def validate(s: Setup, epoch: int) -> dict:
 
 
 def fit(
-    cfg: TrainConfig, out: Path, variant: str | None = None, resume: bool = False, progress: Progress | None = None
+    cfg: TrainConfig,
+    out: Path,
+    variant: str | None = None,
+    resume: bool = False,
+    progress: Progress | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Train, keep the best checkpoint, evaluate it on the test split; returns the test metrics.
-    `resume` continues from out/last.pt with the saved config. Under torchrun every rank calls this
-    with the same arguments (see the module docstring)."""
+    `resume` continues from out/last.pt with the saved config. A new run refuses a folder that already
+    holds one unless `overwrite` (RunDir.claim: only a run's own files are ever removed). Under torchrun
+    every rank calls this with the same arguments (see the module docstring)."""
     progress, run = progress or Progress(), RunDir(out)
     rank = dist.init(resolve_device(cfg.device))
+    if not resume:
+        _claim(run, rank, overwrite)  # before anything is written: a run already there is never mixed into
     state = _load_resume(run, rank) if resume else None
     if state is not None:
         cfg = TrainConfig(**state["config"])
@@ -260,6 +309,20 @@ def _load_resume(run: RunDir, rank: dist.Rank) -> dict:
     if isinstance(state, ValueError):
         raise state
     return state
+
+
+def _claim(run: RunDir, rank: dist.Rank, overwrite: bool) -> None:
+    """RunDir.claim by rank 0, before anything is written; its refusal is broadcast like _load_resume's
+    errors, so no rank trains towards a folder that was refused."""
+    error = None
+    if rank.main:
+        try:
+            run.claim(overwrite)
+        except ValueError as e:
+            error = e
+    error = dist.broadcast(rank, error)
+    if error is not None:
+        raise error
 
 
 def _restore(state: dict, s: Setup, t: Trainer, stop: EarlyStopping) -> tuple[int, list[dict], dict, bool]:

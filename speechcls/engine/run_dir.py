@@ -26,6 +26,8 @@ from speechcls.runtime import write_text_atomic
 from speechcls.store.location import Location, name
 
 LOG_FIELDS = ("epoch", "set", "loss", "acc")
+# the files that make a folder a run; with confusion*.csv, every file `train` writes (and removes on --overwrite)
+RUN_FILES = ("config.json", "log.csv", "best.pt", "last.pt", "metrics.json")
 
 
 def default_run_dir(store: Location) -> Path:
@@ -58,6 +60,31 @@ class RunDir:
                 f"{self.path}: no {name} in this folder; {hint or 'is it a `speechcls train` run folder?'}"
             )
         return path
+
+    def claim(self, overwrite: bool = False) -> None:
+        """Make the folder ready for a new run, before anything is written. Absent or empty, it is used.
+        Holding a run (any of RUN_FILES), it is refused unless `overwrite`, which removes exactly the run's
+        files (RUN_FILES, confusion*.csv) and leaves anything else. A non-empty folder that holds no run
+        is refused, `overwrite` or not: it is never emptied."""
+        if self.path.exists() and not self.path.is_dir():
+            raise ValueError(f"{self.path} is a file, not a run folder; choose another --out")
+        if not self.path.exists() or not any(self.path.iterdir()):
+            return
+        if not any((self.path / f).is_file() for f in RUN_FILES):
+            raise ValueError(
+                f"{self.path} is not empty and holds no run: --overwrite only replaces a run folder's files; "
+                "choose another --out"
+            )
+        if not overwrite:
+            raise ValueError(
+                f"{self.path} already holds a run: `--resume {self.path}` continues it, --overwrite replaces it"
+            )
+        for path in [*(self.path / f for f in RUN_FILES), *self.path.glob("confusion*.csv")]:
+            try:
+                if path.is_file():
+                    path.unlink()
+            except OSError as e:
+                raise ValueError(f"cannot remove {path} to replace the run: {e.strerror or e}") from e
 
     # --- config.json, metrics.json ------------------------------------------------------------------
     def write_config(self, cfg: dict) -> None:

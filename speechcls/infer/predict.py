@@ -10,10 +10,14 @@ from speechcls.config import FeatureParams
 from speechcls.engine.checkpoint import load_model
 from speechcls.runtime import resolve_device
 
+# featurize skips such a clip with the same words (featurize.py's _refuse_nonfinite)
+_NONFINITE_FEATURES = "features are not finite (peak sample {peak:.3g}: a float file out of [-1, 1]?)"
+
 
 def predict(checkpoint: Path, files: list[Path], top: int = 3, device: str = "auto") -> list[dict]:
     """Top-k labels with probabilities for each file, computed with the features the checkpoint was
-    trained on; an unreadable file gets an error entry and the others are still predicted."""
+    trained on; an unreadable file, or one whose features or probabilities are not finite, gets an error
+    entry and the others are still predicted."""
     from speechcls.audio.decode import BadAudio, load_clip
     from speechcls.audio.features import FeatureExtractor
 
@@ -34,7 +38,13 @@ def predict(checkpoint: Path, files: list[Path], top: int = 3, device: str = "au
             continue
         with torch.no_grad():
             x = extractor(torch.from_numpy(audio).unsqueeze(0).to(dev)).float()
+            if not torch.isfinite(x).all():
+                out.append({"file": str(f), "error": _NONFINITE_FEATURES.format(peak=float(abs(audio).max()))})
+                continue
             probs = torch.softmax(model(x).float(), dim=1)[0]
+        if not torch.isfinite(probs).all():
+            out.append({"file": str(f), "error": "the model's probabilities are not finite (NaN or inf)"})
+            continue
         p, i = probs.topk(min(top, len(classes)))
         out.append(
             {"file": str(f), "top": [{"label": classes[j], "prob": float(q)} for q, j in zip(p.tolist(), i.tolist())]}

@@ -29,7 +29,7 @@ from speechcls.loader.stream import ChunkStream
 from speechcls.runtime import available_ram
 from speechcls.store.format import params_from_attrs
 from speechcls.store.location import to_location
-from speechcls.store.reader import open_store, read_rows, split_rows
+from speechcls.store.reader import open_store, read_all, read_rows, split_rows
 
 MODES = ("device", "host", "stream")
 
@@ -61,7 +61,7 @@ class FeatureLoader:
         self.rows = split_rows(self.group, split, cfg.split_kind, cfg.split_seed)
         if len(self.rows) == 0:
             raise ValueError(f"{store}: the {cfg.split_kind} {split} split holds no decoded clip")
-        self.labels = self.group["label"][:][self.rows]
+        self.labels = read_all(self.group, "label")[self.rows]
         self.epoch = 0
         self.device = torch.device(cfg.device)
         self.rank = rank
@@ -78,6 +78,7 @@ class FeatureLoader:
         self._global_sizes = [b - a for a, b in global_bounds(len(self.rows), cfg.batch_size, rank.world)]
         self.stream = ChunkStream(self.loc, feats, self.labels, self.rows, self._global_sizes, cfg, rank)
         self._data = None
+        self._stream_rows: tuple[int, list[np.ndarray]] = (-1, [])  # (epoch, store rows of each batch yielded)
 
     def _features(self, features: str, attrs: dict):
         """What the model sees, and the on-device transform that makes it from a waveform store."""
@@ -119,6 +120,18 @@ class FeatureLoader:
         if self.mode == "stream" and (plan := self.stream.plan(self.epoch)).own:
             return [int(s) for s in np.sum(plan.sizes, axis=0)]
         return self._global_sizes
+
+    def batch_rows(self, step: int) -> np.ndarray:
+        """The store rows of this rank's batch `step` (from 0) of the current epoch, in batch order: what
+        an error about a batch names. The resident modes recompute them from the epoch order; the
+        streaming mode records them as it yields, so `step` must have been yielded this epoch."""
+        if self.mode != "stream":
+            a, b = self.bounds[step]
+            return self.rows[self._order()[a:b]]
+        epoch, rows = self._stream_rows
+        if epoch != self.epoch or not 0 <= step < len(rows):
+            raise IndexError(f"step {step} of epoch {self.epoch} has not been streamed")
+        return rows[step]
 
     # --- iteration ---------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -175,7 +188,9 @@ class FeatureLoader:
         pin = self.device.type == "cuda"
 
         def host():
-            for bx, by in background(self.stream.batches(self.epoch), name="speechcls-stream"):
+            self._stream_rows = (self.epoch, [])
+            for bx, by, rows in background(self.stream.batches(self.epoch), name="speechcls-stream"):
+                self._stream_rows[1].append(rows)  # before the batch is yielded: batch_rows(step) finds it
                 xb, yb = torch.from_numpy(bx), torch.from_numpy(by)
                 yield (xb.pin_memory(), yb.pin_memory()) if pin else (xb, yb)
 

@@ -36,7 +36,8 @@ class StreamPlan:
 
 
 class ChunkStream:
-    """Numpy (x, y) batches of one split, whole chunks at a time; every row exactly once per epoch."""
+    """Numpy (x, y, rows) batches of one split, whole chunks at a time; every row exactly once per epoch
+    (`rows`: the store rows of the batch, which FeatureLoader records and does not yield)."""
 
     def __init__(
         self, loc: Location, array, labels: np.ndarray, rows: np.ndarray, global_sizes: list[int],
@@ -70,14 +71,16 @@ class ChunkStream:
                 return StreamPlan(starts, parts[self.rank.rank], sizes, own=True)
         return StreamPlan(starts, chunks, [list(self.global_sizes)], own=False)
 
-    def _read(self, c: int) -> tuple[np.ndarray, np.ndarray]:
+    def _read(self, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         a, b = self.starts[c], self.starts[c + 1]
-        chunk = self.array.chunks[0]
-        return reader.read_chunk(self.loc, self.array, c)[self.rows[a:b] - c * chunk], self.labels[a:b].astype(np.int64)
+        rows = self.rows[a:b]
+        x = reader.read_chunk(self.loc, self.array, c)[rows - c * self.array.chunks[0]]
+        return x, self.labels[a:b].astype(np.int64), rows
 
     def batches(self, epoch: int):
-        """(x, y) numpy batches from whole chunks (the plan's, in its order), rows shuffled in a buffer of
-        `buffer_chunks` chunks; batch sizes follow the plan, so every row appears exactly once."""
+        """(x, y, rows) numpy batches from whole chunks (the plan's, in its order), rows shuffled in a buffer
+        of `buffer_chunks` chunks; batch sizes follow the plan, so every row appears exactly once. `rows`
+        are the batch's store rows, shuffled with it (no extra random draws: the order is unchanged)."""
         plan = self.plan(epoch)
         chunks, rank, workers = plan.chunks, self.rank, self.cfg.workers
         sizes = list(plan.sizes[rank.rank] if plan.own else plan.sizes[0])
@@ -85,33 +88,35 @@ class ChunkStream:
         fill = self.cfg.buffer_chunks * self.array.chunks[0]
         buf_x: list[np.ndarray] = []
         buf_y: list[np.ndarray] = []
+        buf_r: list[np.ndarray] = []
         held = 0
         with ThreadPoolExecutor(workers) as pool:
             ahead = [pool.submit(self._read, c) for c in chunks[: workers + 1]]
             nxt = len(ahead)
             while ahead:
-                x, y = ahead.pop(0).result()
+                x, y, r = ahead.pop(0).result()
                 if nxt < len(chunks):
                     ahead.append(pool.submit(self._read, chunks[nxt]))
                     nxt += 1
                 buf_x.append(x)
                 buf_y.append(y)
+                buf_r.append(r)
                 held += len(y)
                 last = not ahead
                 if held < fill and not last:
                     continue
-                bx, by = np.concatenate(buf_x), np.concatenate(buf_y)
+                bx, by, br = np.concatenate(buf_x), np.concatenate(buf_y), np.concatenate(buf_r)
                 if self.shuffle:
                     p = rng.permutation(len(by))
-                    bx, by = bx[p], by[p]
+                    bx, by, br = bx[p], by[p], br[p]
                 # emit whole batches, keeping half a buffer back to mix with the next chunks; at the end
                 # the remaining batch sizes add up to exactly what is left
                 used = 0
                 while sizes and (len(by) - used - sizes[0] >= (0 if last else fill // 2)):
                     s = sizes.pop(0)
                     a, b = (used, used + s) if plan.own else rank_part(used, used + s, rank.rank, rank.world)
-                    yield bx[a:b], by[a:b]
+                    yield bx[a:b], by[a:b], br[a:b]
                     used += s
-                buf_x, buf_y = [bx[used:]], [by[used:]]
+                buf_x, buf_y, buf_r = [bx[used:]], [by[used:]], [br[used:]]
                 held = len(by) - used
         assert not sizes and held == 0, "streaming lost rows"

@@ -11,11 +11,13 @@ from speechcls.data.tree import DatasetIndex, speakers_by_split, split_counts
 
 
 def print_index(index: DatasetIndex, seed: int, survey: AudioSurvey | None, console) -> None:
+    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     official = index.official
     rand = index.split("random", seed)
-    console.print(f"[bold]{index.name}[/]  ({index.root})")
+    console.print(f"[bold]{escape(index.name)}[/]  ({escape(str(index.root))})")
     console.print(
         f"{len(index.classes)} classes, {len(index.clips)} clips, "
         f"{len(set(index.speakers))} speakers, {len(index.background)} background noise files"
@@ -33,11 +35,12 @@ def print_index(index: DatasetIndex, seed: int, survey: AudioSurvey | None, cons
         Counter((c.label, int(s)) for c, s in zip(index.clips, official)) if official is not None else None
     )
     for label, name in enumerate(index.classes):
-        row = [str(label), name, str(per_class[label])]
+        row = [str(label), Text(name), str(per_class[label])]
         if per_class_split is not None:
             row += [str(per_class_split[label, i]) for i in range(len(config.SPLITS))]
         table.add_row(*row)
     console.print(table)
+    _print_untrained(index, official, rand, seed, console)
 
     splits = Table(title="splits", title_justify="left")
     splits.add_column("split")
@@ -61,6 +64,12 @@ def print_index(index: DatasetIndex, seed: int, survey: AudioSurvey | None, cons
         console.print(f"official split: none ({config.VALIDATION_LIST} / {config.TESTING_LIST} not in the tree)")
     for name, absent in index.missing.items():
         console.print(f"{name}: {absent} entries name files not in this tree")
+    if index.unusable:
+        console.print(f"unusable entries (not clips, left out): {len(index.unusable)}")
+        for path, reason in sorted(index.unusable.items())[:20]:
+            console.print(f"  {path}: {reason}", markup=False)
+        if len(index.unusable) > 20:
+            console.print(f"  ... and {len(index.unusable) - 20} more")
     if survey is not None:
         rates = ", ".join(f"{r} Hz: {n}" for r, n in sorted(survey.sample_rates.items()))
         chans = ", ".join(f"{c} ch: {n}" for c, n in sorted(survey.channels.items()))
@@ -70,6 +79,25 @@ def print_index(index: DatasetIndex, seed: int, survey: AudioSurvey | None, cons
             console.print(f"  {path}: {reason}", markup=False)
         if len(survey.unreadable) > 20:
             console.print(f"  ... and {len(survey.unreadable) - 20} more")
+
+
+def _print_untrained(index: DatasetIndex, official, rand, seed: int, console) -> None:
+    """One line per class without a training clip in a split kind: a model cannot learn that class."""
+    kinds = [
+        ("official", official, "add clips, or take some of its clips out of the validation / testing lists"),
+        (f"random (seed {seed})", rand, "add clips"),
+    ]
+    for kind, codes, hint in kinds:
+        if codes is None:
+            continue
+        trained = {c.label for c, code in zip(index.clips, codes) if code == 0}
+        for label, name in enumerate(index.classes):
+            if label not in trained:
+                console.print(
+                    f"class {name!r}: no training clips in the {kind} split; a model trained on this tree cannot "
+                    f"learn it ({hint})",
+                    markup=False,
+                )
 
 
 def print_store(info: dict, console) -> None:

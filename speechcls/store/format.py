@@ -11,12 +11,21 @@ Layout (N = every indexed clip, rows in a seeded shuffled order so each chunk mi
     speaker   (N,) str
     path      (N,) str        relative to the source root
     skip_reason (N,) str      why a clip was skipped ("" for a decoded row), chunked like features
+    audio_crc32c (N,) int64   CRC-32C of the file's bytes (-1: unreadable), chunked like features:
+                              `speechcls verify --root` re-hashes the audio against it
     done      (B,) bool       block b (a run of whole chunks) is written; one object per block
     resampled (B,) int32      clips of block b that were resampled; one object per block
 
 Every chunk is an object, all-zero ones included (zarr's write_empty_chunks, off by default, is turned
 on for every array): zarr reads a missing chunk as its fill value, so without this a chunk lost in a
 partial copy or deleted during training would silently read as zeros (or as label 0).
+
+Every chunk ends with a CRC-32C of its stored bytes (zarr v3's crc32c codec, last in every array's
+codec chain): a flipped bit, a truncated object or a foreign file in its place fails the check on read
+(DamagedStore naming the chunk), and featurize recomputes it like a lost one. The attributes that say
+what the numbers are (variant, parameters, classes, layout, ...) are digested at creation and checked on
+open, so an edited attribute is found before training. The request holds a fingerprint of the tree
+(every clip's path, size and mtime; the lists' bytes), so featurize notices a tree that changed since.
 """
 
 from __future__ import annotations
@@ -33,7 +42,9 @@ from speechcls import config
 from speechcls.config import FeatureParams
 from speechcls.store.location import Location, join, to_location
 
-FORMAT_VERSION = 3  # bump on any change of layout; readers refuse another version (3: every chunk written)
+# bump on any change of layout; readers refuse another version (3: every chunk written; 4: every chunk
+# checksummed, attributes digested, the tree fingerprinted)
+FORMAT_VERSION = 4
 
 # Chosen by benchmarks/store_codecs.py on the 300 real clips (benchmarks/results/store_codecs-cpu2.md):
 # real speech's spectra barely compress (1.06x to 1.2x whatever the codec); blosc lz4 after a bit
@@ -47,6 +58,16 @@ ARRAY_CONFIG = {"write_empty_chunks": True}
 
 SPLIT_CODES = {"train": 0, "validation": 1, "test": 2}  # the int8 codes of the `split` array
 
+# every array of a store: features and the per-row records (chunked like features), the per-block
+# records (one chunk per block), the rows known before decoding (one chunk)
+ARRAYS = ("features", "valid", "skip_reason", "audio_crc32c", "done", "resampled", "label", "split", "speaker", "path")
+
+# the attributes that say what the stored numbers are: digested at creation, checked on every open
+PROTECTED_ATTRS = (
+    "format_version", "variant", "params", "sample_rate", "clip_samples", "classes", "request", "codec",
+    "chunk_rows", "block_rows", "row_order_seed", "engine", "dataset",
+)  # fmt: skip
+
 
 class IncompleteStore(ValueError):
     """A store not (yet) marked complete: the featurize command that made it finishes it."""
@@ -54,6 +75,60 @@ class IncompleteStore(ValueError):
 
 class DamagedStore(IncompleteStore):
     """A store marked complete that lacks chunk objects (a partial copy, a deletion)."""
+
+
+def checksummed(compressors: list) -> list:
+    """`compressors` followed by zarr's crc32c codec: every chunk object ends with a CRC-32C of its bytes."""
+    from zarr.codecs import Crc32cCodec
+
+    return [*compressors, Crc32cCodec()]
+
+
+def record_codecs() -> list:
+    """The codecs of the small per-row and per-block records: zarr's default zstd, checksummed."""
+    from zarr.codecs import ZstdCodec
+
+    return checksummed([ZstdCodec()])
+
+
+def chunk_checksum_ok(data: bytes) -> bool:
+    """The crc32c codec's check on a chunk object's stored bytes: the last 4 bytes are the little-endian
+    CRC-32C of the rest (the object need not be decompressed to be verified)."""
+    import google_crc32c
+
+    return len(data) >= 4 and google_crc32c.value(data[:-4]).to_bytes(4, "little") == data[-4:]
+
+
+def attr_digests(attrs: dict) -> dict[str, str]:
+    """A digest of each protected attribute, recorded beside them."""
+    return {k: _digest(attrs[k]) for k in PROTECTED_ATTRS if k in attrs}
+
+
+def edited_attrs(attrs: dict) -> list[str]:
+    """The protected attributes whose value no longer matches its recorded digest (or was removed)."""
+    recorded = attrs.get("attr_digests") or {}
+    return sorted(k for k in PROTECTED_ATTRS if k in recorded and (k not in attrs or _digest(attrs[k]) != recorded[k]))
+
+
+def _digest(value) -> str:
+    import json
+
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def tree_fingerprint(index) -> str:
+    """What can change cheaply in a tree: every clip's relative path, size and mtime, and the bytes of
+    its validation / testing lists. A copy that keeps mtimes (cp -p, rsync -a) keeps the fingerprint."""
+    from speechcls import config as c
+
+    h = hashlib.sha1()
+    for clip in index.clips:
+        st = (index.root / clip.path).stat()
+        h.update(f"{clip.path}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    for name in (c.VALIDATION_LIST, c.TESTING_LIST):
+        path = index.root / name
+        h.update(name.encode() + b"\0" + (path.read_bytes() if path.is_file() else b"-") + b"\0")
+    return h.hexdigest()
 
 
 def make_codec(spec: str):
@@ -124,9 +199,13 @@ def rows_digest(paths: list[str], labels: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def request(params: FeatureParams, rows: dict[str, np.ndarray], row_seed: int, codec: str, chunk_rows: int) -> dict:
-    """The settings that define a store's numbers: a store is reused only for an equal request."""
+def request(
+    params: FeatureParams, rows: dict[str, np.ndarray], row_seed: int, codec: str, chunk_rows: int, tree: str
+) -> dict:
+    """The settings that define a store's numbers, and the tree's fingerprint: a store is reused only for
+    an equal request."""
     return {
+        "tree": tree,
         "format_version": FORMAT_VERSION,
         "params": params.describing(),
         "rows": rows_digest(list(rows["path"]), rows["label"]),
@@ -172,7 +251,9 @@ def new_attrs(params: FeatureParams, index, version: str, root, row_seed: int, e
 
 
 def _from_cli() -> bool:
-    return Path(sys.argv[0]).name in ("speechcls", "__main__.py")
+    """Run as `speechcls ...` or `python -m speechcls ...` (not inside another program, e.g. pytest)."""
+    argv0 = Path(sys.argv[0])
+    return argv0.name == "speechcls" or (argv0.name == "__main__.py" and argv0.parent.name == "speechcls")
 
 
 def params_from_attrs(attrs: dict) -> FeatureParams:

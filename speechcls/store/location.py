@@ -95,10 +95,19 @@ def dir_bytes(value: str | Path) -> int:
     return sum(p.stat().st_size for p in loc.rglob("*") if p.is_file())
 
 
-def open_group(loc: Location, mode: str):
-    """The zarr group at `loc` (the opened store)."""
+def open_group(loc: Location, mode: str, attributes: dict | None = None):
+    """The zarr group at `loc` (the opened store); `attributes` with mode "w": written with the group's
+    metadata, in one object."""
     import zarr
 
     if not isinstance(loc, Path):
         _fs(loc)  # a clear error for a protocol whose package is missing
-    return zarr.open_group(str(loc), mode=mode)
+    return zarr.open_group(str(loc), mode=mode, **({"attributes": attributes} if attributes is not None else {}))
+
+
+def read_bytes(loc: Location, key: str) -> bytes:
+    """The stored bytes of one object under the location ("features/c/3/0/0/0")."""
+    if isinstance(loc, Path):
+        return (loc / key).read_bytes()
+    fs, root = _fs(str(join(loc, key)))
+    return fs.cat_file(root)

@@ -7,38 +7,79 @@ import numpy as np
 
 from speechcls import config
 from speechcls.store.format import (
+    ARRAYS,
     FORMAT_VERSION,
     SPLIT_CODES,
     DamagedStore,
     IncompleteStore,
+    chunk_checksum_ok,
+    edited_attrs,
     rebuild_command,
 )
-from speechcls.store.location import Location, dir_bytes, exists, glob, join, members, open_group, to_location
+from speechcls.store.location import (
+    Location,
+    dir_bytes,
+    exists,
+    glob,
+    join,
+    members,
+    open_group,
+    read_bytes,
+    to_location,
+)
 
 
-def lost_chunks(loc: Location, group) -> dict[str, list[int]]:
-    """{array: [chunk index, ...]} of the chunk objects a written store should hold but lacks. Every
+def lost_chunks(loc: Location, group, checksums: bool = True) -> dict[str, list[int]]:
+    """{array: [chunk index, ...]} of the chunks a written store should hold but lacks, or (with
+    `checksums`, which reads every chunk object's bytes) holds with bytes that fail their CRC-32C. Every
     array is chunked along rows only, so a chunk is named by its first index."""
-    held: dict[str, set[int]] = {}
+    held: dict[str, dict[int, str]] = {}
     for key in members(loc):
         parts = key.split("/")
         if len(parts) >= 3 and parts[1] == "c" and all(p.isdigit() for p in parts[2:]):
-            held.setdefault(parts[0], set()).add(int(parts[2]))
+            held.setdefault(parts[0], {})[int(parts[2])] = key
     lost = {}
     for name, array in group.arrays():
-        missing = sorted(set(range(array.nchunks)) - held.get(name, set()))
-        if missing:
-            lost[name] = missing
+        have = held.get(name, {})
+        bad = set(range(array.nchunks)) - set(have)
+        if checksums:
+            bad |= {c for c, key in have.items() if c < array.nchunks and not chunk_checksum_ok(read_bytes(loc, key))}
+        if bad:
+            lost[name] = sorted(bad)
     return lost
 
 
 def damage_message(loc: Location, group, lost: dict[str, list[int]]) -> str:
     what = ", ".join(f"{name}: {len(c)} of {group[name].nchunks}" for name, c in sorted(lost.items()))
     return (
-        f"{loc}: the store is marked complete but lacks chunk objects ({what}): a partial copy, or files "
-        "deleted? Copy it again, or run the featurize command again to recompute only the blocks that lost "
-        f"something: {rebuild_command(group.attrs)}"
+        f"{loc}: the store is marked complete but chunks are lost or fail their checksum ({what}): a partial "
+        "copy, files deleted or damaged? Copy it again, or run the featurize command again to recompute only "
+        f"the blocks that lost something: {rebuild_command(group.attrs)}"
     )
+
+
+def structure_damage(loc: Location, group) -> str | None:
+    """What is wrong with a store's metadata, or None: arrays whose metadata is gone or unreadable, and
+    protected attributes edited since the store was made."""
+    missing = []
+    for name in ARRAYS:
+        try:
+            group[name]
+        except Exception:  # KeyError (no zarr.json), or metadata zarr cannot parse
+            missing.append(name)
+    if missing:
+        return (
+            f"{loc}: the store lacks the metadata of {', '.join(missing)} (deleted or damaged zarr.json): run the "
+            f"featurize command again with --overwrite to make it anew: {rebuild_command(group.attrs)}"
+        )
+    edited = edited_attrs(dict(group.attrs))
+    if edited:
+        return (
+            f"{loc}: the store's attributes {', '.join(edited)} were edited since it was made, so they no longer "
+            f"describe its numbers; make it anew with its featurize command and --overwrite: "
+            f"{rebuild_command(group.attrs)}"
+        )
+    return None
 
 
 def read_attrs(loc: str | Location) -> dict:
@@ -58,13 +99,21 @@ def open_store(store: str | Location, require_complete: bool = True):
             f"{loc}: store format version {version}, this speechcls reads version {FORMAT_VERSION}; "
             f"run its featurize command again (an older store is rebuilt): {rebuild_command(group.attrs)}"
         )
+    if not group.attrs.get("created"):
+        raise IncompleteStore(
+            f"{loc}: the store's creation was interrupted (or is under way); run the same command again to make "
+            f"it: {rebuild_command(group.attrs)}"
+        )
+    if problem := structure_damage(loc, group):
+        raise DamagedStore(problem)
     if require_complete and not group.attrs.get("complete"):
-        done = group["done"][:]
+        done = read_all(group, "done")
         raise IncompleteStore(
             f"{loc}: the store is incomplete ({int(done.sum())} of {len(done)} blocks written); finish it by "
             f"running the same command again: {rebuild_command(group.attrs)}"
         )
-    if require_complete and (lost := lost_chunks(loc, group)):
+    # a listing, not a read of every chunk: the readers verify each chunk's checksum as they decode it
+    if require_complete and (lost := lost_chunks(loc, group, checksums=False)):
         raise DamagedStore(damage_message(loc, group, lost))
     return group
 
@@ -101,24 +150,43 @@ def split_rows(group, split: str, split_kind: str = "official", seed: int = conf
     code = SPLIT_CODES.get("validation" if split == "valid" else split)  # "valid": the chapter's log name
     if code is None:
         raise ValueError(f"unknown split {split!r}: choose train, validation or test")
-    decoded = group["valid"][:]
+    decoded = read_all(group, "valid")
     if split_kind == "official":
-        codes = group["split"][:]
+        codes = read_all(group, "split")
         if (codes < 0).all():
             raise ValueError("this store's tree had no validation/testing lists: use --split-kind random")
     elif split_kind == "random":
-        codes = random_split(list(group["path"][:]), seed)
+        codes = random_split(list(read_all(group, "path")), seed)
     else:
         raise ValueError(f"unknown split kind {split_kind!r}: choose official or random")
     return np.flatnonzero(decoded & (codes == code))
 
 
+def read_all(group, name: str) -> np.ndarray:
+    """A whole array of the store (the per-row and per-block records): a chunk that fails its checksum
+    is a DamagedStore naming the array, not a codec traceback."""
+    try:
+        return group[name][:]
+    except Exception as e:
+        raise DamagedStore(
+            f"{group.store_path}: the {name} array fails its checksum or cannot be decoded ({type(e).__name__}): "
+            "the store was damaged; run its featurize command again to recompute it (`speechcls verify` lists all)"
+        ) from None
+
+
 def read_chunk(loc: Location, array, c: int) -> np.ndarray:
-    """Chunk `c` (along rows) of `array`. zarr reads a missing chunk object as fill values; an all-zero
-    chunk is therefore checked to exist (every chunk is written), so a deleted store is an error here,
-    never a run on zeros."""
+    """Chunk `c` (along rows) of `array`. Its CRC-32C is checked as zarr decodes it; zarr reads a missing
+    chunk object as fill values, so an all-zero chunk is checked to exist (every chunk is written): a
+    damaged or deleted store is an error here, never a run on wrong numbers or zeros."""
     rows = array.chunks[0]
-    block = array[c * rows : min((c + 1) * rows, array.shape[0])]
+    try:
+        block = array[c * rows : min((c + 1) * rows, array.shape[0])]
+    except Exception as e:  # ValueError (checksum mismatch), or the codec's own error on foreign bytes
+        key = array.metadata.encode_chunk_key((c,) + (0,) * (array.ndim - 1))
+        raise DamagedStore(
+            f"{loc}: chunk {array.basename}/{key} fails its checksum or cannot be decoded ({type(e).__name__}): the "
+            "store was damaged; run the featurize command again to recompute it (`speechcls verify` lists all)"
+        ) from None
     if not block.any():
         key = array.metadata.encode_chunk_key((c,) + (0,) * (array.ndim - 1))
         if not exists(loc, f"{array.basename}/{key}"):
@@ -144,8 +212,8 @@ def read_rows(loc: Location, array, rows: np.ndarray) -> np.ndarray:
 
 def read_skipped(group) -> dict[str, str]:
     """Relative path -> reason of every skipped clip, from the per-row records."""
-    reasons = group["skip_reason"][:]
-    paths = group["path"][:]
+    reasons = read_all(group, "skip_reason")
+    paths = read_all(group, "path")
     return {str(paths[i]): str(reasons[i]) for i in np.flatnonzero(reasons != "")}
 
 
@@ -155,8 +223,8 @@ def store_info(store: str | Location) -> dict:
     group = open_store(loc, require_complete=False)
     attrs = dict(group.attrs)
     feats = group["features"]
-    decoded = group["valid"][:]
-    split = group["split"][:]
+    decoded = read_all(group, "valid")
+    split = read_all(group, "split")
     on_disk = dir_bytes(join(loc, "features"))
     per_split = {name: int(((split == code) & decoded).sum()) for name, code in SPLIT_CODES.items()}
     return {
@@ -173,12 +241,84 @@ def store_info(store: str | Location) -> dict:
         "classes": attrs["classes"],
         "decoded": int(decoded.sum()),
         # chunk objects a complete store lacks ({array: [lost, of]}); an unfinished one lacks some by design
-        "lost_chunks": {k: [len(c), group[k].nchunks] for k, c in lost_chunks(loc, group).items()}
+        "lost_chunks": {k: [len(c), group[k].nchunks] for k, c in lost_chunks(loc, group, checksums=False).items()}
         if attrs.get("complete")
         else {},
         "per_split": per_split,
         "skipped": attrs["skipped"] if "skipped" in attrs else read_skipped(group),
-        "resampled": attrs["resampled"] if "resampled" in attrs else int(group["resampled"][:].sum()),
+        "resampled": attrs["resampled"] if "resampled" in attrs else int(read_all(group, "resampled").sum()),
         "params": attrs["params"],
         "dataset": attrs.get("dataset", {}),
     }
+
+
+def verify(store: str | Location, root: str | None = None) -> dict:
+    """`speechcls verify`: read every chunk object's bytes and check its CRC-32C, check the metadata and
+    the protected attributes, and with `root` check that the tree is the one the store was made from.
+    Returns {"problems": [one line each], "chunks": objects checked, "bytes": bytes read}; no problem
+    means the store reads back exactly as written (and the tree is unchanged)."""
+
+    loc = to_location(store)
+    if not exists(loc, "zarr.json"):
+        raise ValueError(f"{loc}: not a speechcls feature store (no zarr.json)")
+    group = open_group(loc, mode="r")
+    attrs = dict(group.attrs)
+    problems = []
+    if attrs.get("format_version") != FORMAT_VERSION:
+        return {"problems": [f"format version {attrs.get('format_version')}, not {FORMAT_VERSION}: "
+                             "this speechcls cannot verify it; rebuild it with its featurize command"],
+                "chunks": 0, "bytes": 0}  # fmt: skip
+    if problem := structure_damage(loc, group):
+        problems.append(problem)
+    if not attrs.get("complete"):
+        problems.append("the store is not complete: run its featurize command again to finish it")
+    checked = nbytes = 0
+    bad: dict[str, list[str]] = {}
+    for key in sorted(members(loc)):
+        parts = key.split("/")
+        if len(parts) >= 3 and parts[1] == "c":
+            data = read_bytes(loc, key)
+            checked, nbytes = checked + 1, nbytes + len(data)
+            if not chunk_checksum_ok(data):
+                bad.setdefault(parts[0], []).append(key)
+    for name, keys in sorted(bad.items()):
+        problems.append(f"{len(keys)} chunk(s) of {name} fail their checksum: {', '.join(keys[:5])}"
+                        + (" ..." if len(keys) > 5 else ""))  # fmt: skip
+    if lost := lost_chunks(loc, group, checksums=False) if not structure_damage(loc, group) else {}:
+        problems.append(damage_message(loc, group, lost))
+    if root is not None:
+        problems += _tree_problems(loc, group, attrs, root)
+    return {"problems": problems, "chunks": checked, "bytes": nbytes}
+
+
+def _tree_problems(loc: Location, group, attrs: dict, root) -> list[str]:
+    """How the tree at `root` differs from the one the store was made from: clips added or removed, the
+    lists changed, and every file's bytes re-hashed (CRC-32C) against the store's record of them."""
+    from pathlib import Path
+
+    from speechcls.audio.decode import file_crc32c
+    from speechcls.data.tree import index_tree
+    from speechcls.store.format import tree_fingerprint
+
+    index = index_tree(root)
+    paths = [str(p) for p in read_all(group, "path")]
+    now, before = set(index.paths), set(paths)
+    problems = []
+    for what, names in (("not in the tree any more", before - now), ("in the tree but not in the store", now - before)):
+        if names:
+            problems.append(
+                f"{len(names)} clip(s) {what}: {', '.join(sorted(names)[:5])}" + (" ..." if len(names) > 5 else "")
+            )
+    crcs = read_all(group, "audio_crc32c")
+    changed = [p for p, crc in zip(paths, crcs.tolist()) if p in now and file_crc32c(Path(root) / p) != crc]
+    if changed:
+        problems.append(
+            f"{len(changed)} clip(s) whose audio bytes changed since featurize: {', '.join(sorted(changed)[:5])}"
+            + (" ..." if len(changed) > 5 else "")
+        )
+    if not problems and tree_fingerprint(index) != (attrs.get("request") or {}).get("tree"):
+        problems.append("the validation / testing lists or the files' modification times changed since featurize")
+    if problems:
+        problems.append(f"the tree at {root} is not the one the store was made from: run the featurize command with "
+                        "--overwrite to make the store anew")  # fmt: skip
+    return problems

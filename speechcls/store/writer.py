@@ -9,31 +9,52 @@ distributed run writing disjoint blocks never write the same object.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 
 from speechcls.config import FeatureParams
-from speechcls.store.format import ARRAY_CONFIG, FORMAT_VERSION, Layout, make_codec
+from speechcls.store.format import (
+    ARRAY_CONFIG,
+    FORMAT_VERSION,
+    Layout,
+    attr_digests,
+    checksummed,
+    make_codec,
+    record_codecs,
+)
 from speechcls.store.location import Location, exists, is_empty, open_group, remove, to_location
 from speechcls.store.reader import lost_chunks, read_attrs, read_skipped
 
 
-def plan(loc: Location, request: dict, engine: dict, overwrite: bool) -> str | None:
+def plan(loc: Location, request: dict, engine: dict, overwrite: bool, tree: Path | None = None) -> str | None:
     """What to do with what is already at `loc`: None (create), "present", "resume", "repair" (a
     complete store that lost chunk objects) or "rebuild" (an older store format). A store made with
-    other settings or by another engine is an error unless `overwrite`."""
-    if not exists(loc) or overwrite:
+    other settings or by another engine is an error unless `overwrite`.
+
+    Nothing but a store speechcls made is ever replaced, `overwrite` or not: a location that is, holds or
+    lies inside the `tree` being read is refused (a store there would delete the clips or land among the
+    word folders), and so is any other non-empty location that is not a speechcls store."""
+    if tree is not None:
+        _refuse_tree(loc, tree)
+    if not exists(loc):
         return None
+    if isinstance(loc, Path) and not loc.is_dir():
+        raise ValueError(f"{loc} is a file, not a speechcls feature store; choose another --out")
     if not exists(loc, "zarr.json"):
-        if not is_empty(loc):
-            raise ValueError(
-                f"{loc} exists and is not a feature store; remove it, choose another --out, or --overwrite"
-            )
+        if is_empty(loc):
+            return None
+        raise ValueError(_not_a_store(loc))
+    attrs = _speechcls_attrs(loc)
+    if attrs is None:
+        raise ValueError(_not_a_store(loc))
+    if overwrite:
         return None
-    attrs = read_attrs(loc)
     version = attrs.get("format_version")
-    if isinstance(version, int) and version < FORMAT_VERSION:
+    if version < FORMAT_VERSION:
         return "rebuild"  # made by an older speechcls: unreadable by this one, so made again in full
     old = attrs.get("request")
     if old != request:
@@ -52,6 +73,40 @@ def plan(loc: Location, request: dict, engine: dict, overwrite: bool) -> str | N
     return "repair" if attrs.get("complete") else "resume"
 
 
+def _refuse_tree(loc: Location, tree: Path) -> None:
+    """A local location that is the tree, holds it or lies inside it. An fsspec URL never holds the
+    local tree, so only the store check of `plan` applies there."""
+    if not isinstance(loc, Path):
+        return
+    at, root = loc.resolve(), Path(tree).resolve()  # resolved: a symlink or "../" cannot hide the tree
+    if at == root or at in root.parents:
+        what = "is the tree being read" if at == root else f"holds the tree being read ({tree})"
+        raise ValueError(f"{loc} {what}: a store there would replace the clips; choose another --out")
+    if root in at.parents:
+        raise ValueError(
+            f"{loc} lies inside the tree being read ({tree}): its index would take the store for a word; "
+            "choose another --out"
+        )
+
+
+def _speechcls_attrs(loc: Location) -> dict | None:
+    """The attributes of the store at `loc` when speechcls made it (a Zarr group recording its format
+    version and feature parameters, as every format so far does), else None."""
+    try:
+        attrs = read_attrs(loc)
+    except (ValueError, TypeError, KeyError):  # an array, unreadable JSON, another kind of zarr.json
+        return None
+    described = isinstance(attrs.get("params"), dict) or isinstance(attrs.get("request"), dict)
+    return attrs if isinstance(attrs.get("format_version"), int) and described else None
+
+
+def _not_a_store(loc: Location) -> str:
+    return (
+        f"{loc} is not empty and is not a speechcls feature store: --overwrite only replaces stores speechcls "
+        "made; choose another --out"
+    )
+
+
 class StoreWriter:
     """Creates a store or reopens an unfinished one, writes blocks, marks it complete."""
 
@@ -59,8 +114,9 @@ class StoreWriter:
         self.loc = loc
         self.group = group
         self.layout = layout
-        self.features, self.decoded, self.done, self.reasons, self.resampled = (
-            group[k].with_config(ARRAY_CONFIG) for k in ("features", "valid", "done", "skip_reason", "resampled")
+        names = ("features", "valid", "done", "skip_reason", "resampled", "audio_crc32c")
+        self.features, self.decoded, self.done, self.reasons, self.resampled, self.crcs = (
+            group[k].with_config(ARRAY_CONFIG) for k in names
         )
 
     @classmethod
@@ -68,35 +124,41 @@ class StoreWriter:
         cls, loc: Location, params: FeatureParams, request: dict, rows: dict[str, np.ndarray], layout: Layout,
         codec: str, attrs: dict,
     ) -> "StoreWriter":  # fmt: skip
-        compressors = make_codec(codec)
+        compressors = checksummed(make_codec(codec))
         loc = to_location(loc)
         if exists(loc):
-            remove(loc)
+            _remove_aside(loc)
         if isinstance(loc, Path):
             loc.parent.mkdir(parents=True, exist_ok=True)
-        group = open_group(loc, mode="w")
-        n, blocks, rows_chunk = layout.n, layout.n_blocks, (layout.chunk_rows,)
+        attrs = {
+            **attrs,
+            "format_version": FORMAT_VERSION,
+            "request": request,
+            "codec": codec,
+            "chunk_rows": layout.chunk_rows,
+            "block_rows": layout.block_rows,
+        }
+        # the first object written: the group with every attribute, its digests and created False, so a
+        # kill at any later write leaves a store that the same command recognises as its own and makes
+        # again (created False), never "made with other settings"
+        state = {"attr_digests": attr_digests(attrs), "created": False, "complete": False}
+        group = open_group(loc, mode="w", attributes={**attrs, **state})
+        n, blocks, rows_chunk, records = layout.n, layout.n_blocks, (layout.chunk_rows,), record_codecs()
         group.create_array(
             "features", shape=(n, *params.shape), chunks=(layout.chunk_rows, *params.shape),
             dtype=params.store_dtype, compressors=compressors, fill_value=0, config=ARRAY_CONFIG,
         )  # fmt: skip
-        group.create_array("valid", shape=(n,), chunks=rows_chunk, dtype="bool", fill_value=False, config=ARRAY_CONFIG)
-        group.create_array("skip_reason", shape=(n,), chunks=rows_chunk, dtype=str, config=ARRAY_CONFIG)
-        group.create_array("done", shape=(blocks,), chunks=(1,), dtype="bool", fill_value=False, config=ARRAY_CONFIG)
-        group.create_array("resampled", shape=(blocks,), chunks=(1,), dtype="int32", fill_value=0, config=ARRAY_CONFIG)
+        for name, shape, chunks, dtype in (
+            ("valid", (n,), rows_chunk, "bool"), ("skip_reason", (n,), rows_chunk, str),
+            ("audio_crc32c", (n,), rows_chunk, "int64"),
+            ("done", (blocks,), (1,), "bool"), ("resampled", (blocks,), (1,), "int32"),
+        ):  # fmt: skip
+            group.create_array(
+                name, shape=shape, chunks=chunks, dtype=dtype, compressors=records, config=ARRAY_CONFIG
+            )  # fmt: skip
         for name, values in rows.items():  # label, split, speaker, path: known before any decoding
             write_rows(group, name, values, create=True)
-        group.attrs.update(
-            {
-                **attrs,
-                "format_version": FORMAT_VERSION,
-                "request": request,
-                "codec": codec,
-                "chunk_rows": layout.chunk_rows,
-                "block_rows": layout.block_rows,
-                "complete": False,
-            }
-        )
+        group.attrs["created"] = True  # the last write of creation
         return cls(loc, group, layout)
 
     @classmethod
@@ -110,15 +172,15 @@ class StoreWriter:
         """Blocks not yet written, in order."""
         return [int(b) for b in np.flatnonzero(~self.done[:])]
 
-    def write_block(
-        self, b: int, features: np.ndarray, decoded: np.ndarray, skipped: dict[str, str], resampled: int, paths
-    ) -> None:
+    def write_block(self, b: int, features: np.ndarray, batch, paths) -> None:
+        """Block b's features and the records of its decoding (`batch`: audio/decode.py's Batch)."""
         rows = self.layout.block(b)
-        features[~decoded] = 0  # a skipped clip keeps its row, zero-filled
+        features[~batch.decoded] = 0  # a skipped clip keeps its row, zero-filled
         self.features[rows] = features
-        self.decoded[rows] = decoded
-        self.reasons[rows] = np.array([skipped.get(p, "") for p in paths], dtype=str)
-        self.resampled[b] = resampled
+        self.decoded[rows] = batch.decoded
+        self.reasons[rows] = np.array([batch.skipped.get(p, "") for p in paths], dtype=str)
+        self.crcs[rows] = batch.crc32c
+        self.resampled[b] = batch.resampled
         # marked only once the block's chunks are on disk: a kill before this line redoes the block
         self.done[b] = True
 
@@ -149,9 +211,63 @@ class StoreWriter:
         )
 
 
+def _remove_aside(loc: Location) -> None:
+    """Remove what is at `loc`; a local folder is first renamed aside, so a kill mid-removal never leaves a
+    half-deleted store at `loc`."""
+    if isinstance(loc, Path):
+        aside = loc.with_name(f".{loc.name}.removing-{os.getpid()}")
+        os.replace(loc, aside)
+        shutil.rmtree(aside)
+    else:
+        remove(loc)
+
+
 def write_rows(group, name: str, values: np.ndarray, create: bool = False) -> None:
     """A per-row record known before any decoding (label, split, speaker, path): one chunk."""
     if create:
         dtype = values.dtype if values.dtype.kind != "U" else str
-        group.create_array(name, shape=values.shape, chunks=(max(len(values), 1),), dtype=dtype, config=ARRAY_CONFIG)
+        group.create_array(
+            name, shape=values.shape, chunks=(max(len(values), 1),), dtype=dtype, compressors=record_codecs(),
+            config=ARRAY_CONFIG,
+        )  # fmt: skip
     group[name].with_config(ARRAY_CONFIG)[:] = values
+
+
+@contextlib.contextmanager
+def lock(loc: Location):
+    """Hold an exclusive lock on a local store while featurize writes it: a second featurize on the same
+    store (which would do the work twice, or with --overwrite pull the store from under the first) is
+    refused at once. The lock is a file beside the store (.<name>.lock) under flock, which the kernel
+    releases when the process ends, however it ends: a killed run leaves no stale lock. Stores at URLs
+    are not locked (object stores have no such lock)."""
+    if not isinstance(loc, Path):
+        yield
+        return
+    import fcntl
+    import socket
+
+    try:
+        loc.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(loc.with_name(f".{loc.name}.lock"), "a+")
+    except OSError as e:
+        raise ValueError(
+            f"cannot write the store at {loc}: {e.strerror or e}. Free space or choose another --out"
+        ) from None
+    with handle as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise ValueError(
+                f"{loc}: another featurize is writing this store ({holder}); wait for it to finish or stop it, then "
+                "run this command again"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
