@@ -208,3 +208,28 @@ def test_a_second_featurize_on_a_store_being_written_is_refused(copy, original, 
                 make(words10_tree, copy, overwrite=overwrite)
     assert_identical(original, copy)
     assert make(words10_tree, copy).status == "present"  # released: the next run goes ahead
+
+
+def test_a_checkpoint_write_that_dies_midway_leaves_the_previous_one(tmp_path, monkeypatch):
+    """torch.save used to write last.pt in place: a kill or a full disk mid-write left half a file and no
+    way to resume. Now the old file stays until the new one is whole on disk."""
+    import torch
+
+    from speechcls.engine import checkpoint
+
+    path = tmp_path / "last.pt"
+    checkpoint.save(path, {"model": {"w": torch.ones(3)}, "epoch": 1})
+    real_save = torch.save
+
+    def dying_save(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        Path(f).write_bytes(Path(f).read_bytes()[:100])  # half written ...
+        raise OSError(28, "No space left on device")  # ... and the disk is full
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(OSError, match="No space left"):
+        checkpoint.save(path, {"model": {"w": torch.zeros(3)}, "epoch": 2})
+    monkeypatch.setattr(torch, "save", real_save)
+    kept = checkpoint.load(path)
+    assert kept["epoch"] == 1 and torch.equal(kept["model"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind

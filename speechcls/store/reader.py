@@ -169,7 +169,8 @@ def read_all(group, name: str) -> np.ndarray:
         return group[name][:]
     except Exception as e:
         raise DamagedStore(
-            f"{group.store_path}: the {name} array fails its checksum or cannot be decoded ({type(e).__name__}): "
+            f"{getattr(group.store, 'root', None) or group.store_path}: the {name} array fails its checksum or "
+            f"cannot be decoded ({type(e).__name__}): "
             "the store was damaged; run its featurize command again to recompute it (`speechcls verify` lists all)"
         ) from None
 
