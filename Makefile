@@ -3,10 +3,15 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export VENV
 
-.PHONY: setup demo test test-fast lint clean
+.PHONY: setup setup-test demo test test-fast lint clean
 
+# espeak-ng and .venv: what the demo needs
 setup:
 	@bash tools/setup.sh
+
+# the same, and chromium: a test renders the HTML report in headless chromium
+setup-test:
+	@SPEECHCLS_WITH_CHROMIUM=1 bash tools/setup.sh
 
 # The main job end to end on offline demo data: synthesize a Speech Commands-style tree, featurize it
 # (mel) into the Zarr cache, train the chapter's CNN a few epochs on CPU, evaluate, predict one clip,
@@ -28,14 +33,17 @@ demo: setup
 	$(BIN)/speechcls plot curves $(DEMO_RUN) --out $(DEMO_RUN)/curves.png
 	$(BIN)/speechcls plot confusion $(DEMO_RUN) --out $(DEMO_RUN)/confusion.png
 	$(BIN)/speechcls report $(DEMO_RUN) --out $(DEMO_RUN)/report.html
+	@# the training summary again (the last one in train.log) and the page to open
+	@grep -h -A1 '^summary: ' $(DEMO_RUN)/train.log 2>/dev/null | tail -n 2 || true
+	@echo "open $(DEMO_RUN)/report.html"
 
 # The whole suite (what CI runs), the 15 slowest tests listed at the end, then the linters.
-test: setup
+test: setup-test
 	$(BIN)/python -m pytest -q --durations=15
 	$(MAKE) --no-print-directory lint
 
 # The inner loop: everything but the slow and multi-process tests (under 2 minutes on 2 cores).
-test-fast: setup
+test-fast: setup-test
 	$(BIN)/python -m pytest -q -m "not slow and not dist"
 
 lint: setup

@@ -5,12 +5,27 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Callable
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# --quick runs (one repeat, fewer steps) land here unless given --out: their numbers are smoke, not
+# measurements, and must never overwrite the committed results/<name>-<machine> files (git-ignored)
+QUICK_RESULTS = RESULTS / "quick"
+
+
+def results_dir(out: Path | None, quick: bool) -> Path:
+    """Where a run writes: --out if given, else results/quick/ for a quick run, else results/."""
+    return Path(out) if out else QUICK_RESULTS if quick else RESULTS
+
+
+def command_line() -> str:
+    """This process's command as a shell line, to rerun it: `python benchmarks/featurize.py --quick ...`."""
+    return shlex.join(["python", *sys.argv])
 
 
 def cpu_model() -> str:
@@ -80,13 +95,23 @@ def timed(fn: Callable[[], object], repeats: int = 3, warmup: int = 1, device: s
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": repeats}
 
 
-def write_results(name: str, info: dict, rows: list[dict], markdown: str, out_dir: Path | None = None) -> Path:
-    """<out_dir or benchmarks/results>/<name>-<machine>.json and .md."""
-    out_dir = Path(out_dir) if out_dir else RESULTS
+def write_results(
+    name: str, info: dict, rows: list[dict], markdown: str, out_dir: Path | None = None, *, repeats: int, quick: bool
+) -> Path:
+    """<out_dir>/<name>-<machine>.json and .md (out_dir: `results_dir`), each naming the command that made
+    it and its repeats, so a file always says whether it holds a full measurement or a quick smoke run."""
+    out_dir = results_dir(out_dir, quick)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / f"{name}-{machine_tag(info)}"
-    stem.with_suffix(".json").write_text(json.dumps({"machine": info, "results": rows}, indent=1) + "\n")
-    header = f"# {name} on {machine_tag(info)}\n\n" + ", ".join(f"{k}: {v}" for k, v in info.items()) + "\n\n"
+    run = {"command": command_line(), "repeats": repeats, "quick": quick}
+    stem.with_suffix(".json").write_text(json.dumps({"run": run, "machine": info, "results": rows}, indent=1) + "\n")
+    kind = "quick run: smoke numbers, not a measurement" if quick else "full run"
+    header = (
+        f"# {name} on {machine_tag(info)}\n\n"
+        f"made by `{run['command']}` ({kind}, {repeats} repeat{'s' if repeats != 1 else ''})\n\n"
+        + ", ".join(f"{k}: {v}" for k, v in info.items())
+        + "\n\n"
+    )
     stem.with_suffix(".md").write_text(header + markdown + "\n")
     return stem
 

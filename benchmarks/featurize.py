@@ -25,11 +25,22 @@ HERE = Path(__file__).resolve().parent
 
 
 def bench_tree(root: Path | None, voices: int) -> Path:
+    """--root, else the synthetic tree of `voices` x 30 words under benchmarks/.data/ (built once)."""
     if root is not None:
+        print(f"tree: {root}", flush=True)
         return root
+    from speechcls.config import V001_WORDS
     from speechcls.data.synth import synthesize
 
-    out, _ = synthesize(HERE / ".data" / f"synth_{voices}v", voices=voices, seed=0, noise=0.05)
+    where = HERE / ".data" / f"synth_{voices}v"
+    # espeak-ng makes every clip: minutes on 2 cores, so say so before the silence
+    print(
+        f"building a {voices * len(V001_WORDS):,}-clip synthetic tree under {where} ({voices} voices x "
+        f"{len(V001_WORDS)} words, espeak-ng; reused when already there) ...",
+        flush=True,
+    )
+    out, state = synthesize(where, voices=voices, seed=0, noise=0.05)
+    print(f"tree {state}: {out}", flush=True)
     return out
 
 
@@ -53,7 +64,9 @@ def main() -> None:
         "--peer-workers", default=None, help="DataLoader num_workers to time, e.g. 0,16 [default: 0 and the core count]"
     )
     ap.add_argument("--quick", action="store_true", help="one repeat, no warm-up, workers 0 only (for tests)")
-    ap.add_argument("--out", type=Path, default=None, help="results folder [default: benchmarks/results]")
+    ap.add_argument(
+        "--out", type=Path, default=None, help="results folder [default: benchmarks/results; --quick: results/quick]"
+    )
     args = ap.parse_args()
     import torch
 
@@ -76,6 +89,11 @@ def main() -> None:
     try:
         for variant in args.variants.split(","):
             params = FeatureParams(variant)
+            print(
+                f"featurizing {variant}: {n:,} clips, peer (num_workers {', '.join(map(str, worker_counts))}) then "
+                f"ours ({', '.join('/'.join(e) for e in engines)}), {repeats} repeat(s) ...",
+                flush=True,
+            )
             peer_best = 0.0
             for workers in worker_counts:
                 t = timed(lambda: peer_pass(root, params, workers), repeats, warmup)
@@ -105,7 +123,7 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     info = machine() | {"clips": n, "data": str(root)}
     md = md_table(rows, ["variant", "way", "clips_per_s", "median_s", "min_s", "max_s", "threads", "ratio_vs_peer"])
-    stem = write_results("featurize", info, rows, md, args.out)
+    stem = write_results("featurize", info, rows, md, args.out, repeats=repeats, quick=args.quick)
     print(md)
     print(f"wrote {stem}.json and {stem}.md")
 

@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--modes", default="device,host,stream")
     ap.add_argument("--peer-workers", default=None, help="e.g. 0,2 [default: 0 and the core count]")
     ap.add_argument("--quick", action="store_true", help="one epoch each, no warm-up, peer workers 0 (tests)")
-    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=None, help="[default: benchmarks/results, with --quick results/quick]")
     ap.add_argument(
         "--checksum-cost",
         action="store_true",
@@ -103,6 +103,7 @@ def main() -> None:
         return row
 
     try:
+        print(f"featurizing waveform ({len(index.clips):,} clips, on {dev}) ...", flush=True)
         wave = featurize(FeatureParams("waveform"), root, out=tmp / "waveform.zarr", device=dev).store
         n = len(split_rows(open_store(wave), "train"))
         for variant in args.variants.split(","):
@@ -119,6 +120,7 @@ def main() -> None:
                     measure(variant, "float32", f"peer, num_workers={w}", make, len(train_idx))["samples_per_s"],
                 )
             for dtype in args.dtypes.split(","):
+                print(f"featurizing {variant} {dtype} ({len(index.clips):,} clips, on {dev}) ...", flush=True)
                 store = featurize(
                     FeatureParams(variant, dtype=dtype), root, out=tmp / f"{variant}-{dtype}.zarr", device=dev
                 ).store
@@ -172,7 +174,7 @@ def main() -> None:
             "device",
         ],
     )
-    stem = write_results("input_pipeline", info, rows, md, args.out)
+    stem = write_results("input_pipeline", info, rows, md, args.out, repeats=repeats, quick=args.quick)
     print(md)
     print(f"wrote {stem}.json and {stem}.md")
 

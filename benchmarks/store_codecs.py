@@ -59,13 +59,16 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="fewer codecs and chunk sizes (for tests)")
-    ap.add_argument("--out", type=Path, default=None, help="results folder [default: benchmarks/results]")
+    ap.add_argument(
+        "--out", type=Path, default=None, help="results folder [default: benchmarks/results; --quick: results/quick]"
+    )
     args = ap.parse_args()
     import zarr
 
     from speechcls.store.format import make_codec
     from speechcls.store.location import dir_bytes
 
+    print(f"reading the real clips under {args.data} ...", flush=True)
     waves = real_speech_waves(args.data)
     codecs = CODECS[:3] if args.quick else CODECS
     chunk_mbs = [16] if args.quick else CHUNK_MB
@@ -81,6 +84,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="speechcls-codecs-"))
     try:
         for variant, dtype in combos:
+            print(f"computing {variant} {dtype} features of {len(waves)} clips ...", flush=True)
             x = features(waves, variant, dtype)
             item = x[0].nbytes
             for chunk_mb in chunk_mbs:
@@ -118,7 +122,7 @@ def main() -> None:
     info = machine() | {"clips": len(waves), "data": "speech_commands_v0.01_mini (300 real clips)"}
     cols = ["variant", "dtype", "chunk_rows", "chunk_MB", "codec", "ratio", "bytes_per_clip", "write_MBps", "read_MBps"]
     md = md_table(rows, cols)
-    stem = write_results("store_codecs", info, rows, md, args.out)
+    stem = write_results("store_codecs", info, rows, md, args.out, repeats=args.repeats, quick=args.quick)
     print(f"wrote {stem}.json and {stem}.md")
 
 

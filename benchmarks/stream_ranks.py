@@ -38,7 +38,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128, help="per rank")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--quick", action="store_true", help="one epoch each, no warm-up (tests)")
-    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=None, help="[default: benchmarks/results, with --quick results/quick]")
     args = ap.parse_args()
     from speechcls.config import FeatureParams
     from speechcls.dist import Rank
@@ -51,6 +51,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="speechcls-stream-ranks-"))
     try:
         for variant in args.variants.split(","):
+            print(f"featurizing {variant} ...", flush=True)
             store = featurize(
                 FeatureParams(variant), root, out=tmp / f"{variant}.zarr", device="cpu", chunk_rows=args.chunk_rows
             ).store
@@ -103,7 +104,7 @@ def main() -> None:
             "train_rows",
         ],
     )
-    stem = write_results("stream_ranks", info, rows, md, args.out)
+    stem = write_results("stream_ranks", info, rows, md, args.out, repeats=repeats, quick=args.quick)
     print(md)
     print(f"wrote {stem}.json and {stem}.md")
 

@@ -51,7 +51,7 @@ def main() -> None:
     ap.add_argument("--loader", default="auto", help="our loader's mode: auto | device | host | stream")
     ap.add_argument("--peer-workers", default=None, help="e.g. 0,2 [default: 0 and the core count]")
     ap.add_argument("--quick", action="store_true", help="2 steps of 16, one repeat, no warm-up (tests)")
-    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=None, help="[default: benchmarks/results, with --quick results/quick]")
     args = ap.parse_args()
     import torch
 
@@ -81,6 +81,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="speechcls-train-bench-"))
     try:
         for variant in args.variants.split(","):
+            print(f"featurizing {variant} (on {device}) ...", flush=True)
             store = featurize(FeatureParams(variant), root, out=tmp / f"{variant}.zarr", device=str(device)).store
             ours = FeatureLoader(store, "train", batch_size=args.batch_size, device=str(device), mode=args.loader,
                                  features="spectrogram" if variant == "waveform" else "")  # fmt: skip
@@ -163,7 +164,7 @@ def main() -> None:
         + ("-cl" if args.channels_last else "")
         + ("-compile" if args.compile else "")
     )
-    stem = write_results(name, info, rows, md, args.out)
+    stem = write_results(name, info, rows, md, args.out, repeats=args.repeats, quick=args.quick)
     print(md)
     print(f"wrote {stem}.json and {stem}.md")
 

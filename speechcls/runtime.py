@@ -78,6 +78,22 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def source_commit() -> str | None:
+    """The git commit of the speechcls checkout this code runs from; None when it is not a git checkout
+    (an installed wheel, no git). Never raises: a run records it where it can."""
+    import subprocess
+
+    package = Path(__file__).resolve().parent
+    try:
+        top, commit = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel", "HEAD"], cwd=package, capture_output=True, text=True, timeout=5
+        ).stdout.split()
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
+    # a wheel installed inside some other project's checkout must not report that project's commit
+    return commit if Path(top).resolve() == package.parent else None
+
+
 def available_ram() -> int:
     """Bytes of memory available to new allocations (MemAvailable); 4 GiB where /proc says nothing."""
     try:
@@ -102,3 +118,7 @@ class Progress:
 
     def end(self, **summary) -> None:
         """The task is over; `summary` is what the front end may print (fit: the epoch's rows)."""
+
+    def note(self, kind: str, **info) -> None:
+        """A fact for the front end to show, outside any task (fit: kind "header" before training, what is
+        trained on what and how)."""

@@ -56,6 +56,7 @@ def test_featurize_benchmark_quick(tmp_path, mini_root):
     }
     ours = [r for r in data["results"] if r["way"].startswith("speechcls")]
     assert all(r["clips_per_s"] > 0 and r["ratio_vs_peer"] > 0 for r in ours)
+    assert data["run"]["quick"] is True and data["run"]["repeats"] == 1  # a smoke run says so
 
 
 def test_make_tree_is_an_official_layout_tree(tmp_path):
@@ -123,7 +124,7 @@ def test_speechcls_bench_runs_the_scripts_and_prints_ratios(tmp_path, mini_root)
     tree = copy_tree(mini_root, tmp_path / "tree", per_word=2)
     r = CliRunner().invoke(app, ["bench", "featurize", "--quick", "--root", str(tree), "--out", str(tmp_path / "res")])
     assert r.exit_code == 0, r.output
-    assert list((tmp_path / "res").glob("featurize-*.json"))
+    assert list((tmp_path / "res").glob("featurize-*.json"))  # a quick run given --out writes there
     assert "speechcls bench" in r.output and "vs peer" in r.output
     bad = CliRunner().invoke(app, ["bench", "nonsense"])
     assert bad.exit_code == 1 and "unknown benchmark" in bad.output

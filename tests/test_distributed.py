@@ -177,7 +177,7 @@ def test_two_rank_training_sees_each_example_once_and_logs_what_one_process_woul
     assert sorted(p.name for p in out.iterdir()) == [
         "best.pt",
         "config.json",
-        "confusion.csv",
+        "confusion_test.csv",
         "last.pt",
         "log.csv",
         "metrics.json",

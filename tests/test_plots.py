@@ -139,3 +139,67 @@ def test_report_renders_in_headless_chromium(tiny_run, tmp_path):
 def test_report_needs_a_trained_run(tmp_path):
     r = runner.invoke(app, ["report", str(tmp_path), "--out", str(tmp_path / "r.html")])
     assert r.exit_code != 0 and "no metrics.json" in r.output
+
+
+def _best_lines(fig):
+    return [ln for ax in fig.axes for ln in ax.get_lines() if ln.get_gid() == "best-epoch"]
+
+
+def test_curves_mark_the_best_epoch():
+    # validation loss lowest at epoch 2 (then it rises: early stopping would keep epoch 2)
+    log = [
+        {"epoch": e, "set": s, "loss": loss, "acc": 0.5}
+        for e, (tr, va) in enumerate([(2.0, 1.9), (1.5, 1.2), (1.2, 1.4), (1.0, 1.6)], start=1)
+        for s, loss in (("train", tr), ("valid", va))
+    ]
+    assert plots.best_epoch(log) == 2
+    assert plots.best_epoch(log, {"best_epoch": 3}) == 3  # metrics.json, when the run finished, wins
+    fig = plots.curves_figure(log, "run", plots.best_epoch(log))
+    lines = _best_lines(fig)
+    assert len(lines) == 2  # one on the loss panel, one on the accuracy panel
+    for ln in lines:
+        assert set(ln.get_xdata()) == {2} and ln.get_label() == "best epoch 2"
+    for ax in fig.axes:  # and the legend says what the line is
+        assert "best epoch 2" in [t.get_text() for t in ax.get_legend().get_texts()]
+    assert _best_lines(plots.curves_figure(log, "run", None)) == []
+
+
+def test_curves_of_a_run_use_its_best_epoch(tiny_run):
+    from speechcls.engine.run_dir import RunDir
+
+    rd = RunDir(tiny_run / "run")
+    log, metrics = rd.read_log(), rd.read_metrics()
+    fig = plots.curves_figure(log, "run", plots.best_epoch(log, metrics))
+    assert {x for ln in _best_lines(fig) for x in ln.get_xdata()} == {metrics["best_epoch"]}
+
+
+def _inside(box, fig_box):
+    return box.x0 >= fig_box.x0 and box.y0 >= fig_box.y0 and box.x1 <= fig_box.x1 and box.y1 <= fig_box.y1
+
+
+def test_confusion_layout_keeps_labels_inside_and_readable():
+    # 35 classes with long names: the rotated tick labels push "predicted" down; it must stay in the figure
+    classes = [f"word{i:02d}_long_name" for i in range(35)]
+    rng = np.random.default_rng(0)
+    conf = rng.integers(0, 20, (35, 35)) + np.diag(rng.integers(50, 100, 35))
+    fig = plots.confusion_figure({"confusion": conf.tolist(), "classes": classes, "test_acc": 0.5})
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    heat, alluvial = fig.axes[0], fig.axes[1]
+    for label in (heat.xaxis.label, heat.yaxis.label, heat.title, alluvial.title):
+        assert label.get_text() and _inside(label.get_window_extent(renderer), fig.bbox), label.get_text()
+    for tick in heat.get_xticklabels():
+        assert _inside(tick.get_window_extent(renderer), fig.bbox), tick.get_text()
+    sizes = [t.get_fontsize() for t in heat.get_xticklabels() + heat.get_yticklabels() + alluvial.texts]
+    assert min(sizes) >= 8
+    legend = alluvial.get_legend()  # the two greys explained
+    assert legend is not None and len(legend.get_texts()) == 2
+    assert _inside(legend.get_window_extent(renderer), fig.bbox)
+
+
+def test_spectrogram_title_names_the_word(clip, tmp_path):
+    assert plots._clip_title(clip) == f'"bird" (bird/{clip.name})'
+    loose = tmp_path / "somewhere" / clip.name  # not in a class folder: the file name only
+    loose.parent.mkdir()
+    shutil.copy(clip, loose)
+    assert plots._clip_title(loose) == clip.name

@@ -54,12 +54,12 @@ def test_seed_cnn_shapes():
 def test_two_epochs_write_the_run_folder(tiny_store, tmp_path):
     run = tmp_path / "run"
     metrics = fit(cfg_for(tiny_store, epochs=2), run)
-    assert {"log.csv", "best.pt", "last.pt", "metrics.json", "confusion.csv", "config.json"} <= {
+    assert {"log.csv", "best.pt", "last.pt", "metrics.json", "confusion_test.csv", "config.json"} <= {
         p.name for p in run.iterdir()
     }
     lines = (run / "log.csv").read_text().splitlines()
     assert (
-        lines[0] == '"epoch","set","loss","acc"'
+        lines[0].startswith('"epoch","set","loss","acc",')  # the chapter's columns first (then lr, seconds, ...)
         and lines[1].startswith('1,"train",')
         and lines[2].startswith('1,"valid",')
     )
@@ -76,7 +76,7 @@ def test_two_epochs_write_the_run_folder(tiny_store, tmp_path):
     conf = np.array(m["confusion"])
     assert conf.shape == (10, 10) and conf.sum() == m["test_samples"] == 14
     assert abs(np.trace(conf) / conf.sum() - m["test_acc"]) < 1e-12
-    with open(run / "confusion.csv") as f:
+    with open(run / "confusion_test.csv") as f:
         rows = list(csv.reader(f))
     assert rows[0][1:] == list(WORDS) and [int(v) for v in rows[1][1:]] == m["confusion"][0]
     ckpt = torch.load(run / "last.pt", weights_only=True)  # tensors and plain types only: no code in the file
@@ -204,7 +204,7 @@ def test_an_existing_run_is_refused_unless_overwrite_and_other_folders_always(ti
     assert r.exit_code == 0 and "test loss" in r.output, r.output
     after = files(run)
     assert after["notes.txt"] == b"mine" and "confusion_validation.csv" not in after
-    assert {"config.json", "log.csv", "best.pt", "last.pt", "metrics.json", "confusion.csv"} <= set(after)
+    assert {"config.json", "log.csv", "best.pt", "last.pt", "metrics.json", "confusion_test.csv"} <= set(after)
     assert json.loads(after["config.json"])["seed"] == 1 and after["last.pt"] != before["last.pt"]
     foreign = tmp_path / "foreign"
     foreign.mkdir()

@@ -31,10 +31,30 @@ plot_app = typer.Typer(help="The chapter's figures as PNG, SVG or PDF (by the --
 app.add_typer(plot_app, name="plot")
 
 
+def _flag_shows_no_type(display_type_rich):
+    """typer 0.29 writes a `<bool>` type placeholder beside every flag (--help included), though a flag
+    takes no value: leave the type column of flags empty."""
+
+    @functools.wraps(display_type_rich)
+    def wrapper(self, ctx):
+        return None if getattr(self, "is_flag", False) else display_type_rich(self, ctx)
+
+    return wrapper
+
+
+if hasattr(typer.core.TyperOption, "display_type_rich"):
+    typer.core.TyperOption.display_type_rich = _flag_shows_no_type(typer.core.TyperOption.display_type_rich)
+
+
 def console(stderr: bool = False):
+    """The rich console of the commands. Off a terminal (CI, nohup, a pipe) rich would assume 80 columns
+    and wrap longer lines into a log; there, lines are never wrapped and tables get room."""
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    out = Console(stderr=stderr, highlight=False)
+    if not out.is_terminal:
+        out.soft_wrap, out.width = True, max(out.width, 200)
+    return out
 
 
 # errno -> what to do; the message already names the file and says what went wrong
@@ -145,11 +165,19 @@ def main(
     _state["debug"] = debug
 
 
-VersionOpt = Annotated[str, typer.Option("--version", "-v", help="Speech Commands release: v0.01 or v0.02.")]
+# Help texts are rich markup: the "[default: ...]" of an option whose default is None (typer shows
+# none) is written "\\[default: ...]" after the sentence, as typer writes its own; unescaped, rich
+# takes it for a style tag and drops it, leaving a stray " .".
+ReleaseOpt = Annotated[str, typer.Option("--release", help="Speech Commands release: v0.01 | v0.02.")]
+# the old spelling, still accepted; hidden so that `--version` in the help means the app's version only
+VersionAlias = Annotated[Optional[str], typer.Option("--version", hidden=True, help="Old spelling of --release.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda.")]
 StoreOpt = Annotated[
     Optional[str],
-    typer.Option(help="Feature store, a folder or an fsspec URL [default: the one complete store under the cache]."),
+    typer.Option(
+        help="Feature store, a folder or an fsspec URL. \\[default: the one complete store under the cache]",
+        show_default=False,
+    ),
 ]
 VariantOpt = Annotated[Optional[str], typer.Option(help="Narrow the store search to this variant.")]
 OutFile = Annotated[Path, typer.Option("--out", "-o", help="Figure file: .png, .svg or .pdf.")]
@@ -157,5 +185,5 @@ OutFile = Annotated[Path, typer.Option("--out", "-o", help="Figure file: .png, .
 
 def check_version(version: str) -> str:
     if version not in config.RELEASES:
-        raise typer.BadParameter(f"{version!r}: choose one of {', '.join(config.RELEASES)}", param_hint="--version")
+        raise typer.BadParameter(f"{version!r}: choose one of {', '.join(config.RELEASES)}", param_hint="--release")
     return version

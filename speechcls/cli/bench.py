@@ -38,9 +38,11 @@ def run(
     which: list[str], quick: bool = False, root: Path | None = None, out: Path | None = None, extra: list[str] = ()
 ) -> list[Path]:
     """Run each benchmark in a fresh process (timings are not disturbed by the others' threads and
-    memory); returns the JSON result files written."""
+    memory); returns the JSON result files written. Without `out`, a full run writes benchmarks/results/
+    (the committed numbers) and a quick one benchmarks/results/quick/ (git-ignored), as the scripts do."""
     folder = benchmarks_dir()
-    out = Path(out) if out else folder / "results"
+    results = folder / "results"
+    out = Path(out) if out else results / "quick" if quick else results
     written = []
     for name in which:
         if name not in SCRIPTS:
@@ -95,11 +97,20 @@ def summary(files: list[Path]) -> list[tuple[str, str, str, str]]:
 @user_errors
 def bench(
     which: Annotated[
-        Optional[list[str]], typer.Argument(help="featurize | input | train | store | ranks | all [default: all].")
+        Optional[list[str]],
+        typer.Argument(help="featurize | input | train | store | ranks | all. \\[default: all]", show_default=False),
     ] = None,
     quick: Annotated[bool, typer.Option(help="Bounded work: one repeat, few steps (what the tests run).")] = False,
-    root: Annotated[Optional[Path], typer.Option(help="A Speech Commands tree [default: a synthetic one].")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Results folder [default: benchmarks/results].")] = None,
+    root: Annotated[
+        Optional[Path], typer.Option(help="A Speech Commands tree. \\[default: a synthetic one]", show_default=False)
+    ] = None,
+    out: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Results folder. \\[default: benchmarks/results; with --quick benchmarks/results/quick]",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Benchmarks: the on-the-fly peer and speechcls side by side, ratios printed last."""
     from rich.table import Table

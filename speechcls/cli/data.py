@@ -8,17 +8,19 @@ from typing import Annotated, Optional
 import typer
 
 from speechcls import config
-from speechcls.cli.app import VersionOpt, app, check_version, console, data_app, user_errors
+from speechcls.cli.app import ReleaseOpt, VersionAlias, app, check_version, console, data_app, user_errors
 
 
 @app.command()
 @user_errors
 def download(
-    version: VersionOpt = config.DEFAULT_VERSION,
+    release: ReleaseOpt = config.DEFAULT_VERSION,
+    version: VersionAlias = None,
     root: Annotated[
         Optional[Path],
         typer.Option(
-            help="Folder the tree is extracted to [default: $SPEECHCLS_DATA or data/, + speech_commands_<version>]."
+            help="Folder the tree is extracted to. \\[default: speech_commands_v0.0X under $SPEECHCLS_DATA or data/]",
+            show_default=False,
         ),
     ] = None,
     url: Annotated[Optional[str], typer.Option(help="Fetch from this address instead (a mirror).")] = None,
@@ -29,7 +31,7 @@ def download(
     from speechcls.cli.progress import RichProgress
     from speechcls.data import download as dl
 
-    check_version(version)
+    version = check_version(version or release)  # --version: the old spelling of --release
     with RichProgress(console(stderr=True), transfer=True) as progress:
         tree, what = dl.download_release(version, root, url, sha256, progress)
     if remove_archive:
@@ -41,11 +43,17 @@ def download(
 @user_errors
 def synth(
     out: Annotated[
-        Optional[Path], typer.Option(help="Tree to write [default: $SPEECHCLS_DATA or data/, + synth_commands].")
+        Optional[Path],
+        typer.Option(help="Tree to write. \\[default: $SPEECHCLS_DATA or data/, + synth_commands]", show_default=False),
     ] = None,
     words: Annotated[
         Optional[list[str]],
-        typer.Option("--words", "-w", help="Words to speak (repeat, or comma-separated) [default: the 30 of v0.01]."),
+        typer.Option(
+            "--words",
+            "-w",
+            help="Words to speak (repeat, or comma-separated). \\[default: the 30 of v0.01]",
+            show_default=False,
+        ),
     ] = None,
     voices: Annotated[int, typer.Option(help="Speakers; each says every word once.", min=3)] = config.SYNTH_VOICES,
     seed: Annotated[int, typer.Option(help="Same seed, same bytes.")] = 0,
@@ -71,7 +79,10 @@ def synth(
 @user_errors
 def data_info(
     root: Annotated[
-        Optional[Path], typer.Option(help="The tree [default: $SPEECHCLS_DATA or data/, + speech_commands_v0.01].")
+        Optional[Path],
+        typer.Option(
+            help="The tree. \\[default: $SPEECHCLS_DATA or data/, + speech_commands_v0.01]", show_default=False
+        ),
     ] = None,
     seed: Annotated[
         int, typer.Option(help="Seed of the random 60/20/20 split shown beside the official one.")

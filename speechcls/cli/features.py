@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from speechcls import config
-from speechcls.cli.app import VersionOpt, app, check_version, console, user_errors
+from speechcls.cli.app import ReleaseOpt, VersionAlias, app, check_version, console, user_errors
 
 
 @app.command()
@@ -17,29 +17,53 @@ def featurize(
     variant: Annotated[str, typer.Option(help="spectrogram | mel | complex | waveform.")] = "spectrogram",
     root: Annotated[
         Optional[Path],
-        typer.Option(help="The tree [default: data/speech_commands_<version>, downloaded if absent]."),
+        typer.Option(
+            help="The tree. \\[default: speech_commands_v0.0X under data/, downloaded if absent]",
+            show_default=False,
+        ),
     ] = None,
-    version: VersionOpt = config.DEFAULT_VERSION,
+    release: ReleaseOpt = config.DEFAULT_VERSION,
+    version: VersionAlias = None,
     out: Annotated[
         Optional[str],
         typer.Option(
-            help="Store to write: a folder or an fsspec URL (s3://...) "
-            "[default: cache/<dataset>/<variant>-<hash>.zarr]."
+            help="Store to write: a folder or an fsspec URL (s3://...). "
+            "\\[default: <variant>-<hash>.zarr in cache/<dataset>/]",
+            show_default=False,
         ),
     ] = None,
     backend: Annotated[str, typer.Option(help="auto | torch | dali (DALI: spectrogram and mel on CPU).")] = "auto",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
-    batch_size: Annotated[int, typer.Option(help="Clips per batched feature call.", min=1)] = config.BATCH_SIZE,
+    batch_size: Annotated[
+        int, typer.Option(help="Clips per batched feature call.", min=1, metavar="N")
+    ] = config.BATCH_SIZE,
     dtype: Annotated[str, typer.Option(help="float32 | float16 (waveform is always int16).")] = "float32",
     n_fft: Annotated[int, typer.Option(help="FFT size.")] = 512,
     win_length: Annotated[int, typer.Option(help="Window length in samples (0.03 s).")] = 480,
     hop_length: Annotated[int, typer.Option(help="Hop length in samples (0.01 s).")] = 160,
     n_mels: Annotated[int, typer.Option(help="Mel filters (mel only).")] = 128,
     f_min: Annotated[float, typer.Option(help="Lowest frequency (Hz) of the mel filters.")] = 0.0,
-    f_max: Annotated[Optional[float], typer.Option(help="Highest frequency (Hz) [default: sample rate / 2].")] = None,
+    f_max: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Highest frequency (Hz) of the mel filters. \\[default: sample rate / 2]", show_default=False
+        ),
+    ] = None,
     normalized: Annotated[bool, typer.Option(help="Divide by the window's norm, as the chapter does.")] = True,
-    chunk_rows: Annotated[Optional[int], typer.Option(help="Rows per Zarr chunk [default: ~16 MB].", min=1)] = None,
-    codec: Annotated[str, typer.Option(help="none | zstd-<level> | blosc-<cname>-<level>-<shuffle>.")] = "",
+    chunk_rows: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Rows per Zarr chunk. \\[default: ~16 MB of features]", min=1, metavar="N", show_default=False
+        ),
+    ] = None,
+    codec: Annotated[
+        str,
+        typer.Option(
+            help="none | zstd-LEVEL | blosc-CNAME-LEVEL-SHUFFLE, CNAME one of lz4 | zstd | blosclz, SHUFFLE one "
+            "of shuffle | bitshuffle | none. \\[default: blosc-lz4-5-bitshuffle]",
+            show_default=False,
+        ),
+    ] = "",
     overwrite: Annotated[bool, typer.Option(help="Replace a store made with other settings.")] = False,
 ) -> None:
     """Turn every clip into features in batched device passes and store them in a chunked Zarr cache."""
@@ -48,7 +72,7 @@ def featurize(
     from speechcls.featurize import featurize as run
     from speechcls.store import DEFAULT_CODEC
 
-    check_version(version)
+    version = check_version(version or release)  # --version: the old spelling of --release
     params = config.FeatureParams(
         variant=variant, n_fft=n_fft, win_length=win_length, hop_length=hop_length, n_mels=n_mels,
         f_min=f_min, f_max=f_max, normalized=normalized, dtype=dtype,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -22,7 +24,9 @@ def _train_config(**kw) -> "config.TrainConfig":
 def train(
     store: StoreOpt = None,
     variant: VariantOpt = None,
-    out: Annotated[Optional[Path], typer.Option(help="Run folder [default: runs/<store>-<time>].")] = None,
+    out: Annotated[
+        Optional[Path], typer.Option(help="Run folder. \\[default: <store>-<time> under runs/]", show_default=False)
+    ] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the interrupted run in this folder.")] = None,
     overwrite: Annotated[
         bool, typer.Option(help="Replace the run already in --out (its run files only; never another folder).")
@@ -47,15 +51,24 @@ def train(
     sync_bn: Annotated[
         bool, typer.Option("--sync-bn", help="Under torchrun: BatchNorm over the global batch.")
     ] = False,
+    tensorboard: Annotated[
+        bool, typer.Option("--tensorboard", help="Also write the epoch scalars to <run>/tensorboard/ (needs [tb]).")
+    ] = False,
 ) -> None:
     """Train the chapter's CNN on a feature store: Adam, one-cycle LR, early stopping; then test.
-    Under `torchrun --nproc-per-node N -m speechcls train ...` it trains with DistributedDataParallel."""
+    Under `torchrun --nproc-per-node N -m speechcls train ...` it trains with DistributedDataParallel.
+    Prints a header (store, model, device, loader, examples, recipe), a line per epoch and a summary,
+    and keeps them in <run>/train.log."""
     from speechcls import dist
     from speechcls.engine.fit import fit
-    from speechcls.engine.run_dir import default_run_dir
+    from speechcls.engine.run_dir import RunDir, default_run_dir
 
     if resume is not None and overwrite:
         raise typer.BadParameter("--resume continues a run and --overwrite replaces one: choose one")
+    if tensorboard:
+        from speechcls.report.tensorboard import check_available
+
+        check_available()  # before training: a missing package never costs a run
     cfg = _train_config(
         store=store, features=features, split_kind=split_kind, split_seed=split_seed, epochs=epochs,
         batch_size=batch_size, max_lr=max_lr, patience=patience, min_epochs=min_epochs, seed=seed, device=device,
@@ -69,23 +82,95 @@ def train(
 
         run_dir = out or default_run_dir(cfg.store or find_store(variant))
     if not dist.from_env().main:  # rank 0 alone shows progress, writes the run folder and reports
-        fit(cfg, run_dir, variant, resume is not None, overwrite=overwrite)
+        fit(cfg, run_dir, variant, resume is not None, overwrite=overwrite, command=sys.argv)
         return
-    with RichProgress(console(stderr=True), unit="samples", on_end=_epoch_line) as progress:
-        metrics = fit(cfg, run_dir, variant, resume is not None, progress, overwrite)
-    typer.echo(
-        f"{run_dir}: test loss {metrics['test_loss']:.4f} acc {metrics['test_acc']:.4f} after {metrics['epochs_run']} "
-        f"epochs (best {metrics['best_epoch']}), {metrics['train_samples_per_s']:.0f} train samples/s, "
-        f"{metrics['loader_mode']} loader on {metrics['device']}"
+    scalars = None
+    if tensorboard:
+        from speechcls.report.tensorboard import EpochScalars
+
+        scalars = EpochScalars(RunDir(run_dir).tensorboard)
+
+    def on_end(row: dict) -> str:
+        if scalars is not None:
+            scalars.epoch(row)
+        return _epoch_line(row)
+
+    # the header, epoch lines and summary go to stderr (the bars' console) and to train.log; the header
+    # comes from fit after it claimed the folder, so a refused --out gets no train.log
+    t0 = time.perf_counter()
+    bars = RichProgress(
+        console(stderr=True), unit="samples", on_end=on_end, on_note=_header_lines, log=RunDir(run_dir).train_log
     )
+    try:
+        with bars as progress:
+            metrics = fit(cfg, run_dir, variant, resume is not None, progress, overwrite, command=sys.argv)
+    finally:
+        if scalars is not None:
+            scalars.close()
+    lines = _summary_lines(metrics, Path(run_dir), time.perf_counter() - t0)
+    typer.echo("\n".join(lines))  # stdout: the result, for a script to read
+    with open(RunDir(run_dir).train_log, "a") as f:
+        f.write("\n".join(lines) + "\n")
 
 
 def _epoch_line(row: dict) -> str:
     t, v = row["train"], row["valid"]
+    lr = f" lr {t['lr']:.2e}" if "lr" in t else ""
     return (
-        f"epoch {t['epoch']}: train loss {t['loss']:.4f} acc {t['acc']:.4f} | valid loss {v['loss']:.4f} "
-        f"acc {v['acc']:.4f} | {row['samples_per_s']:,.0f} samples/s" + ("  *best" if row["best"] else "")
+        f"epoch {t['epoch']}: train loss {t['loss']:.4f} acc {t['acc']:.4f}{lr} | valid loss {v['loss']:.4f} "
+        f"acc {v['acc']:.4f} | {t.get('seconds', 0):.1f} s, {row['samples_per_s']:,.0f} samples/s"
+        + ("  *best" if row["best"] else "")
     )
+
+
+def _header_lines(kind: str, h: dict) -> list[str]:
+    """fit's header (Setup.header) as the lines printed before the first epoch."""
+    if kind != "header":
+        return []
+    if h["features"] != h["store_variant"]:  # a waveform store: the features are computed per batch
+        features = f"{h['store_variant']} store, {h['features']} features computed on the device"
+    else:
+        features = f"{h['features']} features"
+    device = h["device"] if h["world"] == 1 else f"{h['world']} processes, {h['device']} on rank 0"
+    n = h["examples"]
+    lines = [
+        f"store: {h['store']} ({h['split_kind']} split kind; {features}, input {' x '.join(map(str, h['in_shape']))})",
+        f"model: {h['model']}, {h['parameters']:,} parameters; device {device}, {h['loader']} loader, {h['precision']}",
+        f"examples: train {n.get('train', 0):,}, validation {n.get('validation', 0):,}, test {n.get('test', 0):,}"
+        f" ({h['classes']} classes)",
+        f"recipe: Adam, one-cycle max LR {h['max_lr']:g}, patience {h['patience']}"
+        + (f" (counted from epoch {h['min_epochs']})" if h["min_epochs"] else "")
+        + f"; {h['epochs']} epochs at most, batch {h['batch_size']}, seed {h['seed']}",
+    ]
+    if h["start_epoch"] > 1:
+        lines.append(f"resuming {h['run']} at epoch {h['start_epoch']}")
+    return lines
+
+
+def _summary_lines(m: dict, run: Path, wall_s: float) -> list[str]:
+    """What the run came to (metrics.json) and where to look next."""
+    sps = m.get("train_samples_per_s")
+    chance = 1 / len(m["classes"])
+    lines = [
+        f"summary: test loss {m['test_loss']:.4f} acc {m['test_acc']:.4f} (chance {chance:.4f}, "
+        f"{len(m['classes'])} classes); best epoch {m['best_epoch']} of {m['epochs_run']}; wall time "
+        f"{_duration(wall_s)}; "
+        + (f"{sps:,.0f} train samples/s" if sps else "no epoch trained")
+        + f"; {m['loader_mode']} loader on {m['device']}",
+        f"run folder: {run}",
+    ]
+    if (run / "report.html").is_file():
+        lines.append(f"open {run / 'report.html'}")
+    else:
+        lines.append(
+            f"open {run / 'log.csv'} (curves) and {run / 'metrics.json'} (test results); "
+            f"`speechcls report {run} --out {run / 'report.html'}` draws them"
+        )
+    return lines
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 60 else f"{int(seconds // 60)} min {seconds % 60:02.0f} s"
 
 
 @app.command("lr-find")
@@ -141,13 +226,16 @@ def evaluate(
 @app.command()
 @user_errors
 def predict(
-    checkpoint: Annotated[Path, typer.Argument(help="A run folder (best.pt) or a .pt file.")],
+    checkpoint: Annotated[
+        Path, typer.Argument(metavar="RUN_DIR|CHECKPOINT", help="A run folder (best.pt) or a .pt file.")
+    ],
     files: Annotated[list[Path], typer.Argument(metavar="FILE.wav...", help="Audio files to classify.")],
     top: Annotated[int, typer.Option(help="Labels per file.", min=1)] = 3,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Classify audio files with a trained checkpoint (the features it was trained on)."""
+    """Classify audio files with a trained checkpoint (the features it was trained on). A file in a folder
+    named after one of the classes (a tree's <word>/<clip>.wav) shows that true label and hit or miss."""
     import json
 
     from speechcls.infer.predict import predict as classify
@@ -160,6 +248,7 @@ def predict(
             if "error" in r:
                 typer.echo(f"{r['file']}: error: {r['error']}", err=True)
             else:
-                typer.echo(f"{r['file']}: " + ", ".join(f"{t['label']} {t['prob']:.3f}" for t in r["top"]))
+                truth = "" if r["true"] is None else f"true {r['true']}, {'hit' if r['hit'] else 'miss'} | "
+                typer.echo(f"{r['file']}: {truth}" + ", ".join(f"{t['label']} {t['prob']:.3f}" for t in r["top"]))
     if any("error" in r for r in results):  # the others were still predicted and printed
         raise typer.Exit(1)

@@ -11,9 +11,11 @@ checkpoints by broadcast, so only rank 0's machine needs the folder).
 from __future__ import annotations
 
 import math
+import socket
 import time
 import warnings
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -25,7 +27,7 @@ from speechcls.engine.run_dir import RunDir
 from speechcls.engine.steps import evaluate_model, per_class, train_step
 from speechcls.loader import FeatureLoader
 from speechcls.models import build_model
-from speechcls.runtime import Progress, resolve_device, seed_everything
+from speechcls.runtime import Progress, package_versions, resolve_device, seed_everything, source_commit
 from speechcls.store.location import Location, to_location
 from speechcls.store.reader import find_store
 
@@ -51,6 +53,39 @@ class Setup:
             "n_classes": len(self.classes),
             "model_name": self.cfg.model,
             "model_cfg": {"dropout2d": self.cfg.dropout2d, "dropout": self.cfg.dropout},
+        }
+
+    def resolved(self) -> dict:
+        """What "auto" and "" became: the device, the training loader's mode, the features the model sees."""
+        return {
+            "device": str(self.device),  # rank 0's under torchrun ("world" says how many)
+            "loader": self.loaders["train"].mode,
+            "features": self.params.variant,
+        }
+
+    def header(self, start_epoch: int) -> dict:
+        """What the run trains on what and how, for the front end to show before the first epoch."""
+        train = self.loaders["train"]
+        return self.resolved() | {
+            "store": str(self.store),
+            "split_kind": self.cfg.split_kind,
+            "store_variant": train.store_params.variant,
+            "in_shape": list(self.params.shape),
+            "model": self.cfg.model,
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "examples": {split: loader.n for split, loader in self.loaders.items()},
+            "classes": len(self.classes),
+            "epochs": self.cfg.epochs,
+            "min_epochs": self.cfg.min_epochs,
+            "start_epoch": start_epoch,  # > 1 on a resume
+            "steps_left": len(train) * max(self.cfg.epochs - start_epoch + 1, 0),  # this rank's, for an overall ETA
+            "batch_size": self.cfg.batch_size,
+            "world": self.rank.world,
+            "optimizer": "Adam",
+            "max_lr": self.cfg.max_lr,
+            "patience": self.cfg.patience,
+            "precision": self.cfg.precision,
+            "seed": self.cfg.seed,
         }
 
 
@@ -193,7 +228,8 @@ def train_one_epoch(s: Setup, step_model, t: Trainer, epoch: int, progress: Prog
             seen = total_loss.item()
             if not math.isfinite(seen):
                 raise _diverged(s, losses[:steps], epoch)
-            progress.advance(1, examples=len(y), loss=seen / n, acc=correct.item() / n)
+            lr = t.scheduler.get_last_lr()[0]  # a Python float: no sync
+            progress.advance(1, examples=len(y), loss=seen / n, acc=correct.item() / n, lr=lr)
         else:
             progress.advance(1, examples=len(y))
     count = torch.tensor(float(n), dtype=torch.float64, device=device)
@@ -202,11 +238,9 @@ def train_one_epoch(s: Setup, step_model, t: Trainer, epoch: int, progress: Prog
         raise _diverged(s, losses[:steps], epoch)
     _sync(device)
     seconds = time.perf_counter() - t0
-    return {
-        "row": {"epoch": epoch, "set": "train", "loss": total / n, "acc": right / n},
-        "n": int(n),
-        "seconds": seconds,
-    }
+    row = {"epoch": epoch, "set": "train", "loss": total / n, "acc": right / n}
+    row |= {"lr": t.scheduler.get_last_lr()[0], "seconds": seconds, "samples_per_s": n / max(seconds, 1e-9)}
+    return {"row": row, "n": int(n), "seconds": seconds}
 
 
 def _diverged(s: Setup, losses: torch.Tensor, epoch: int) -> ValueError:
@@ -244,12 +278,15 @@ def fit(
     resume: bool = False,
     progress: Progress | None = None,
     overwrite: bool = False,
+    command: list[str] | None = None,
 ) -> dict:
     """Train, keep the best checkpoint, evaluate it on the test split; returns the test metrics.
     `resume` continues from out/last.pt with the saved config. A new run refuses a folder that already
     holds one unless `overwrite` (RunDir.claim: only a run's own files are ever removed). Under torchrun
-    every rank calls this with the same arguments (see the module docstring)."""
-    progress, run = progress or Progress(), RunDir(out)
+    every rank calls this with the same arguments (see the module docstring). `command` (the CLI's
+    sys.argv) is recorded in config.json; before the first epoch `progress.note("header", ...)` tells what
+    is trained on what (Setup.header)."""
+    progress, run, started = progress or Progress(), RunDir(out), _now()
     rank = dist.init(resolve_device(cfg.device))
     if not resume:
         _claim(run, rank, overwrite)  # before anything is written: a run already there is never mixed into
@@ -257,13 +294,20 @@ def fit(
     if state is not None:
         cfg = TrainConfig(**state["config"])
     s = build(cfg, variant, rank=rank)
-    meta = s.meta()
+    meta = s.meta()  # its "config" stays the TrainConfig's fields: TrainConfig(**config) rebuilds it on resume
+    record = meta["config"] | s.resolved() | {
+        "world": rank.world, "argv": command, "git_commit": source_commit() if rank.main else None,
+        "versions": package_versions(), "host": socket.gethostname(), "start": started, "end": None,
+        "resumed_from_epoch": state["epoch"] if state is not None else None,
+    }  # fmt: skip
     if rank.main:
-        run.write_config(meta["config"] | {"world": rank.world})
+        run.write_config(record)
     t, stop = Trainer.for_setup(s), EarlyStopping(s.cfg.patience, s.cfg.min_epochs)
     rows, start_epoch, clock, stopped = [], 1, {"time": 0.0, "seen": 0}, False
     if state is not None:
         start_epoch, rows, clock, stopped = _restore(state, s, t, stop)
+    if rank.main:
+        progress.note("header", **s.header(start_epoch), run=str(run.path))
     net = data_parallel(s)  # after loading: DDP broadcasts rank 0's weights once here
     step_model = torch.compile(net) if s.cfg.compile else net
     for epoch in range(start_epoch, s.cfg.epochs + 1):
@@ -290,8 +334,16 @@ def fit(
                 "train_seen": clock["seen"], "rng_ranks": rngs, "world": rank.world,
                 "finished": stopped or epoch == s.cfg.epochs,
             })  # fmt: skip
-        progress.end(train=ep["row"], valid=valid_row, samples_per_s=ep["n"] / max(ep["seconds"], 1e-9), best=improved)
-    return _test(s, run, rows, stop, clock)
+        progress.end(train=ep["row"], valid=valid_row, samples_per_s=ep["row"]["samples_per_s"], best=improved)
+    metrics = _test(s, run, rows, stop, clock)
+    if rank.main:
+        run.write_config(record | {"end": _now()})
+    return metrics
+
+
+def _now() -> str:
+    """Local time, ISO 8601 with its UTC offset."""
+    return datetime.now().astimezone().isoformat(timespec="seconds")
 
 
 def _load_resume(run: RunDir, rank: dist.Rank) -> dict:
@@ -374,5 +426,5 @@ def _test(s: Setup, run: RunDir, rows: list[dict], stop: EarlyStopping, clock: d
     }
     if rank.main:
         run.write_metrics(metrics)
-        run.write_confusion(test["confusion"], s.classes)
+        run.write_confusion(test["confusion"], s.classes, "test")
     return metrics

@@ -1,10 +1,15 @@
 """A run folder, the one reader and writer of its files:
 
-    config.json           the resolved TrainConfig (+ world)
-    log.csv               the chapter's format: "epoch","set","loss","acc", a train and a valid row per epoch
+    config.json           the TrainConfig with the resolved device, loader mode and features, + world, the
+                          command line, git commit, package versions, host, start and end times
+    log.csv               the chapter's format: "epoch","set","loss","acc", a train and a valid row per epoch,
+                          then "lr","seconds","samples_per_s" (train rows; empty on valid rows)
+    train.log             what `speechcls train` printed: header, one line per epoch, summary (appended)
+    tensorboard/          `train --tensorboard`: the epoch scalars as TensorBoard events
     best.pt, last.pt      checkpoints (engine/checkpoint.py)
     metrics.json          test loss and accuracy, per-class accuracy, confusion, throughput
-    confusion.csv         the test confusion matrix (rows = true class); confusion_<split>.csv by evaluate
+    confusion_<split>.csv one per split evaluated (rows = true class): training writes confusion_test.csv,
+                          `speechcls evaluate --split S` (re)writes confusion_S.csv
     lr_find.csv           the LR finder's sweep (its own folder)
 
 Small text files are written through a temporary file and a rename, like the checkpoints.
@@ -25,9 +30,12 @@ from speechcls import config
 from speechcls.runtime import write_text_atomic
 from speechcls.store.location import Location, name
 
-LOG_FIELDS = ("epoch", "set", "loss", "acc")
+LOG_FIELDS = ("epoch", "set", "loss", "acc")  # the chapter's columns, always first
+# after them: the LR at the epoch's end, its wall time and throughput (train rows; a log.csv from before has none)
+LOG_EXTRA = ("lr", "seconds", "samples_per_s")
 # the files that make a folder a run; with confusion*.csv, every file `train` writes (and removes on --overwrite)
-RUN_FILES = ("config.json", "log.csv", "best.pt", "last.pt", "metrics.json")
+RUN_FILES = ("config.json", "log.csv", "best.pt", "last.pt", "metrics.json", "train.log")
+TENSORBOARD_DIRNAME = "tensorboard"
 
 
 def default_run_dir(store: Location) -> Path:
@@ -79,7 +87,8 @@ class RunDir:
             raise ValueError(
                 f"{self.path} already holds a run: `--resume {self.path}` continues it, --overwrite replaces it"
             )
-        for path in [*(self.path / f for f in RUN_FILES), *self.path.glob("confusion*.csv")]:
+        events = self.path.glob(f"{TENSORBOARD_DIRNAME}/events.out.tfevents.*")  # else two runs' curves in one
+        for path in [*(self.path / f for f in RUN_FILES), *self.path.glob("confusion*.csv"), *events]:
             try:
                 if path.is_file():
                     path.unlink()
@@ -106,9 +115,9 @@ class RunDir:
     def write_log(self, rows: list[dict]) -> None:
         buf = io.StringIO(newline="")
         w = csv.writer(buf, quoting=csv.QUOTE_NONNUMERIC)  # the chapter's (R's) format: "set" quoted
-        w.writerow(LOG_FIELDS)
+        w.writerow(LOG_FIELDS + LOG_EXTRA)
         for r in rows:
-            w.writerow([r["epoch"], r["set"], r["loss"], r["acc"]])
+            w.writerow([r["epoch"], r["set"], r["loss"], r["acc"], *(r.get(k) for k in LOG_EXTRA)])
         write_text_atomic(self.path / "log.csv", buf.getvalue())
 
     def read_log(self) -> list[dict]:
@@ -117,12 +126,27 @@ class RunDir:
     def has_log(self) -> bool:
         return (self.path / "log.csv").is_file()
 
-    # --- confusion matrices ---------------------------------------------------------------------------
-    def confusion_path(self, split: str | None = None) -> Path:
-        """confusion.csv (training's test evaluation) or confusion_<split>.csv (speechcls evaluate)."""
-        return self.path / ("confusion.csv" if split is None else f"confusion_{split}.csv")
+    @property
+    def train_log(self) -> Path:
+        """train.log: the lines `speechcls train` printed (the CLI appends them)."""
+        return self.path / "train.log"
 
-    def write_confusion(self, confusion: np.ndarray, classes: list[str], split: str | None = None) -> Path:
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / TENSORBOARD_DIRNAME
+
+    # --- confusion matrices ---------------------------------------------------------------------------
+    def confusion_path(self, split: str = "test") -> Path:
+        """confusion_<split>.csv: one file per split evaluated, whoever evaluated it. Training's test
+        evaluation writes confusion_test.csv and `speechcls evaluate --split test` refreshes that same file
+        (the latest evaluation of the split wins), so no two files hold the same numbers."""
+        split = "validation" if split == "valid" else split  # the chapter's name, as the store's reader takes it
+        if split not in config.SPLITS:
+            raise ValueError(f"unknown split {split!r}: choose {', '.join(config.SPLITS)}")
+        return self.path / f"confusion_{split}.csv"
+
+    def write_confusion(self, confusion: np.ndarray, classes: list[str], split: str = "test") -> Path:
+        """The confusion matrix of one evaluation of `split` (rows = true class) to confusion_<split>.csv."""
         buf = io.StringIO(newline="")
         w = csv.writer(buf)
         w.writerow(["true\\predicted", *classes])
@@ -141,10 +165,12 @@ class RunDir:
 
 
 def read_log(path: str | Path) -> list[dict]:
-    """A log.csv's rows: epoch, set, loss, acc."""
+    """A log.csv's rows: epoch, set, loss, acc, and lr, seconds, samples_per_s where the row has them (not
+    on valid rows, nor in a four-column log.csv from before they were added)."""
     with open(path, newline="") as f:
         return [
             {"epoch": int(r["epoch"]), "set": r["set"], "loss": float(r["loss"]), "acc": float(r["acc"])}
+            | {k: float(r[k]) for k in LOG_EXTRA if r.get(k) not in (None, "")}
             for r in csv.DictReader(f)
         ]
 

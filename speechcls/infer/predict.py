@@ -17,7 +17,9 @@ _NONFINITE_FEATURES = "features are not finite (peak sample {peak:.3g}: a float 
 def predict(checkpoint: Path, files: list[Path], top: int = 3, device: str = "auto") -> list[dict]:
     """Top-k labels with probabilities for each file, computed with the features the checkpoint was
     trained on; an unreadable file, or one whose features or probabilities are not finite, gets an error
-    entry and the others are still predicted."""
+    entry and the others are still predicted. Each predicted entry's "true" is the file's label where its folder
+    names one of the checkpoint's classes (a tree's <word>/<clip>.wav), else None; "hit" says whether the
+    top label is that one (None where the label is not known)."""
     from speechcls.audio.decode import BadAudio, load_clip
     from speechcls.audio.features import FeatureExtractor
 
@@ -28,6 +30,7 @@ def predict(checkpoint: Path, files: list[Path], top: int = 3, device: str = "au
     classes = ckpt["classes"]
     out = []
     for f in files:
+        true = Path(f).parent.name if Path(f).parent.name in classes else None
         try:
             audio, _ = load_clip(Path(f), params.sample_rate, params.clip_samples)
         except BadAudio as e:
@@ -46,7 +49,7 @@ def predict(checkpoint: Path, files: list[Path], top: int = 3, device: str = "au
             out.append({"file": str(f), "error": "the model's probabilities are not finite (NaN or inf)"})
             continue
         p, i = probs.topk(min(top, len(classes)))
-        out.append(
-            {"file": str(f), "top": [{"label": classes[j], "prob": float(q)} for q, j in zip(p.tolist(), i.tolist())]}
-        )
+        top_k = [{"label": classes[j], "prob": float(q)} for q, j in zip(p.tolist(), i.tolist())]
+        hit = None if true is None else top_k[0]["label"] == true
+        out.append({"file": str(f), "true": true, "hit": hit, "top": top_k})
     return out

@@ -16,6 +16,8 @@ from speechcls.config import FeatureParams
 
 FIGSIZE = (9, 5.5)  # inches at DPI: 900 x 550 pixels, above the 640 x 480 a figure needs to be legible
 DPI = 100
+TICK_PT = 8  # class names: readable at 100 % zoom (7 pt was not)
+CORRECT, WRONG = "#d1d1d1", "#7a7a7a"  # the alluvial's two greys, as in the chapter's figure
 
 
 def _plt():
@@ -98,7 +100,7 @@ def spectrogram(file: Path, out: Path, variant: str = "spectrogram") -> Path:
     frames = params.shape[-1]
     t = np.arange(frames) * params.hop_length / config.SAMPLE_RATE
     plt = _plt()
-    name = Path(file).name
+    name = _clip_title(Path(file))
     if variant == "complex":
         z = _features(x, "complex")  # (2, F, T)
         freqs = np.arange(z.shape[1]) * config.SAMPLE_RATE / params.n_fft
@@ -108,6 +110,7 @@ def spectrogram(file: Path, out: Path, variant: str = "spectrogram") -> Path:
             shown = np.sign(part) * np.abs(part) ** 0.5  # signed sqrt keeps the sign visible
             m = ax.pcolormesh(t, freqs[1:], shown[1:], shading="nearest", cmap="RdBu_r", vmin=-lim, vmax=lim)
             ax.set(yscale="log", title=f"{title} part (signed square root)", xlabel="time [s]")
+            _hz_ticks(ax, freqs[1], freqs[-1])
         axes[0].set_ylabel("frequency [Hz] (log)")
         fig.suptitle(f"{name}: complex spectrogram")
         fig.colorbar(m, ax=axes)
@@ -125,9 +128,30 @@ def spectrogram(file: Path, out: Path, variant: str = "spectrogram") -> Path:
         title = f"{name}: spectrogram, window {params.win_length}"
     m = ax.pcolormesh(t, freqs, spec, shading="nearest", cmap="gray")
     ax.set(yscale="log", title=title, xlabel="time [s]", ylabel="frequency [Hz] (log)")
+    _hz_ticks(ax, freqs[0], freqs[-1])
     fig.colorbar(m, ax=ax, label="magnitude (square root)")
     fig.tight_layout()
     return save(fig, out)
+
+
+def _clip_title(path: Path) -> str:
+    """`"bed" (bed/0a7c2a8d_nohash_0.wav)` when the clip's folder is a class folder (its parent holds a
+    tree's list files, or it is one of v0.01's words), else the file name."""
+    word, tree = path.parent.name, path.parent.parent
+    listed = any((tree / name).is_file() for name in ("validation_list.txt", "testing_list.txt"))
+    if word and not word.startswith("_") and (listed or word in config.V001_WORDS):
+        return f'"{word}" ({word}/{path.name})'
+    return path.name
+
+
+def _hz_ticks(ax, lo: float, hi: float) -> None:
+    """1-2-5 ticks (and 8k, the Nyquist frequency at 16 kHz) in plain Hz on a log frequency axis:
+    matplotlib's default log ticks are decades only (100, 1000, 10000), too few to read a formant off."""
+    from matplotlib.ticker import NullLocator
+
+    ticks = [t for t in sorted({m * 10**e for e in range(1, 5) for m in (1, 2, 5)} | {8000}) if lo <= t <= hi]
+    ax.yaxis.set_minor_locator(NullLocator())
+    ax.set_yticks(ticks, [f"{t / 1000:g}k" if t >= 1000 else f"{t:g}" for t in ticks])
 
 
 def _hz_to_mel(f):
@@ -209,21 +233,39 @@ def lr(source: Path, out: Path, beta: float = 0.98) -> Path:
     return save(lr_figure(lrs, losses, smooth, suggest_max_lr(lrs, smooth)[0]), out)
 
 
-def curves(run: Path, out: Path) -> Path:
-    from speechcls.engine.run_dir import RunDir
+def best_epoch(log: list[dict], metrics: dict | None = None) -> int | None:
+    """The epoch whose checkpoint is best.pt: metrics.json's best_epoch when the run finished, else the
+    validation-loss minimum of the log (the first one on a tie, as early stopping keeps it)."""
+    if metrics and metrics.get("best_epoch"):
+        return int(metrics["best_epoch"])
+    valid = [(r["loss"], r["epoch"]) for r in log if r["set"] == "valid"]
+    return min(valid, key=lambda lv: lv[0])[1] if valid else None
 
-    log = RunDir(run).read_log()
+
+def curves_figure(log: list[dict], name: str, best: int | None = None):
+    """Train and validation loss and accuracy per epoch, the best epoch marked by a dashed vertical
+    line on both panels: a matplotlib Figure for the caller to save."""
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5), layout="constrained")
     for ax, key in zip(axes, ("loss", "acc")):
         for split, style in (("train", "-o"), ("valid", "-s")):
             pts = [(r["epoch"], r[key]) for r in log if r["set"] == split]
             if pts:
                 ax.plot(*zip(*pts), style, ms=3, label=split)
-        ax.set(xlabel="epoch", ylabel=key, title=f"{Path(run).name}: {key}")
+        if best is not None:
+            ax.axvline(best, color="#d62728", ls="--", lw=1, label=f"best epoch {best}", gid="best-epoch")
+        ax.set(xlabel="epoch", ylabel=key, title=f"{name}: {key}")
         ax.legend()
-    fig.tight_layout()
-    return save(fig, out)
+    return fig
+
+
+def curves(run: Path, out: Path) -> Path:
+    from speechcls.engine.run_dir import RunDir
+
+    rd = RunDir(run)
+    log = rd.read_log()
+    metrics = rd.read_metrics() if (Path(run) / "metrics.json").is_file() else None
+    return save(curves_figure(log, Path(run).name, best_epoch(log, metrics)), out)
 
 
 def confusion(run: Path, out: Path, min_share: float = 0.001) -> Path:
@@ -232,21 +274,26 @@ def confusion(run: Path, out: Path, min_share: float = 0.001) -> Path:
     are hidden, as in the chapter (a thousandth)."""
     from speechcls.engine.run_dir import RunDir
 
-    metrics = RunDir(run).read_metrics()
+    return save(confusion_figure(RunDir(run).read_metrics(), min_share), out)
+
+
+def confusion_figure(metrics: dict, min_share: float = 0.001):
+    """The two panels of `confusion` from a metrics.json dict: a matplotlib Figure for the caller to save."""
     conf = np.array(metrics["confusion"], dtype=float)
     classes = metrics["classes"]
     k = len(classes)
     plt = _plt()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(16, 8), gridspec_kw={"width_ratios": [1.1, 1]})
+    # constrained layout sizes the margins to the rotated class names, so the "predicted" label below
+    # them stays inside the figure (tight_layout with the colorbar clipped it)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(16, 9), gridspec_kw={"width_ratios": [1.1, 1]}, layout="constrained")
     norm = conf / np.maximum(conf.sum(1, keepdims=True), 1)
     im = ax1.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax1.set_xticks(range(k), classes, rotation=90, fontsize=7)
-    ax1.set_yticks(range(k), classes, fontsize=7)
+    ax1.set_xticks(range(k), classes, rotation=90, fontsize=TICK_PT)
+    ax1.set_yticks(range(k), classes, fontsize=TICK_PT)
     ax1.set(xlabel="predicted", ylabel="true", title=f"confusion (row-normalized), test acc {metrics['test_acc']:.3f}")
     fig.colorbar(im, ax=ax1, fraction=0.046)
     _alluvial(ax2, conf, classes, min_share)
-    fig.tight_layout()
-    return save(fig, out)
+    return fig
 
 
 def _alluvial(ax, conf: np.ndarray, classes: list[str], min_share: float) -> None:
@@ -274,17 +321,29 @@ def _alluvial(ax, conf: np.ndarray, classes: list[str], min_share: float) -> Non
             right_used[t] += n
             lower = y0a + (y0b - y0a) * ease
             upper = y1a + (y1b - y1a) * ease
-            color = "#d1d1d1" if p == t else "#7a7a7a"
+            color = CORRECT if p == t else WRONG
             ax.fill_between(0.1 + 0.8 * s, lower, upper, color=color, alpha=0.9 if p != t else 0.8, lw=0)
     for i, c in enumerate(classes):
         for x, top, size, ha in ((0.1, left_top[i], left_size[i], "right"), (0.9, right_top[i], right_size[i], "left")):
             if size > 0:
                 ax.add_patch(_rect(x - 0.01, top, 0.02, size))
-                ax.text(x + (-0.02 if ha == "right" else 0.02), top + size / 2, c, ha=ha, va="center", fontsize=7)
+                ax.text(x + (-0.02 if ha == "right" else 0.02), top + size / 2, c, ha=ha, va="center", fontsize=TICK_PT)
     ax.set_xlim(-0.1, 1.1)
     ax.set_ylim(max(left_top[-1] + left_size[-1], right_top[-1] + right_size[-1]), 0)
     ax.set_xticks([0.1, 0.9], ["predicted", "target"])
     ax.set_yticks([])
+    from matplotlib.patches import Patch
+
+    ax.legend(
+        handles=[
+            Patch(color=CORRECT, alpha=0.8, label="correct (predicted = target)"),
+            Patch(color=WRONG, alpha=0.9, label="error (predicted ≠ target)"),
+        ],
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.06),
+        ncol=2,
+        frameon=False,
+    )
     for side in ("top", "right", "left"):
         ax.spines[side].set_visible(False)
     ax.set_title(f"predictions flowing into targets (pairs under {min_share:g} of the test set hidden)")
