@@ -60,6 +60,21 @@ def broadcast(r: Rank, value):
     return box[0]
 
 
+def from_main(r: Rank, fn):
+    """`fn()` run by rank 0 alone, its result on every rank. A ValueError it raises (a refusal a user can
+    cause) is raised on every rank, so no rank goes on to wait at a barrier for what will never come."""
+    value = None
+    if r.main:
+        try:
+            value = fn()
+        except ValueError as e:
+            value = e
+    value = broadcast(r, value)
+    if isinstance(value, ValueError):
+        raise value
+    return value
+
+
 def gather(r: Rank, value) -> list:
     """Every rank's `value` (picklable), in rank order, on every rank."""
     if not r.distributed:

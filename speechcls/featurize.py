@@ -145,7 +145,9 @@ def featurize(
     request = fmt.request(params, rows, row_seed, codec, chunk_rows, fmt.tree_fingerprint(index))
     engine = {"backend": backend, "device": device}
     with _lock(rank, loc, root):  # one featurize at a time writes a local store
-        status = _decide(rank, loc, request, engine, overwrite, root)
+        # rank 0 alone decides what to do with the location (store/writer.py's plan; never the tree), every
+        # rank gets its verdict, errors included, so no rank waits at a barrier for a store that never comes
+        status = dist.from_main(rank, lambda: plan(loc, request, engine, overwrite, tree=root))
         if status == "present":
             return FeaturizeResult.of(loc, "present")
 
@@ -177,20 +179,6 @@ def _lock(rank, loc: Location, root: Path):
     if at == tree or at in tree.parents or tree in at.parents:
         return contextlib.nullcontext()
     return lock(loc)
-
-
-def _decide(rank, loc: Location, request: dict, engine: dict, overwrite: bool, root: Path) -> str | None:
-    """What to do with the location (store/writer.py's plan; never the tree at `root`): rank 0 alone
-    decides, every rank gets its verdict, errors included, so no rank waits at a barrier for a store
-    that will never come."""
-    try:
-        status = plan(loc, request, engine, overwrite, tree=root) if rank.main else None
-    except ValueError as e:
-        status = e
-    status = dist.broadcast(rank, status)
-    if isinstance(status, ValueError):
-        raise status
-    return status
 
 
 def _open_writer(rank, status: str | None, loc: Location, rows: dict, create) -> StoreWriter:

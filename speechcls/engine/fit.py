@@ -348,33 +348,21 @@ def _now() -> str:
 
 def _load_resume(run: RunDir, rank: dist.Rank) -> dict:
     """last.pt, read by rank 0 and broadcast (errors included, so no rank waits in vain)."""
-    state = None
-    if rank.main:
-        try:
-            if not run.last.is_file():
-                raise ValueError(f"{run.path}: no last.pt to resume from; start the run without --resume")
-            state = checkpoint.load(run.last)
-            state["log"] = run.read_log() if run.has_log() else []
-        except ValueError as e:
-            state = e
-    state = dist.broadcast(rank, state)
-    if isinstance(state, ValueError):
-        raise state
-    return state
+
+    def load() -> dict:
+        if not run.last.is_file():
+            raise ValueError(f"{run.path}: no last.pt to resume from; start the run without --resume")
+        state = checkpoint.load(run.last)
+        state["log"] = run.read_log() if run.has_log() else []
+        return state
+
+    return dist.from_main(rank, load)
 
 
 def _claim(run: RunDir, rank: dist.Rank, overwrite: bool) -> None:
-    """RunDir.claim by rank 0, before anything is written; its refusal is broadcast like _load_resume's
-    errors, so no rank trains towards a folder that was refused."""
-    error = None
-    if rank.main:
-        try:
-            run.claim(overwrite)
-        except ValueError as e:
-            error = e
-    error = dist.broadcast(rank, error)
-    if error is not None:
-        raise error
+    """RunDir.claim by rank 0, before anything is written; its refusal reaches every rank, so no rank
+    trains towards a folder that was refused."""
+    dist.from_main(rank, lambda: run.claim(overwrite))
 
 
 def _restore(state: dict, s: Setup, t: Trainer, stop: EarlyStopping) -> tuple[int, list[dict], dict, bool]:

@@ -29,15 +29,22 @@ from speechcls.store.location import (
 )
 
 
-def lost_chunks(loc: Location, group, checksums: bool = True) -> dict[str, list[int]]:
-    """{array: [chunk index, ...]} of the chunks a written store should hold but lacks, or (with
-    `checksums`, which reads every chunk object's bytes) holds with bytes that fail their CRC-32C. Every
+def _chunk_objects(loc: Location) -> dict[str, dict[int, str]]:
+    """{array: {chunk index: object key}} of the chunk objects under the store, from one listing. Every
     array is chunked along rows only, so a chunk is named by its first index."""
     held: dict[str, dict[int, str]] = {}
     for key in members(loc):
         parts = key.split("/")
         if len(parts) >= 3 and parts[1] == "c" and all(p.isdigit() for p in parts[2:]):
             held.setdefault(parts[0], {})[int(parts[2])] = key
+    return held
+
+
+def lost_chunks(loc: Location, group, checksums: bool = True, held: dict | None = None) -> dict[str, list[int]]:
+    """{array: [chunk index, ...]} of the chunks a written store should hold but lacks, or (with
+    `checksums`, which reads every chunk object's bytes) holds with bytes that fail their CRC-32C.
+    `held`: the store's _chunk_objects when the caller has listed them already."""
+    held = _chunk_objects(loc) if held is None else held
     lost = {}
     for name, array in group.arrays():
         have = held.get(name, {})
@@ -269,23 +276,24 @@ def verify(store: str | Location, root: str | None = None) -> dict:
         return {"problems": [f"format version {attrs.get('format_version')}, not {FORMAT_VERSION}: "
                              "this speechcls cannot verify it; rebuild it with its featurize command"],
                 "chunks": 0, "bytes": 0}  # fmt: skip
-    if problem := structure_damage(loc, group):
-        problems.append(problem)
+    structure = structure_damage(loc, group)
+    if structure:
+        problems.append(structure)
     if not attrs.get("complete"):
         problems.append("the store is not complete: run its featurize command again to finish it")
+    held = _chunk_objects(loc)  # one listing: read and checked here, then the missing ones counted
     checked = nbytes = 0
-    bad: dict[str, list[str]] = {}
-    for key in sorted(members(loc)):
-        parts = key.split("/")
-        if len(parts) >= 3 and parts[1] == "c":
+    for name, objects in sorted(held.items()):
+        bad = []
+        for _, key in sorted(objects.items()):
             data = read_bytes(loc, key)
             checked, nbytes = checked + 1, nbytes + len(data)
             if not chunk_checksum_ok(data):
-                bad.setdefault(parts[0], []).append(key)
-    for name, keys in sorted(bad.items()):
-        problems.append(f"{len(keys)} chunk(s) of {name} fail their checksum: {', '.join(keys[:5])}"
-                        + (" ..." if len(keys) > 5 else ""))  # fmt: skip
-    if lost := lost_chunks(loc, group, checksums=False) if not structure_damage(loc, group) else {}:
+                bad.append(key)
+        if bad:
+            problems.append(f"{len(bad)} chunk(s) of {name} fail their checksum: {', '.join(bad[:5])}"
+                            + (" ..." if len(bad) > 5 else ""))  # fmt: skip
+    if not structure and (lost := lost_chunks(loc, group, checksums=False, held=held)):
         problems.append(damage_message(loc, group, lost))
     if root is not None:
         problems += _tree_problems(loc, group, attrs, root)
