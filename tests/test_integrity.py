@@ -174,7 +174,7 @@ def kill_points(total: int) -> list[int]:
 def test_a_kill_at_any_write_then_the_same_command_gives_the_identical_store(words10_tree, original, tmp_path):
     """kill -9 just before write n of featurize (creation's every metadata object, every chunk, the
     completion), then the same command again: the store equals an uninterrupted one. SPEECHCLS_FULL_SWEEP=1
-    runs every n (about 45 runs); CI runs a sample."""
+    runs every n (60 runs for this store); CI runs a sample."""
     counted = _run_until_write(0, words10_tree, tmp_path / "count.zarr")
     assert counted.returncode == 0, counted.stderr
     total = int(counted.stderr.rsplit("writes: ", 1)[1].split()[0])
