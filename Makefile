@@ -29,6 +29,8 @@ demo: setup
 		$(BIN)/speechcls train --variant mel --epochs 16 --min-epochs 16 --out $(DEMO_RUN); fi
 	$(BIN)/speechcls evaluate $(DEMO_RUN)
 	$(BIN)/speechcls predict $(DEMO_RUN) $(DEMO_TREE)/$$(head -n 1 $(DEMO_TREE)/testing_list.txt)
+	$(BIN)/speechcls export $(DEMO_RUN)
+	$(BIN)/speechcls listen $(DEMO_RUN)/best.onnx $(DEMO_TREE)/_background_noise_/white_noise.wav
 	$(BIN)/speechcls plot spectrogram $(DEMO_TREE)/$$(head -n 1 $(DEMO_TREE)/testing_list.txt) --out $(DEMO_RUN)/spectrogram.png
 	$(BIN)/speechcls plot curves $(DEMO_RUN) --out $(DEMO_RUN)/curves.png
 	$(BIN)/speechcls plot confusion $(DEMO_RUN) --out $(DEMO_RUN)/confusion.png

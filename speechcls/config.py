@@ -140,6 +140,19 @@ class FeatureParams:
         return hashlib.sha1(json.dumps(self.describing(), sort_keys=True).encode()).hexdigest()[:8]
 
 
+# --- tasks (speechcls/data/tasks.py) ------------------------------------------------------------------
+TASKS = ("words", "kws12")
+KWS12_WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")  # Warden 2018's ten
+SILENCE = "_silence_"
+UNKNOWN = "_unknown_"
+# Warden's input_data.py: silence and unknown each 10 % of the known-word examples of a split, so each is
+# one twelfth of the split (10 / 120); the unknown examples are a seeded choice among the other words
+SILENCE_PERCENT = 10.0
+UNKNOWN_PERCENT = 10.0
+# background-noise recordings cut in time between the splits, so no noise is shared between them:
+# train [0, 0.8), validation [0.8, 0.9), test [0.9, 1.0) of every recording
+NOISE_REGIONS = {"train": (0.0, 0.8), "validation": (0.8, 0.9), "test": (0.9, 1.0)}
+
 # --- the feature store (its format: speechcls/store/format.py) -----------------------------------------
 ROW_ORDER_SEED = 0  # rows are written in a seeded shuffled order, so every chunk mixes classes
 BATCH_SIZE = 256  # clips per batched feature call (rounded up to whole chunks)
@@ -154,7 +167,7 @@ class TrainConfig:
     features: str = ""  # for a waveform store: the variant computed on the device per batch ("" = spectrogram)
     split_kind: str = "official"  # official (the lists, speaker-disjoint) | random (the chapter's 60/20/20)
     split_seed: int = SPLIT_SEED
-    model: str = "seed_cnn"  # a name in the model registry (speechcls/models)
+    model: str = "seed"  # a name in the model registry (speechcls/models): seed (the chapter's), bcresnet-8, ...
     epochs: int = 50  # the maximum; the one-cycle schedule spans all of them
     batch_size: int = 128  # per process: under torchrun a step takes batch_size x world examples
     max_lr: float = 1e-2  # chosen by the chapter from its LR finder
@@ -170,6 +183,30 @@ class TrainConfig:
     dropout2d: float = 0.2
     dropout: float = 0.5
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch, not each rank's part
+    # --- issue 13: the keyword-spotting recipes (speechcls/engine/recipes.py fills these per --recipe) ---
+    recipe: str = "chapter"  # chapter (the defaults above) | kws (the chosen model's published recipe)
+    task: str = "words"  # words | kws12 (speechcls/data/tasks.py)
+    noise_dir: str = ""  # background-noise recordings for _silence_ and noise mixing ("" = the tree's)
+    n_mels: int = 0  # mel filters of features computed from a waveform store (0 = FeatureParams' 128)
+    log: bool = False  # log(x + 1e-6) of power features, on the device (speechcls/audio/frontend.py)
+    normalize: bool = False  # per-frequency standardization with the training split's statistics
+    optimizer: str = "adam"  # adam (the chapter's) | adamw | sgd (momentum 0.9, nesterov off)
+    schedule: str = "onecycle"  # onecycle (the chapter's, to max_lr) | cosine (linear warm-up to max_lr, then to 0)
+    warmup_epochs: float = 0.0  # cosine: epochs of linear warm-up from 0
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0
+    early_stopping: bool = True  # the chapter's; off in kws (long cosine schedules plateau before they end)
+    best_by: str = "loss"  # the best checkpoint: lowest validation loss (the chapter's) | highest accuracy (acc)
+    ema: float = 0.0  # decay of an exponential moving average of the weights (0 = off); evaluated and kept
+    # augmentation of the training split on the device (speechcls/audio/augment.py); all off in chapter
+    shift_ms: float = 0.0  # random time shift in [-shift_ms, +shift_ms], zero filled (waveform stores)
+    noise_prob: float = 0.0  # probability of mixing a background-noise crop into a clip (waveform stores)
+    noise_volume: float = 0.1  # the crop's volume, uniform in [0, noise_volume] (TensorFlow's background_volume)
+    freq_masks: int = 0  # SpecAugment frequency masks per example
+    freq_width: int = 0  # their maximum width in bins
+    time_masks: int = 0  # SpecAugment time masks per example
+    time_width: int = 0  # their maximum width in frames
+    mixup: float = 0.0  # mixup's Beta(alpha, alpha); 0 = off
 
     def validate(self) -> "TrainConfig":
         if self.split_kind not in ("official", "random"):
@@ -189,6 +226,19 @@ class TrainConfig:
             raise ValueError(f"--max-lr must be positive, got {self.max_lr}")
         if self.patience < 1 or self.min_epochs < 0:
             raise ValueError(f"--patience must be >= 1 and --min-epochs >= 0, got {self.patience}, {self.min_epochs}")
+        choices = {
+            "recipe": ("chapter", "kws"), "task": TASKS, "optimizer": ("adam", "adamw", "sgd"),
+            "schedule": ("onecycle", "cosine"), "best_by": ("loss", "acc"),
+        }  # fmt: skip
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: choose {' or '.join(allowed)}")
+        if self.n_mels < 0 or self.warmup_epochs < 0 or self.weight_decay < 0:
+            raise ValueError("--n-mels, --warmup-epochs and --weight-decay must be >= 0")
+        if not 0 <= self.label_smoothing < 1 or not 0 <= self.ema < 1:
+            raise ValueError(f"--label-smoothing and --ema must be in [0, 1), got {self.label_smoothing}, {self.ema}")
+        if self.warmup_epochs > self.epochs:
+            raise ValueError(f"--warmup-epochs {self.warmup_epochs} is longer than --epochs {self.epochs}")
         return self
 
     def loader_config(self, split: str, device: str, mode: str | None = None) -> "LoaderConfig":
@@ -196,7 +246,7 @@ class TrainConfig:
         return LoaderConfig(
             split_kind=self.split_kind, split_seed=self.split_seed, batch_size=self.batch_size,
             shuffle=split == "train", seed=self.seed, device=device, mode=mode or self.loader,
-            features=self.features, workers=self.workers,
+            features=self.features, workers=self.workers, task=self.task, noise_dir=self.noise_dir,
         )  # fmt: skip
 
 
@@ -215,6 +265,8 @@ class LoaderConfig:
     buffer_chunks: int = 4  # streaming: chunks mixed in the shuffle buffer
     workers: int = 1  # streaming: background reader threads
     own_chunks: bool = True  # streaming under torchrun: each rank reads only its own chunks
+    task: str = "words"  # words (every word folder a class) | kws12 (speechcls/data/tasks.py)
+    noise_dir: str = ""  # background-noise recordings ("" = the store's tree's _background_noise_)
 
 
 RUNS_DIRNAME = "runs"  # runs/<name>/ under the working directory, unless --out

@@ -47,13 +47,20 @@ def test_header_and_summary_say_what_was_trained_and_what_came_of_it(cli_run):
     # the parameter count from the model built here, not from the code under test's header
     params = sum(p.numel() for p in build_model("seed_cnn", (1, 80, 81), 10).parameters())
     for expected in (
-        f"store: {store} (official split kind; mel features, input 1 x 80 x 81)",
-        f"model: seed_cnn, {params:,} parameters; device cpu, {m['loader_mode']} loader, fp32",
-        "examples: train 74, validation 12, test 14 (10 classes)",
-        "recipe: Adam, one-cycle max LR 0.01, patience 3; 2 epochs at most, batch 32, seed 0",
+        f"store: {store} (official split kind; mel features, input 1 x 80 x 81 raw)",
+        "task: words; examples: train 74, validation 12, test 14 (10 classes)",
+        "recipe chapter: Adam, one-cycle max LR 0.01, patience 3; 2 epochs at most, batch 32, seed 0; "
+        "augmentation: none",
     ):
         assert expected in lines, (expected, output)
-    assert lines.index(f"store: {store} (official split kind; mel features, input 1 x 80 x 81)") < min(
+    model_line = next(line for line in lines if line.startswith("model: "))
+    assert re.fullmatch(
+        rf"model: seed, {params:,} parameters, [\d.,]+ M multiply-adds per example; device cpu, "
+        rf"{m['loader_mode']} loader, fp32",
+        model_line,
+    ), model_line
+    assert m["parameters"] == params and m["macs"] > params  # a conv net reuses each weight many times
+    assert lines.index(f"store: {store} (official split kind; mel features, input 1 x 80 x 81 raw)") < min(
         i for i, line in enumerate(lines) if line.startswith("epoch ")
     )
     summary = next(line for line in lines if line.startswith("summary: "))

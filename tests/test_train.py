@@ -81,7 +81,7 @@ def test_two_epochs_write_the_run_folder(tiny_store, tmp_path):
     assert rows[0][1:] == list(WORDS) and [int(v) for v in rows[1][1:]] == m["confusion"][0]
     ckpt = torch.load(run / "last.pt", weights_only=True)  # tensors and plain types only: no code in the file
     assert {"model", "optimizer", "scheduler", "epoch", "rng_ranks", "config", "model_name", "in_shape"} <= set(ckpt)
-    assert ckpt["format"] == 2 and ckpt["model_name"] == "seed_cnn"
+    assert ckpt["format"] == 2 and ckpt["model_name"] == "seed"
     assert TrainConfig(**ckpt["config"]).epochs == 2  # the run can be rebuilt from its file
     assert json.loads((run / "config.json").read_text())["batch_size"] == 32
 
@@ -271,7 +271,7 @@ def test_predict_gives_a_real_clip_its_label(fsdd_run, tmp_path):
 def test_models_are_built_by_name_and_an_unknown_name_is_refused():
     from speechcls.models import build_model, names
 
-    assert "seed_cnn" in names()
+    assert "seed" in names() and "bcresnet-8" in names()
     model = build_model("seed_cnn", (2, 80, 81), 12, dropout2d=0.1, dropout=0.3)
     assert model(torch.zeros(2, 2, 80, 81)).shape == (2, 12)
     with pytest.raises(ValueError, match="unknown model 'resnet9': choose one of .*seed_cnn"):

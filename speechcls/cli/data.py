@@ -88,12 +88,56 @@ def data_info(
         int, typer.Option(help="Seed of the random 60/20/20 split shown beside the official one.")
     ] = config.SPLIT_SEED,
     check_audio: Annotated[bool, typer.Option(help="Read every file's header (finds unreadable files).")] = True,
+    task: Annotated[
+        str,
+        typer.Option(
+            help="words | kws12. kws12 also shows the task's examples per class and split: the ten words, the "
+            "_unknown_ clips chosen, the _silence_ examples to cut from background noise (words: the table above)."
+        ),
+    ] = "words",
 ) -> None:
     """Classes, clips per class and split, speakers, missing list entries and unreadable files."""
     from speechcls.audio import decode
     from speechcls.data import tree
+    from speechcls.data.tasks import make_task
     from speechcls.report import console as report
 
     index = tree.index_tree(root if root is not None else config.default_root())
+    the_task = make_task(task, index.classes)  # an unknown task, or kws12 on a tree without its words: refused first
     survey = decode.survey(index.root, index.paths) if check_audio else None
-    report.print_index(index, seed, survey, console())
+    out = console()
+    report.print_index(index, seed, survey, out)
+    if the_task.name != "words":
+        print_task(index, the_task, seed, out)
+
+
+def print_task(index, task, seed: int, out) -> None:
+    """Examples of each of the task's classes per split, for the official split (where the tree has its
+    lists) and the random one. Every clip counts: one that featurize cannot decode is left out of a store,
+    so a store's counts can be lower."""
+    from rich.table import Table
+
+    from speechcls.data.noise import noise_files
+    from speechcls.data.tasks import task_counts
+
+    labels = [c.label for c in index.clips]
+    kinds = [("official", index.official), (f"random (seed {seed})", index.split("random", seed))]
+    counts = {kind: task_counts(task, labels, index.paths, codes) for kind, codes in kinds if codes is not None}
+    table = Table(title=f"task {task.name}: examples per class and split", title_justify="left")
+    table.add_column("label", justify="right")
+    table.add_column("class")
+    for kind in counts:
+        for split in config.SPLITS:
+            table.add_column(f"{kind} {split}", justify="right")
+    for label, name in enumerate(task.classes):
+        table.add_row(str(label), name, *(str(counts[k][s][name]) for k in counts for s in config.SPLITS))
+    table.add_row("", "all", *(str(sum(counts[k][s].values())) for k in counts for s in config.SPLITS))
+    out.print(table)
+    if task.silence is not None:
+        folder = index.root / config.BACKGROUND_DIR
+        found = len(noise_files(folder)) if folder.is_dir() else 0
+        out.print(
+            f"{config.SILENCE}: cut from {found} background recording(s) in {folder}"
+            + ("" if found else "; training this task needs --noise-dir"),
+            markup=False,
+        )

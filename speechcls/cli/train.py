@@ -19,6 +19,19 @@ def _train_config(**kw) -> "config.TrainConfig":
     return config.TrainConfig(**kw).validate()
 
 
+RecipeOpt = Annotated[
+    Optional[str], typer.Option(help="A recipe's value (chapter | kws: the model's published one) unless set.")
+]
+
+
+def _opt(help_text: str, *names: str, panel: str = "Recipe (defaults: per --recipe)"):
+    """An option whose default comes from --recipe: None until the user sets it."""
+    return typer.Option(*names, help=help_text, show_default=False, rich_help_panel=panel)
+
+
+AUGMENT = "Augmentation of the training split (defaults: per --recipe)"
+
+
 @app.command()
 @user_errors
 def train(
@@ -31,17 +44,64 @@ def train(
     overwrite: Annotated[
         bool, typer.Option(help="Replace the run already in --out (its run files only; never another folder).")
     ] = False,
-    features: Annotated[str, typer.Option(help="For a waveform store: the variant computed on the device.")] = "",
+    recipe: Annotated[
+        str,
+        typer.Option(
+            help="chapter (the book's: Adam, one-cycle, early stopping, raw features) | kws (the model's published "
+            "keyword-spotting recipe: log-mel, augmentation, warm-up + cosine; see the README)."
+        ),
+    ] = "chapter",
+    model: Annotated[
+        str, typer.Option(help="seed (the chapter's CNN) | bcresnet-1|2|3|6|8 | matchboxnet-3x1x64.")
+    ] = "seed",
+    task: Annotated[
+        str, typer.Option(help="words (every word folder a class) | kws12 (10 words + _silence_ + _unknown_).")
+    ] = "words",
+    noise_dir: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Background-noise WAVs for _silence_ and noise mixing. \\[default: the tree's _background_noise_]",
+            show_default=False,
+        ),
+    ] = None,
+    features: Annotated[Optional[str], _opt("For a waveform store: the variant computed on the device.")] = None,
+    n_mels: Annotated[Optional[int], _opt("Mel filters of features computed from a waveform store.")] = None,
+    log: Annotated[Optional[bool], _opt("log(x + 1e-6) of power features.", "--log/--no-log")] = None,
+    normalize: Annotated[
+        Optional[bool],
+        _opt("Standardize each frequency bin (training-split statistics).", "--normalize/--no-normalize"),
+    ] = None,
     split_kind: Annotated[
         str, typer.Option("--split-kind", "--split", help="official (speaker-disjoint lists) | random (60/20/20).")
     ] = "official",
     split_seed: Annotated[int, typer.Option(help="Seed of the random split.")] = config.SPLIT_SEED,
-    epochs: Annotated[int, typer.Option(help="Maximum epochs (the one-cycle schedule spans them).")] = 50,
-    batch_size: Annotated[int, typer.Option(help="Examples per batch (per process under torchrun).")] = 128,
-    max_lr: Annotated[float, typer.Option(help="Peak of the one-cycle learning rate.")] = 1e-2,
-    patience: Annotated[int, typer.Option(help="Epochs without a lower validation loss before stopping.")] = 3,
+    epochs: Annotated[Optional[int], _opt("Epochs (at most, with early stopping); the LR schedule spans them.")] = None,
+    batch_size: Annotated[Optional[int], _opt("Examples per batch (per process under torchrun).")] = None,
+    optimizer: Annotated[Optional[str], _opt("adam | adamw | sgd (momentum 0.9).")] = None,
+    schedule: Annotated[Optional[str], _opt("onecycle | cosine (linear warm-up, then cosine to 0).")] = None,
+    max_lr: Annotated[Optional[float], _opt("Peak learning rate.")] = None,
+    warmup_epochs: Annotated[Optional[float], _opt("Cosine schedule: epochs of linear warm-up.")] = None,
+    weight_decay: Annotated[Optional[float], _opt("Weight decay.")] = None,
+    label_smoothing: Annotated[Optional[float], _opt("Label smoothing of the training loss.")] = None,
+    early_stopping: Annotated[
+        Optional[bool],
+        _opt("Stop after --patience epochs without improvement.", "--early-stopping/--no-early-stopping"),
+    ] = None,
+    patience: Annotated[Optional[int], _opt("Epochs without a better validation score before stopping.")] = None,
     min_epochs: Annotated[int, typer.Option(help="Early stopping does not count before this epoch.")] = 0,
-    seed: Annotated[int, typer.Option(help="Model init, dropout and batch order.")] = 0,
+    best_by: Annotated[Optional[str], _opt("The best checkpoint: loss (lowest validation loss) | acc.")] = None,
+    ema: Annotated[Optional[float], _opt("Decay of an average of the weights, validated and kept (0: off).")] = None,
+    shift_ms: Annotated[
+        Optional[float], _opt("Random time shift up to ± this (waveform stores).", panel=AUGMENT)
+    ] = None,
+    noise_prob: Annotated[Optional[float], _opt("Probability of mixing in background noise.", panel=AUGMENT)] = None,
+    noise_volume: Annotated[Optional[float], _opt("The noise's volume, uniform in [0, this].", panel=AUGMENT)] = None,
+    freq_masks: Annotated[Optional[int], _opt("SpecAugment frequency masks per example.", panel=AUGMENT)] = None,
+    freq_width: Annotated[Optional[int], _opt("Their maximum width (bins).", panel=AUGMENT)] = None,
+    time_masks: Annotated[Optional[int], _opt("SpecAugment time masks per example.", panel=AUGMENT)] = None,
+    time_width: Annotated[Optional[int], _opt("Their maximum width (frames).", panel=AUGMENT)] = None,
+    mixup: Annotated[Optional[float], _opt("Mixup's Beta(alpha, alpha) (0: off).", panel=AUGMENT)] = None,
+    seed: Annotated[int, typer.Option(help="Model init, dropout, batch order and augmentation.")] = 0,
     device: DeviceOpt = "auto",
     precision: Annotated[str, typer.Option(help="fp32 | bf16 | fp16 (CUDA autocast).")] = "fp32",
     channels_last: Annotated[bool, typer.Option(help="channels_last memory format.")] = False,
@@ -52,15 +112,20 @@ def train(
         bool, typer.Option("--sync-bn", help="Under torchrun: BatchNorm over the global batch.")
     ] = False,
     tensorboard: Annotated[
-        bool, typer.Option("--tensorboard", help="Also write the epoch scalars to <run>/tensorboard/ (needs [tb]).")
+        bool, typer.Option("--tensorboard", help="Also write the epoch scalars to <run>/tensorboard/ (needs \\[tb]).")
     ] = False,
 ) -> None:
-    """Train the chapter's CNN on a feature store: Adam, one-cycle LR, early stopping; then test.
+    """Train a model on a feature store, then test its best checkpoint.
+
+    `--recipe chapter` (the default) is the book's: the seed CNN, Adam, one-cycle LR, early stopping.
+    `--recipe kws` is the chosen model's published keyword-spotting recipe, e.g.
+    `--recipe kws --model bcresnet-8 --task kws12` on a waveform store.
     Under `torchrun --nproc-per-node N -m speechcls train ...` it trains with DistributedDataParallel.
-    Prints a header (store, model, device, loader, examples, recipe), a line per epoch and a summary,
+    Prints a header (store, task, model, device, loader, examples, recipe), a line per epoch and a summary,
     and keeps them in <run>/train.log."""
     from speechcls import dist
     from speechcls.engine.fit import fit
+    from speechcls.engine.recipes import resolve
     from speechcls.engine.run_dir import RunDir, default_run_dir
 
     if resume is not None and overwrite:
@@ -69,12 +134,20 @@ def train(
         from speechcls.report.tensorboard import check_available
 
         check_available()  # before training: a missing package never costs a run
-    cfg = _train_config(
-        store=store, features=features, split_kind=split_kind, split_seed=split_seed, epochs=epochs,
-        batch_size=batch_size, max_lr=max_lr, patience=patience, min_epochs=min_epochs, seed=seed, device=device,
-        precision=precision, channels_last=channels_last, compile=compile, loader=loader, workers=workers,
-        sync_bn=sync_bn,
+    fixed = dict(
+        store=str(store) if store else "", split_kind=split_kind, split_seed=split_seed, min_epochs=min_epochs,
+        seed=seed, device=device, precision=precision, channels_last=channels_last, compile=compile, loader=loader,
+        workers=workers, sync_bn=sync_bn, model=model, task=task, noise_dir=str(noise_dir) if noise_dir else "",
     )  # fmt: skip
+    chosen = dict(
+        features=features, n_mels=n_mels, log=log, normalize=normalize, epochs=epochs, batch_size=batch_size,
+        optimizer=optimizer, schedule=schedule, max_lr=max_lr, warmup_epochs=warmup_epochs,
+        weight_decay=weight_decay, label_smoothing=label_smoothing, early_stopping=early_stopping,
+        patience=patience, best_by=best_by, ema=ema, shift_ms=shift_ms, noise_prob=noise_prob,
+        noise_volume=noise_volume, freq_masks=freq_masks, freq_width=freq_width, time_masks=time_masks,
+        time_width=time_width, mixup=mixup,
+    )  # fmt: skip
+    cfg = resolve(recipe, fixed | {k: v for k, v in chosen.items() if v is not None})
     if resume is not None:
         run_dir = resume
     else:
@@ -134,17 +207,29 @@ def _header_lines(kind: str, h: dict) -> list[str]:
     device = h["device"] if h["world"] == 1 else f"{h['world']} processes, {h['device']} on rank 0"
     n = h["examples"]
     lines = [
-        f"store: {h['store']} ({h['split_kind']} split kind; {features}, input {' x '.join(map(str, h['in_shape']))})",
-        f"model: {h['model']}, {h['parameters']:,} parameters; device {device}, {h['loader']} loader, {h['precision']}",
-        f"examples: train {n.get('train', 0):,}, validation {n.get('validation', 0):,}, test {n.get('test', 0):,}"
-        f" ({h['classes']} classes)",
-        f"recipe: Adam, one-cycle max LR {h['max_lr']:g}, patience {h['patience']}"
-        + (f" (counted from epoch {h['min_epochs']})" if h["min_epochs"] else "")
-        + f"; {h['epochs']} epochs at most, batch {h['batch_size']}, seed {h['seed']}",
+        f"store: {h['store']} ({h['split_kind']} split kind; {features}, input {' x '.join(map(str, h['in_shape']))}"
+        f" {h['input']})",
+        f"model: {h['model']}, {h['parameters']:,} parameters, {h['macs'] / 1e6:,.1f} M multiply-adds per example; "
+        f"device {device}, {h['loader']} loader, {h['precision']}",
+        f"task: {h['task']}; examples: train {n.get('train', 0):,}, validation {n.get('validation', 0):,}, "
+        f"test {n.get('test', 0):,} ({h['classes']} classes)",
+        f"recipe {h['recipe']}: {h['optimizer']}, {_schedule(h)}; {h['epochs']} epochs"
+        + (" at most" if h["early_stopping"] else "")
+        + f", batch {h['batch_size']}, seed {h['seed']}; augmentation: {h['augment']}",
     ]
     if h["start_epoch"] > 1:
         lines.append(f"resuming {h['run']} at epoch {h['start_epoch']}")
     return lines
+
+
+def _schedule(h: dict) -> str:
+    if h["schedule"] == "onecycle":
+        text = f"one-cycle max LR {h['max_lr']:g}"
+    else:
+        text = f"warm-up + cosine, max LR {h['max_lr']:g}"
+    if h["early_stopping"]:
+        text += f", patience {h['patience']}" + (f" (counted from epoch {h['min_epochs']})" if h["min_epochs"] else "")
+    return text
 
 
 def _summary_lines(m: dict, run: Path, wall_s: float) -> list[str]:

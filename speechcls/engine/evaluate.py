@@ -9,20 +9,17 @@ import torch
 
 from speechcls.config import TrainConfig
 from speechcls.engine.checkpoint import load_model
-from speechcls.engine.fit import make_loader
+from speechcls.engine.setup import eval_loader
 from speechcls.engine.steps import evaluate_model, most_confused, per_class
 from speechcls.runtime import resolve_device
-from speechcls.store.location import to_location
 
 
 def evaluate(run: Path, split: str = "test", store: str | None = None, device: str = "auto") -> dict:
     """Loss, accuracy, per-class accuracy, confusion and the most-confused pairs of a checkpoint."""
     dev = torch.device(resolve_device(device))
     model, ckpt = load_model(run, dev)
-    cfg = replace(TrainConfig(**ckpt["config"]), store=store or ckpt["config"]["store"], device=str(dev), loader="auto")
-    loader = make_loader(cfg, to_location(cfg.store), split, dev)
-    if loader.classes != ckpt["classes"]:
-        raise ValueError(f"{cfg.store} has other classes than the checkpoint was trained on")
+    loader = eval_loader(ckpt, split, dev, store)
+    cfg = replace(TrainConfig(**ckpt["config"]), device=str(dev))
     r = evaluate_model(model, loader, cfg, dev)
     return {
         "split": split, "loss": r["loss"], "acc": r["acc"], "n": r["n"], "classes": loader.classes,

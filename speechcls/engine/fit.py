@@ -14,183 +14,133 @@ import math
 import socket
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import torch
 
 from speechcls import dist
-from speechcls.config import FeatureParams, TrainConfig
+from speechcls.audio.frontend import InputSpec
+from speechcls.config import TrainConfig
 from speechcls.engine import checkpoint
 from speechcls.engine.run_dir import RunDir
+from speechcls.engine.setup import Setup, build, data_parallel, make_loader
 from speechcls.engine.steps import evaluate_model, per_class, train_step
-from speechcls.loader import FeatureLoader
-from speechcls.models import build_model
-from speechcls.runtime import Progress, package_versions, resolve_device, seed_everything, source_commit
-from speechcls.store.location import Location, to_location
-from speechcls.store.reader import find_store
+from speechcls.runtime import Progress, package_versions, resolve_device, source_commit
 
-
-@dataclass
-class Setup:
-    cfg: TrainConfig
-    store: Location
-    device: torch.device
-    loaders: dict[str, FeatureLoader]
-    classes: list[str]
-    params: FeatureParams  # what the model sees (computed on the device for a waveform store)
-    model: torch.nn.Module
-    rank: dist.Rank
-
-    def meta(self) -> dict:
-        """What every checkpoint of the run holds besides its state: enough to rebuild the model."""
-        return {
-            "config": asdict(self.cfg) | {"store": str(self.store)},
-            "classes": self.classes,
-            "params": asdict(self.params),
-            "in_shape": list(self.params.shape),
-            "n_classes": len(self.classes),
-            "model_name": self.cfg.model,
-            "model_cfg": {"dropout2d": self.cfg.dropout2d, "dropout": self.cfg.dropout},
-        }
-
-    def resolved(self) -> dict:
-        """What "auto" and "" became: the device, the training loader's mode, the features the model sees."""
-        return {
-            "device": str(self.device),  # rank 0's under torchrun ("world" says how many)
-            "loader": self.loaders["train"].mode,
-            "features": self.params.variant,
-        }
-
-    def header(self, start_epoch: int) -> dict:
-        """What the run trains on what and how, for the front end to show before the first epoch."""
-        train = self.loaders["train"]
-        return self.resolved() | {
-            "store": str(self.store),
-            "split_kind": self.cfg.split_kind,
-            "store_variant": train.store_params.variant,
-            "in_shape": list(self.params.shape),
-            "model": self.cfg.model,
-            "parameters": sum(p.numel() for p in self.model.parameters()),
-            "examples": {split: loader.n for split, loader in self.loaders.items()},
-            "classes": len(self.classes),
-            "epochs": self.cfg.epochs,
-            "min_epochs": self.cfg.min_epochs,
-            "start_epoch": start_epoch,  # > 1 on a resume
-            "steps_left": len(train) * max(self.cfg.epochs - start_epoch + 1, 0),  # this rank's, for an overall ETA
-            "batch_size": self.cfg.batch_size,
-            "world": self.rank.world,
-            "optimizer": "Adam",
-            "max_lr": self.cfg.max_lr,
-            "patience": self.cfg.patience,
-            "precision": self.cfg.precision,
-            "seed": self.cfg.seed,
-        }
-
-
-def make_loader(
-    cfg: TrainConfig,
-    store: Location,
-    split: str,
-    device: torch.device,
-    mode: str | None = None,
-    rank: dist.Rank = dist.Rank(),
-) -> FeatureLoader:
-    return FeatureLoader(store, split, cfg.loader_config(split, str(device), mode), rank)
-
-
-def build(
-    cfg: TrainConfig, variant: str | None = None, splits=("train", "validation", "test"), rank: dist.Rank = dist.Rank()
-) -> Setup:
-    """Store, loaders (this rank's shards) and a freshly initialised model (seeded) for `cfg`."""
-    cfg.validate()
-    device = torch.device(dist.local_device(resolve_device(cfg.device), rank))  # one GPU per process
-    if cfg.precision != "fp32" and device.type != "cuda":
-        raise ValueError(f"--precision {cfg.precision} needs CUDA (autocast); use fp32 on the CPU")
-    store = to_location(cfg.store) if cfg.store else find_store(variant)
-    loaders = {s: make_loader(cfg, store, s, device, rank=rank) for s in splits}
-    first = next(iter(loaders.values()))
-    if "train" in loaders and rank.main:  # said before training: a class without a training clip is never learned
-        seen = set(loaders["train"].labels.tolist())
-        if absent := [name for i, name in enumerate(first.classes) if i not in seen]:
-            warnings.warn(
-                f"no training clips for class {', '.join(map(repr, absent))} in the {cfg.split_kind} split of "
-                f"{store}: the model cannot learn it; add clips to the tree (and featurize again), or try "
-                "--split-kind random",
-                stacklevel=2,
-            )
-    seed_everything(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-    model = build_model(cfg.model, first.item_shape, len(first.classes), dropout2d=cfg.dropout2d, dropout=cfg.dropout)
-    model = model.to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if rank.distributed:
-        torch.manual_seed(cfg.seed + rank.rank)  # each rank its own dropout masks
-        if cfg.sync_bn:
-            model = dist.convert_sync_batchnorm(model, device)
-    return Setup(cfg, store, device, loaders, first.classes, first.params, model, rank)
-
-
-def data_parallel(s: Setup) -> torch.nn.Module:
-    """The module to step: DDP over the ranks (gradients averaged in buckets during backward)."""
-    if not s.rank.distributed:
-        return s.model
-    from torch.nn.parallel import DistributedDataParallel
-
-    return DistributedDataParallel(s.model, device_ids=[s.device.index] if s.device.type == "cuda" else None)
+__all__ = ["EarlyStopping", "Setup", "Trainer", "build", "fit", "make_loader"]
 
 
 @dataclass
 class EarlyStopping:
-    """Stop after `patience` epochs without a lower validation loss, not counting before `min_epochs`."""
+    """The best epoch by validation loss (the chapter's) or accuracy (`best_by="acc"`), and the stop
+    after `patience` epochs without a better one, not counting before `min_epochs` (never when not
+    `enabled`: the kws recipes run their whole schedule)."""
 
     patience: int
     min_epochs: int = 0
+    best_by: str = "loss"
+    enabled: bool = True
     best_loss: float = math.inf
+    best_acc: float = -math.inf
     bad: int = 0
     best_epoch: int = 0
 
-    def update(self, loss: float, epoch: int) -> bool:
-        """Record an epoch's validation loss; True when it is the best so far."""
-        if loss < self.best_loss:
+    def update(self, loss: float, epoch: int, acc: float | None = None) -> bool:
+        """Record an epoch's validation loss (and accuracy); True when it is the best so far (ties in
+        accuracy go to the lower loss)."""
+        if self.best_by == "acc":
+            better = acc > self.best_acc or (acc == self.best_acc and loss < self.best_loss)
+        else:
+            better = loss < self.best_loss
+        if better:
             self.best_loss, self.bad, self.best_epoch = loss, 0, epoch
+            self.best_acc = acc if acc is not None else -math.inf
             return True
         self.bad += 1
         return False
 
     def should_stop(self, epoch: int) -> bool:
-        return self.bad >= self.patience and epoch >= self.min_epochs
+        return self.enabled and self.bad >= self.patience and epoch >= self.min_epochs
+
+    @classmethod
+    def for_config(cls, cfg: TrainConfig) -> "EarlyStopping":
+        return cls(cfg.patience, cfg.min_epochs, cfg.best_by, cfg.early_stopping)
+
+
+def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """Adam (the chapter's: no weight decay), AdamW, or SGD with momentum 0.9 (BC-ResNet's). The LR is
+    set by the schedule at every step."""
+    params = model.parameters()
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.max_lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.max_lr, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.max_lr, weight_decay=cfg.weight_decay)
+
+
+def make_schedule(cfg: TrainConfig, optimizer, steps_per_epoch: int):
+    """Stepped per batch. onecycle: the chapter's (torch's OneCycleLR to max_lr over all epochs).
+    cosine: linear warm-up from 0 over warmup_epochs, then half a cosine from max_lr to 0 at the last step
+    (BC-ResNet's main.py)."""
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=cfg.max_lr, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch
+        )
+    total = cfg.epochs * steps_per_epoch
+    warm = min(round(cfg.warmup_epochs * steps_per_epoch), total - 1)
+
+    def factor(step: int) -> float:  # the LR of step `step` (from 0) over max_lr
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(total - warm, 1)))
+
+    for g in optimizer.param_groups:
+        g["lr"] = g["initial_lr"] = cfg.max_lr
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 @dataclass
 class Trainer:
-    """The optimizer, LR schedule and scaler of a run (the state last.pt keeps besides the model)."""
+    """The optimizer, LR schedule, scaler and weight average of a run (the state last.pt keeps besides
+    the model)."""
 
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
+    ema: torch.optim.swa_utils.AveragedModel | None = None  # --ema: validated, tested and kept instead
 
     @classmethod
     def for_setup(cls, s: Setup) -> "Trainer":
-        optimizer = torch.optim.Adam(s.model.parameters())
-        steps = len(s.loaders["train"])
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=s.cfg.max_lr, epochs=s.cfg.epochs, steps_per_epoch=steps
-        )
-        return cls(optimizer, scheduler, torch.amp.GradScaler(s.device.type, enabled=s.cfg.precision == "fp16"))
+        optimizer = make_optimizer(s.cfg, s.model)
+        scheduler = make_schedule(s.cfg, optimizer, len(s.loaders["train"]))
+        ema = None
+        if s.cfg.ema:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            # use_buffers: the average's BatchNorm statistics follow the model's (no extra pass over the data)
+            ema = AveragedModel(s.model, multi_avg_fn=get_ema_multi_avg_fn(s.cfg.ema), use_buffers=True)
+        return cls(optimizer, scheduler, torch.amp.GradScaler(s.device.type, enabled=s.cfg.precision == "fp16"), ema)
+
+    def evaluated(self, s: Setup) -> torch.nn.Module:
+        """The weights validated, checkpointed as best and tested: the average under --ema, else the model."""
+        return self.ema.module if self.ema is not None else s.model
 
     def state(self) -> dict:
-        return {
+        state = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
         }
+        return state | ({"ema": self.ema.state_dict()} if self.ema is not None else {})
 
     def load(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
 
 
 def _sync(device: torch.device) -> None:
@@ -218,7 +168,12 @@ def train_one_epoch(s: Setup, step_model, t: Trainer, epoch: int, progress: Prog
     t0 = time.perf_counter()
     for (x, y), global_size in zip(loader, loader.global_sizes, strict=True):
         weight = len(y) * world / global_size  # 1.0 in one process
-        loss, logits = train_step(step_model, t.optimizer, t.scheduler, t.scaler, s.cfg, device, x, y, weight)
+        mix = {}
+        if s.cfg.mixup:  # a function of (seed, epoch, step, rank): a resumed run draws the same
+            x, mix["mix"] = mixed(x, y, s.cfg.mixup, s.cfg.seed, epoch, steps, s.rank.rank)
+        loss, logits = train_step(step_model, t.optimizer, t.scheduler, t.scaler, s.cfg, device, x, y, weight, **mix)
+        if t.ema is not None:
+            t.ema.update_parameters(s.model)
         losses[steps] = loss.detach()
         total_loss += loss.detach() * len(y)  # stays on the device: no sync per batch
         correct += (logits.argmax(1) == y).sum()
@@ -263,11 +218,22 @@ def _diverged(s: Setup, losses: torch.Tensor, epoch: int) -> ValueError:
     )
 
 
-def validate(s: Setup, epoch: int) -> dict:
+def mixed(x: torch.Tensor, y: torch.Tensor, alpha: float, seed: int, epoch: int, step: int, rank: int):
+    """Mixup of a training batch: (mixed x, (y_b, lam)) for train_step's loss lam * CE(y) + (1 - lam) * CE(y_b)."""
+    import numpy as np
+
+    from speechcls.audio.augment import mixup
+
+    rng = np.random.default_rng([seed, epoch, step, rank, 0x6D6978])  # "mix": its own stream
+    xm, _y_a, y_b, lam = mixup(x, y, alpha, rng)
+    return xm, (y_b, lam)
+
+
+def validate(s: Setup, epoch: int, model: torch.nn.Module | None = None) -> dict:
     """The validation split's log row (the chapter's CSV calls the set "valid")."""
     if not s.cfg.sync_bn:
         dist.broadcast_buffers(s.rank, s.model)  # evaluate (and checkpoint) rank 0's running statistics
-    v = evaluate_model(s.model, s.loaders["validation"], s.cfg, s.device)
+    v = evaluate_model(model or s.model, s.loaders["validation"], s.cfg, s.device)
     return {"epoch": epoch, "set": "valid", "loss": v["loss"], "acc": v["acc"]}
 
 
@@ -291,9 +257,11 @@ def fit(
     if not resume:
         _claim(run, rank, overwrite)  # before anything is written: a run already there is never mixed into
     state = _load_resume(run, rank) if resume else None
+    spec = None
     if state is not None:
         cfg = TrainConfig(**state["config"])
-    s = build(cfg, variant, rank=rank)
+        spec = InputSpec.from_dict(state.get("input"))  # the statistics of the first start, not recomputed
+    s = build(cfg, variant, rank=rank, input_spec=spec)
     meta = s.meta()  # its "config" stays the TrainConfig's fields: TrainConfig(**config) rebuilds it on resume
     record = meta["config"] | s.resolved() | {
         "world": rank.world, "argv": command, "git_commit": source_commit() if rank.main else None,
@@ -302,7 +270,7 @@ def fit(
     }  # fmt: skip
     if rank.main:
         run.write_config(record)
-    t, stop = Trainer.for_setup(s), EarlyStopping(s.cfg.patience, s.cfg.min_epochs)
+    t, stop = Trainer.for_setup(s), EarlyStopping.for_config(s.cfg)
     rows, start_epoch, clock, stopped = [], 1, {"time": 0.0, "seen": 0}, False
     if state is not None:
         start_epoch, rows, clock, stopped = _restore(state, s, t, stop)
@@ -316,9 +284,10 @@ def fit(
         ep = train_one_epoch(s, step_model, t, epoch, progress)
         clock["time"] += ep["seconds"]
         clock["seen"] += ep["n"]
-        valid_row = validate(s, epoch)
+        evaluated = t.evaluated(s)
+        valid_row = validate(s, epoch, evaluated)
         rows += [ep["row"], valid_row]
-        improved = stop.update(valid_row["loss"], epoch)
+        improved = stop.update(valid_row["loss"], epoch, valid_row["acc"])
         # one verdict for all ranks (their all-reduced numbers agree; this makes it certain)
         stopped = dist.broadcast(rank, stop.should_stop(epoch))
         rngs = dist.gather(rank, checkpoint.rng_state())
@@ -326,12 +295,15 @@ def fit(
             run.write_log(rows)
             if improved:
                 checkpoint.save(
-                    run.best, {**meta, "model": s.model.state_dict(), "epoch": epoch, "valid_loss": valid_row["loss"]}
-                )
+                    run.best, {
+                        **meta, "model": evaluated.state_dict(), "epoch": epoch, "valid_loss": valid_row["loss"],
+                        "valid_acc": valid_row["acc"],
+                    },
+                )  # fmt: skip
             checkpoint.save(run.last, {
                 **meta, **t.state(), "model": s.model.state_dict(), "epoch": epoch, "best_loss": stop.best_loss,
-                "bad_epochs": stop.bad, "best_epoch": stop.best_epoch, "train_time": clock["time"],
-                "train_seen": clock["seen"], "rng_ranks": rngs, "world": rank.world,
+                "best_acc": stop.best_acc, "bad_epochs": stop.bad, "best_epoch": stop.best_epoch,
+                "train_time": clock["time"], "train_seen": clock["seen"], "rng_ranks": rngs, "world": rank.world,
                 "finished": stopped or epoch == s.cfg.epochs,
             })  # fmt: skip
         progress.end(train=ep["row"], valid=valid_row, samples_per_s=ep["row"]["samples_per_s"], best=improved)
@@ -370,6 +342,7 @@ def _restore(state: dict, s: Setup, t: Trainer, stop: EarlyStopping) -> tuple[in
     s.model.load_state_dict(state["model"])
     t.load(state)
     stop.best_loss, stop.bad, stop.best_epoch = state["best_loss"], state["bad_epochs"], state["best_epoch"]
+    stop.best_acc = state.get("best_acc", -math.inf)
     rows = [r for r in state["log"] if r["epoch"] <= state["epoch"]]
     ranks = state["rng_ranks"]
     if len(ranks) == s.rank.world:
@@ -402,6 +375,11 @@ def _test(s: Setup, run: RunDir, rows: list[dict], stop: EarlyStopping, clock: d
         "epochs_run": epochs_run,
         "best_epoch": stop.best_epoch,
         "best_valid_loss": stop.best_loss,
+        "best_valid_acc": stop.best_acc if math.isfinite(stop.best_acc) else None,
+        "task": s.cfg.task,
+        "recipe": s.cfg.recipe,
+        "model": s.cfg.model,
+        **s.complexity,  # parameters, macs
         "stopped_early": epochs_run < s.cfg.epochs,
         "train_samples_per_s": clock["seen"] / clock["time"] if clock["time"] else None,
         "test_samples": test["n"],

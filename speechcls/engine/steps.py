@@ -20,13 +20,21 @@ def prep(x: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
 
 
-def train_step(model, optimizer, scheduler, scaler, cfg: TrainConfig, device: torch.device, x, y, weight: float = 1.0):
+def train_step(
+    model, optimizer, scheduler, scaler, cfg: TrainConfig, device: torch.device, x, y, weight: float = 1.0, mix=None
+):
     """One optimizer step on a batch: autocast forward, (scaled) backward, step, LR schedule step.
     `weight` multiplies the loss before backward (a rank's share of the global batch x world, so DDP's
-    gradient average is the global mean). Returns the detached mean loss and the logits."""
+    gradient average is the global mean). `mix` = (y_b, lam) for a mixup batch: the loss is
+    lam * CE(y) + (1 - lam) * CE(y_b). Label smoothing as cfg.label_smoothing. Returns the detached
+    mean loss and the logits."""
+    smoothing = getattr(cfg, "label_smoothing", 0.0)
     with autocast(cfg, device):
         logits = model(prep(x, cfg))
-        loss = F.cross_entropy(logits.float(), y)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=smoothing)
+        if mix is not None:
+            y_b, lam = mix
+            loss = lam * loss + (1 - lam) * F.cross_entropy(logits.float(), y_b, label_smoothing=smoothing)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss * weight if weight != 1.0 else loss).backward()
     scaler.step(optimizer)

@@ -1,6 +1,7 @@
 """Models: a registry (build_model by name) and one file per model."""
 
-from speechcls.models import seed_cnn  # noqa: F401  (registers "seed_cnn")
-from speechcls.models.registry import build_model, names, register
+from speechcls.models import bcresnet, matchboxnet, seed_cnn  # noqa: F401  (each registers its models)
+from speechcls.models.complexity import complexity
+from speechcls.models.registry import build_model, canonical, names, published_input, register, settings
 
-__all__ = ["build_model", "names", "register"]
+__all__ = ["build_model", "canonical", "complexity", "names", "published_input", "register", "settings"]

@@ -1,4 +1,5 @@
-"""The chapter's CNN, exactly, with its input channels and classes taken from the store."""
+"""The chapter's CNN, exactly, with its input channels and classes taken from the store. Registered as "seed"
+(the issue's `--model seed`); "seed_cnn", its name before, still builds it for older checkpoints."""
 
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ class SeedCNN(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))  # (B, 512, 1, 1) -> (B, 512)
 
 
-@register("seed_cnn")
+@register("seed", aliases=("seed_cnn",))
 def seed_cnn(in_shape: tuple[int, ...], n_classes: int, dropout2d: float = 0.2, dropout: float = 0.5) -> SeedCNN:
     """The chapter's model; `in_shape` is (C, F, T)."""
     c, f, t = in_shape

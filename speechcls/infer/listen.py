@@ -1,0 +1,260 @@
+"""`speechcls listen`: spot keywords in recordings of any length with a model trained on one-second clips.
+
+A one-second window slides over the recording every `hop_ms` (the last one zero-padded to the end); each
+window is classified, in batches, by the run's model on the device (torch) or by an exported ONNX file
+with its front end (onnxruntime); the posteriors are smoothed over time and turned into detections, as
+TensorFlow's speech_commands RecognizeCommands does (average the posteriors of the last
+`average_window_duration_ms`; a word is found when its averaged score is the top one and above the
+threshold; a new detection is refused within `suppression_ms` of the last one):
+
+- **smoothing**: a moving average of the posteriors over `smooth_ms` (an odd number of windows),
+  centred on each window: the whole recording is at hand, so the average needs not lag behind as
+  TensorFlow's streaming one does (its trailing average is the same curve, shifted by half the window);
+- **a detection** is a run of consecutive windows whose top smoothed class is the same word, above
+  `threshold`; `_silence_` and `_unknown_` are never reported (they still win windows, which is how
+  silence and other words keep the keywords quiet);
+- **where**: a window holds the whole word from when it starts at the word's end minus one second to
+  when it starts at the word's start, so the word lies where the run's windows overlap: `start` is the
+  last window's start, `end` the first window's end, `time` their middle, the word's centre (the
+  smoothing widens the run by about as much at both ends, which leaves the middle in place; a model that
+  still hears a word in part of it moves both ends inwards). A run longer than one window holds the word
+  twice (said again within a second): its `start` and `end` are then the first word's end and the last
+  word's start. `confidence` is the run's highest smoothed score;
+- **repeats**: a detection of the same word whose time is within `refractory_ms` of the previous one is
+  merged into it, its span extending the previous one's. The default, 1,000 ms, is the length of a
+  Speech Commands utterance: it swallows the echoes of one word and still tells apart a word said twice
+  a second apart. TensorFlow's RecognizeCommands suppresses every label for `suppression_ms` after a
+  detection (500 ms by default; its test_streaming_accuracy.cc passes 1,500 ms, test_streaming_accuracy.py
+  500 ms) and never repeats the previous label until another one, `_silence_` included, was detected.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from speechcls.config import SILENCE, UNKNOWN
+
+NOT_REPORTED = (SILENCE, UNKNOWN)  # never reported: they are what keeps the keywords quiet
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    """How listen slides, smooths and decides (`speechcls listen` options)."""
+
+    hop_ms: float = 100.0  # between window starts: 10 classifications per second of audio
+    threshold: float = 0.8  # smoothed posterior a word must exceed (TensorFlow's streaming test: 0.7)
+    smooth_ms: float = 500.0  # moving average of the posteriors (TensorFlow's streaming test: 500 ms)
+    refractory_ms: float = 1000.0  # a repeat of the same word within this is merged (see the module docstring)
+    batch_size: int = 64  # windows per model call
+
+    def validate(self) -> "ListenConfig":
+        if not self.hop_ms > 0:
+            raise ValueError(f"--hop-ms must be positive, got {self.hop_ms}")
+        if not 0 <= self.threshold < 1:
+            raise ValueError(f"--threshold must be in [0, 1), got {self.threshold}")
+        if self.smooth_ms < 0 or self.refractory_ms < 0:
+            raise ValueError(
+                f"--smooth-ms and --refractory-ms must be >= 0, got {self.smooth_ms}, {self.refractory_ms}"
+            )
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
+        return self
+
+
+class Scorer(Protocol):
+    """Windows -> posteriors: (B, clip_samples) float32 at sample_rate -> (B, len(classes)) float32."""
+
+    classes: list[str]
+    sample_rate: int
+    clip_samples: int
+
+    def __call__(self, windows: np.ndarray) -> np.ndarray: ...
+
+
+class TorchScorer:
+    """A run folder or checkpoint: the run's EndToEnd module (features, input transform, model, softmax)
+    on the device."""
+
+    def __init__(self, path: Path, device: str = "auto"):
+        from speechcls.infer.predict import load_run
+
+        run = load_run(path, device)
+        self.module = run.end_to_end()
+        self.device = next(self.module.parameters()).device
+        self.classes = run.classes
+        self.sample_rate, self.clip_samples = run.params.sample_rate, run.params.clip_samples
+
+    def __call__(self, windows: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            x = torch.from_numpy(windows).to(self.device, non_blocking=True)
+            return self.module(x).float().cpu().numpy()  # note: a sync point, once per batch
+
+
+class OnnxScorer:
+    """A file from `speechcls export --format onnx` (with its front end), run by onnxruntime."""
+
+    def __init__(self, path: Path, threads: int = 0, device: str = "auto"):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads  # 0: onnxruntime's choice (every core)
+        providers = ["CPUExecutionProvider"]
+        if device in ("auto", "cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        elif device == "cuda":
+            raise ValueError("--device cuda: this onnxruntime has no CUDA provider (pip install onnxruntime-gpu)")
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as e:  # onnxruntime's errors are its own classes (InvalidProtobuf, Fail, ...)
+            raise ValueError(f"{path}: not an ONNX file onnxruntime can load ({type(e).__name__}: {e})") from None
+        meta = dict(self.session.get_modelmeta().custom_metadata_map)
+        if "speechcls_metadata" not in meta:
+            raise ValueError(f"{path}: no speechcls metadata in this ONNX file; make it with `speechcls export`")
+        if not json.loads(meta["frontend"]):
+            raise ValueError(
+                f"{path}: exported without its front end (its input is features); listen feeds waveforms: export "
+                "again with --with-frontend (the default)"
+            )
+        params = json.loads(meta["feature_params"])
+        self.classes = json.loads(meta["classes"])
+        self.sample_rate, self.clip_samples = params["sample_rate"], params["clip_samples"]
+        self.input = self.session.get_inputs()[0].name
+
+    def __call__(self, windows: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input: windows})[0]
+
+
+def open_scorer(path: str | Path, device: str = "auto", threads: int = 0) -> Scorer:
+    """An .onnx file -> OnnxScorer; a run folder or a checkpoint -> TorchScorer."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        if not path.is_file():
+            raise ValueError(f"{path}: no such file; make it with `speechcls export RUN_DIR`")
+        return OnnxScorer(path, threads, device)
+    return TorchScorer(path, device)
+
+
+# --- windows and posteriors --------------------------------------------------------------------------
+def window_starts(n_samples: int, clip: int, hop: int) -> np.ndarray:
+    """Start samples of the windows: every `hop`, the last one reaching the end (zero-padded past it)."""
+    return np.arange(1 + math.ceil(max(0, n_samples - clip) / hop)) * hop
+
+
+def posteriors(audio: np.ndarray, scorer: Scorer, hop: int, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, probs): each window's start sample and its class posteriors (N, K). The windows are
+    views into the padded recording, copied one batch at a time, so an hour of audio (36,000 windows at
+    a 100 ms hop, 2.3 GB as separate windows) costs one batch of memory."""
+    clip = scorer.clip_samples
+    starts = window_starts(len(audio), clip, hop)
+    padded = np.zeros(int(starts[-1]) + clip, dtype=np.float32)
+    padded[: len(audio)] = audio
+    views = np.lib.stride_tricks.sliding_window_view(padded, clip)[::hop]  # (N, clip), no copy
+    probs = [scorer(np.ascontiguousarray(views[i : i + batch_size])) for i in range(0, len(starts), batch_size)]
+    return starts, np.concatenate(probs).astype(np.float32)
+
+
+def smooth(probs: np.ndarray, width: int) -> np.ndarray:
+    """Centred moving average over `width` windows (odd), over the windows present at the edges."""
+    if width <= 1:
+        return probs
+    half = width // 2
+    c = np.concatenate([np.zeros((1, probs.shape[1])), np.cumsum(probs, axis=0, dtype=np.float64)])
+    i = np.arange(len(probs))
+    lo, hi = np.maximum(i - half, 0), np.minimum(i + half + 1, len(probs))
+    return ((c[hi] - c[lo]) / (hi - lo)[:, None]).astype(np.float32)
+
+
+def smooth_width(cfg: ListenConfig) -> int:
+    """Windows in the moving average: smooth_ms / hop_ms rounded, made odd so that it is centred."""
+    w = max(1, round(cfg.smooth_ms / cfg.hop_ms))
+    return w if w % 2 else w + 1
+
+
+def detect(probs: np.ndarray, classes: list[str], starts_s: np.ndarray, clip_s: float, cfg: ListenConfig) -> list[dict]:
+    """Detections from the windows' posteriors (N, K) and start times (seconds): word, start, end, time
+    (seconds) and confidence, in time order (the module docstring says how)."""
+    scores = smooth(probs, smooth_width(cfg))
+    top = scores.argmax(axis=1)
+    best = scores[np.arange(len(top)), top]
+    reported = np.array([c not in NOT_REPORTED for c in classes])
+    active = reported[top] & (best > cfg.threshold)
+    runs, i = [], 0
+    while i < len(top):
+        if not active[i]:
+            i += 1
+            continue
+        j = i
+        while j + 1 < len(top) and active[j + 1] and top[j + 1] == top[i]:
+            j += 1
+        runs.append((int(top[i]), i, j))
+        i = j + 1
+    found: list[dict] = []
+    last: dict[int, dict] = {}  # word -> its latest detection
+    for k, i, j in runs:
+        first_end, last_start = starts_s[i] + clip_s, starts_s[j]
+        det = {
+            "word": classes[k],
+            # a run longer than one window (the word said again within a second) has no common part:
+            # then these two are the end of its first word and the start of its last
+            "start": float(min(last_start, first_end)),
+            "end": float(max(last_start, first_end)),
+            "time": float((first_end + last_start) / 2),
+            "confidence": float(scores[i : j + 1, k].max()),
+        }
+        prev = last.get(k)
+        if prev is not None and (det["time"] - prev["time"]) * 1000 < cfg.refractory_ms:
+            prev["end"] = max(prev["end"], det["end"])
+            prev["confidence"] = max(prev["confidence"], det["confidence"])
+            continue
+        found.append(det)
+        last[k] = det
+    return [{**d, **{t: round(d[t], 3) for t in ("start", "end", "time")}} for d in found]
+
+
+def listen(
+    model: str | Path, files: list[Path], cfg: ListenConfig = ListenConfig(), device: str = "auto"
+) -> list[dict]:
+    """Detections in each file: {"file", "seconds" (of audio), "compute_s", "realtime" (seconds of audio per
+    second of compute: decoding, windows, model and decisions), "detections": [...]}; a file that cannot
+    be read gets {"file", "error"} and the others are still listened to."""
+    from speechcls.audio.decode import BadAudio, read_at
+
+    cfg.validate()
+    scorer = open_scorer(model, device)
+    hop = max(1, round(cfg.hop_ms * scorer.sample_rate / 1000))
+    out = []
+    for f in files:
+        t0 = time.perf_counter()
+        try:
+            audio, _ = read_at(Path(f), scorer.sample_rate)
+        except BadAudio as e:
+            out.append({"file": str(f), "error": f"not readable audio: {e}"})
+            continue
+        except OSError as e:
+            out.append({"file": str(f), "error": str(e)})
+            continue
+        starts, probs = posteriors(audio, scorer, hop, cfg.batch_size)
+        if not np.isfinite(probs).all():
+            out.append(
+                {"file": str(f), "error": "the model's posteriors are not finite (a float file out of [-1, 1]?)"}
+            )
+            continue
+        found = detect(
+            probs, scorer.classes, starts / scorer.sample_rate, scorer.clip_samples / scorer.sample_rate, cfg
+        )
+        seconds = len(audio) / scorer.sample_rate
+        compute = time.perf_counter() - t0
+        out.append({
+            "file": str(f), "seconds": seconds, "windows": len(starts), "compute_s": compute,
+            "realtime": seconds / max(compute, 1e-9), "detections": found,
+        })  # fmt: skip
+    return out
