@@ -2,8 +2,8 @@
 Orchestration only: the tree comes from data/, decoding and features from audio/, every store decision
 and write from store/.
 
-    index (sorted clips) -> seeded row order -> blocks of whole chunks:
-        decode block b+1 (thread pool)  ||  features of block b on the device -> write block b
+    index (sorted clips) -> seeded row order -> blocks of whole chunks, through four stages at once:
+        decode block b+2 || features of block b+1 || encode and write block b (chunks, then its done flag)
 
 One code path for CPU and CUDA; the DALI backend swaps the transform for spectrogram and mel for DALI's,
 within the tolerance its parity test states. Under torchrun every rank featurizes a contiguous range of
@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -42,6 +44,7 @@ class FeaturizeResult:
     computed: int  # clips computed in this run
     bytes_on_disk: int
     compression_ratio: float
+    profile: "Profile | None" = None  # where the time went (a run that computed something)
 
     @classmethod
     def of(cls, store: Location, status: str, seconds: float = 0.0, computed: int = 0) -> "FeaturizeResult":
@@ -123,11 +126,17 @@ def featurize(
     """Featurize the tree at `root` into the store at `out` (default cache/<dataset>/<variant>-<hash>.zarr).
 
     A complete store with the same settings is left as it is; an incomplete one is resumed; one with
-    other settings is an error unless `overwrite`. Unreadable clips are skipped and recorded.
+    other settings is an error unless `overwrite`. Unreadable clips are skipped and recorded. `workers`:
+    threads that decode, compute features on the CPU and encode (default: every core); the stored bytes
+    do not depend on it.
     """
+    t_start = time.perf_counter()
     params.validate()
     if batch_size <= 0:
         raise ValueError(f"--batch-size must be positive, got {batch_size}")
+    if workers is not None and workers <= 0:
+        raise ValueError(f"--workers must be positive, got {workers}")
+    workers = workers or default_workers()
     fmt.make_codec(codec)  # refuse a bad codec name before any work
     device = resolve_device(device)
     backend = resolve_backend(backend, params, device)
@@ -142,30 +151,39 @@ def featurize(
     chunk_rows = chunk_rows or fmt.default_chunk_rows(params)
     layout = fmt.Layout(len(index.clips), chunk_rows, -(-batch_size // chunk_rows) * chunk_rows)
     loc = to_location(out) if out is not None else fmt.default_location(index.name, params)
-    request = fmt.request(params, rows, row_seed, codec, chunk_rows, fmt.tree_fingerprint(index))
     engine = {"backend": backend, "device": device}
-    with _lock(rank, loc, root):  # one featurize at a time writes a local store
-        # rank 0 alone decides what to do with the location (store/writer.py's plan; never the tree), every
-        # rank gets its verdict, errors included, so no rank waits at a barrier for a store that never comes
-        status = dist.from_main(rank, lambda: plan(loc, request, engine, overwrite, tree=root))
-        if status == "present":
-            return FeaturizeResult.of(loc, "present")
+    mine = [b for b in range(layout.n_blocks) if b * rank.world // layout.n_blocks == rank.rank]  # contiguous
+    run_device, progress = dist.local_device(device, rank), progress or Progress()
+    setup_s = time.perf_counter() - t_start
+    # the first blocks decode while the tree is fingerprinted and the store planned and opened
+    with _Pipeline(index.root, rows["path"], params, layout, mine, workers, run_device) as pipeline:
+        request = fmt.request(params, rows, row_seed, codec, chunk_rows, fmt.tree_fingerprint(index))
+        with _lock(rank, loc, root):  # one featurize at a time writes a local store
+            # rank 0 alone decides what to do with the location (store/writer.py's plan; never the tree), every
+            # rank gets its verdict, errors included, so no rank waits at a barrier for a store that never comes
+            status = dist.from_main(rank, lambda: plan(loc, request, engine, overwrite, tree=root))
+            if status == "present":
+                return FeaturizeResult.of(loc, "present")
 
-        def create() -> StoreWriter:
-            attrs = fmt.new_attrs(params, index, version, root, row_seed, engine)
-            return StoreWriter.create(loc, params, request, rows, layout, codec, attrs)
+            def create() -> StoreWriter:
+                attrs = fmt.new_attrs(params, index, version, root, row_seed, engine)
+                return StoreWriter.create(loc, params, request, rows, layout, codec, attrs)
 
-        try:
-            writer = _open_writer(rank, status, loc, rows, create)
-            device = dist.local_device(device, rank)
-            result = _run(
-                writer, index.root, rows["path"], params, backend, device, workers, progress or Progress(), rank
-            )
-        except OSError as e:
-            raise ValueError(
-                f"cannot write the store at {loc}: {e.strerror or e}. Free space or choose another --out; the store "
-                "is not marked complete and the same command resumes it"
-            ) from e
+            try:
+                writer = _open_writer(rank, status, loc, rows, create)
+                computed, opened_s, read_s = pipeline.run(writer, backend, run_device, progress)
+                profile = pipeline.profile(computed, setup_s, opened_s, read_s)
+                _finish(writer, rank, computed, time.perf_counter() - t_start)
+            except OSError as e:
+                raise ValueError(
+                    f"cannot write the store at {loc}: {e.strerror or e}. Free space or choose another --out; the "
+                    "store is not marked complete and the same command resumes it"
+                ) from e
+    progress.end()
+    result = FeaturizeResult.of(loc, "written", 0.0, computed)
+    result.seconds = time.perf_counter() - t_start
+    profile.finish_s = result.seconds - setup_s - profile.pipeline_s
+    result.profile = profile
     result.status = {"resume": "resumed", "repair": "repaired", "rebuild": "rebuilt"}.get(status, "written")
     return result
 
@@ -189,6 +207,7 @@ def _open_writer(rank, status: str | None, loc: Location, rows: dict, create) ->
         return StoreWriter.reopen(loc)
     if status in ("resume", "repair") and read_attrs(loc).get("created"):
         writer = StoreWriter.reopen(loc)
+        writer.remove_partial_writes()  # of the killed run's last, concurrent writes
         # blocks that lost a chunk are redone with the missing ones (a finished block may have lost one
         # too, in a copy), nothing else
         writer.reopen_damaged(rows)
@@ -198,79 +217,324 @@ def _open_writer(rank, status: str | None, loc: Location, rows: dict, create) ->
     return writer
 
 
-def _transform(params: FeatureParams, backend: str, device: str, block_rows: int, workers: int):
-    """(B, L) float32 numpy waveforms -> (B, C, F, T) numpy features in the stored dtype."""
+# Clips per feature call on the CPU. Measured with `python benchmarks/featurize.py --scaling --clips 1024
+# --repeats 5 --stages features --root TREE` (a tools/make_tree.py tree; the 2-core machine, one worker;
+# it was busy, load 5-6, so only the ranking counts), clips/s at 8 / 16 / 32 / 64 / 128 / 256 clips a
+# call: spectrogram 2,551 / 2,647 / 2,808 / 2,641 / 2,445 / 1,352 (the way before, 256-clip calls on
+# torch's intra-op threads: 1,490); mel 2,058 / 2,035 / 2,033 / 2,002 / 1,843 / 1,148; complex 4,599 /
+# 3,672 / 4,835 / 4,036 / 3,544 / 2,975. From 8 to 64 clips a call's STFT frames stay in the caches; 256
+# (53 MB of complex frames) do not. The stored numbers do not depend on it (tests/test_featurize_pipeline.py).
+SUB_BATCH = 32
+QUEUE_BLOCKS = 2  # blocks waiting between two stages: enough to ride out one slow block, bounded memory
+
+
+def _cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    """Every core this process may use, shared among the ranks torchrun started on this node."""
+    return max(1, _cores() // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+
+
+class _Stage:
+    """One stage's time: the intervals its tasks ran (from any thread) and their threads' CPU seconds."""
+
+    def __init__(self, name: str):
+        self.name, self.spans, self.cpu_s, self._lock = name, [], 0.0, threading.Lock()
+
+    def run(self, fn, *args):
+        t, c = time.perf_counter(), time.thread_time()
+        try:
+            return fn(*args)
+        finally:
+            with self._lock:
+                self.spans.append((t, time.perf_counter()))
+                self.cpu_s += time.thread_time() - c
+
+    def map(self, pool, fn, *iterables) -> list:
+        return list(pool.map(lambda *a: self.run(fn, *a), *iterables))
+
+    def busy_s(self) -> float:
+        """Wall seconds during which at least one task of the stage ran (overlapping tasks counted once)."""
+        busy, end = 0.0, float("-inf")
+        for a, b in sorted(self.spans):
+            if b > end:
+                busy += b - max(a, end)
+                end = b
+        return busy
+
+
+@dataclass
+class Profile:
+    """Where a featurize run's time went. A stage's `busy_s` is the wall time during which at least one
+    of its tasks ran; stages overlap, so busy times add up to more than the run. The stage busy for
+    (nearly) the whole pipeline bounds it, unless every core is busy, and then the cores do."""
+
+    clips: int
+    workers: int
+    setup_s: float  # before the stages start: the tree's index, the row order
+    open_s: float  # the tree's fingerprint, the store's plan and creation, while the first blocks decode
+    pipeline_s: float  # the stages' start to the last block's done flag (open_s included)
+    finish_s: float  # completion: the store's listing, its attributes
+    stages: dict[str, dict]  # name -> {"busy_s", "cpu_s"}; decode also "read_s"
+    other_cpu_s: float  # CPU in the pipeline outside the stages' tasks: opening the store, zarr's I/O threads
+
+    @property
+    def bound(self) -> str:
+        cpu = sum(st["cpu_s"] for st in self.stages.values()) + self.other_cpu_s
+        cores = min(self.workers, _cores())
+        top = max(self.stages, key=lambda k: self.stages[k]["cpu_s"])
+        if cpu >= 0.85 * cores * self.pipeline_s:
+            return f"the cores ({cpu / self.pipeline_s:.1f} of {cores} busy; {top} takes the most CPU)"
+        busy = {name: st["busy_s"] for name, st in self.stages.items()} | {"opening the store": self.open_s}
+        name = max(busy, key=busy.get)
+        return f"{name} (busy {busy[name] / self.pipeline_s:.0%} of the pipeline)"
+
+    def lines(self) -> list[str]:
+        """The breakdown as a small table, then two lines: the run's parts and the bound."""
+        out = [f"{'stage':9s} {'busy s':>7s} {'of pipeline':>12s} {'clips/s':>9s} {'cpu s':>7s}"]
+        for name, st in self.stages.items():
+            busy, rate = st["busy_s"], self.clips / st["busy_s"] if st["busy_s"] > 0 else float("nan")
+            note = f"  (reading the files: {st['read_s']:.2f} s)" if "read_s" in st else ""
+            out.append(f"{name:9s} {busy:7.2f} {busy / self.pipeline_s:12.0%} {rate:9,.0f} {st['cpu_s']:7.2f}{note}")
+        total = self.setup_s + self.pipeline_s + self.finish_s
+        out.append(
+            f"{self.clips:,} clips in {total:.2f} s: {self.setup_s:.2f} s before the stages (index, row order), "
+            f"{self.pipeline_s:.2f} s pipeline ({self.clips / self.pipeline_s:,.0f} clips/s on {self.workers} workers; "
+            f"the store opened in its first {self.open_s:.2f} s), {self.finish_s:.2f} s completing the store"
+        )
+        out.append(
+            f"CPU outside the stages' tasks {self.other_cpu_s:.2f} s (opening the store, zarr's file-writing threads, "
+            f"DALI's threads); bound by {self.bound}"
+        )
+        return out
+
+
+def _transform(params: FeatureParams, backend: str, device: str, block_rows: int, workers: int, pool, stage):
+    """(B, L) float32 numpy waveforms -> ((B, C, F, T) numpy features in the stored dtype, (B,) finite?).
+    On the CPU in SUB_BATCH calls spread over `pool` (one torch thread each: torch releases the GIL); on
+    CUDA in one call per block; DALI with its own `workers` threads."""
     import torch
 
     from speechcls.audio.features import FeatureExtractor
+
+    def finite(features: np.ndarray) -> np.ndarray:
+        """(B,) rows all finite? numpy on contiguous rows: ~3 us a clip, where torch.isfinite on a sub-batch
+        (its flatten copies the complex variant's permuted view) cost 80-150 us here."""
+        if features.dtype.kind != "f":  # int16 waveforms are clamped, always finite
+            return np.ones(len(features), dtype=bool)
+        return np.isfinite(features.reshape(len(features), -1)).all(axis=1)
 
     if backend == "dali":
         from speechcls.audio import dali
 
         if params.variant in dali.DALI_VARIANTS:  # complex and waveform always go through torch
             engine = dali.DaliEngine(params, batch_size=block_rows, workers=workers)
-            return lambda wave: engine.transform(wave).astype(params.store_dtype, copy=False)
+
+            def dali_transform(wave: np.ndarray):
+                features = stage.run(engine.transform, wave).astype(params.store_dtype, copy=False)
+                return features, stage.run(finite, features)
+
+            return dali_transform
     extractor = FeatureExtractor(params).to(device)
     out_dtype = torch.float16 if params.store_dtype == "float16" else None
 
-    def transform(wave: np.ndarray) -> np.ndarray:
+    def call(wave: np.ndarray) -> torch.Tensor:
+        """(B, C, F, T) features in the stored dtype, where `wave` is, on the device."""
         with torch.inference_mode():
             y = extractor(torch.from_numpy(wave).to(device, non_blocking=True))  # (B, C, F, T) or (B, 1, L) int16
-            if out_dtype is not None:
-                y = y.to(out_dtype)  # cast on the device: half the bytes to copy back
-            return y.cpu().numpy()  # note: a sync point; the next block is decoding meanwhile
+            return y.to(out_dtype) if out_dtype is not None else y  # cast on the device: half the bytes to copy
 
-    return transform
+    if device != "cpu":
+
+        def device_transform(wave: np.ndarray):
+            def run():
+                y = call(wave)
+                ok = torch.isfinite(y.flatten(1)).all(1) if y.is_floating_point() else torch.ones(len(y), dtype=bool)
+                return y.cpu().numpy(), ok.cpu().numpy()  # note: a sync point; the next block decodes meanwhile
+
+            return stage.run(run)
+
+        return device_transform
+
+    def cpu_transform(wave: np.ndarray):
+        out = np.empty((len(wave), *params.shape), dtype=params.store_dtype)
+        ok = np.empty(len(wave), dtype=bool)
+
+        def part(i: int) -> None:
+            rows = slice(i, i + SUB_BATCH)
+            out[rows] = call(wave[rows]).numpy()  # the complex variant's permuted view: one strided copy
+            ok[rows] = finite(out[rows])
+
+        stage.map(pool, part, range(0, len(wave), SUB_BATCH))
+        return out, ok
+
+    return cpu_transform
 
 
-def _refuse_nonfinite(features: np.ndarray, batch, rels: list[str]) -> np.ndarray:
-    """A decoded clip whose features are not all finite becomes a skipped one (write_block zero-fills
-    its row): a float file with samples far out of [-1, 1] overflows the power spectrum to inf, and one
-    such row would make every training step NaN. Checked once per block on the host copy the writer
-    needs anyway; int16 waveforms are clamped, so always finite."""
-    if features.dtype.kind != "f":
-        return features
-    finite = np.isfinite(features.reshape(len(features), -1)).all(axis=1)  # (B,)
+def _refuse_nonfinite(finite: np.ndarray, batch, rels: list[str]) -> None:
+    """A decoded clip whose features are not all finite becomes a skipped one (the writer zero-fills its
+    row): a float file with samples far out of [-1, 1] overflows the power spectrum to inf, and one such
+    row would make every training step NaN."""
     for i in np.flatnonzero(batch.decoded & ~finite):
         peak = float(np.abs(batch.wave[i]).max())
         batch.decoded[i] = False
         batch.skipped[rels[i]] = f"features are not finite (peak sample {peak:.3g}: a float file out of [-1, 1]?)"
-    return features
 
 
-def _run(writer, root, paths, params, backend, device, workers, progress: Progress, rank) -> FeaturizeResult:
-    """Featurize the blocks not yet done that belong to this rank (contiguous ranges of blocks, so
-    ranks write disjoint chunk objects); rank 0 marks the store complete once every rank is through."""
-    from speechcls.audio import decode
+class _Failed:
+    """What a stage thread passes downstream instead of a block when it failed: the exception."""
 
-    layout = writer.layout
-    mine = [b for b in range(layout.n_blocks) if b * rank.world // layout.n_blocks == rank.rank]
-    todo = sorted(set(writer.todo()) & set(mine))
-    size = lambda blocks: sum(layout.block(b).stop - layout.block(b).start for b in blocks)  # noqa: E731
-    progress.start(f"featurize {params.variant}", size(mine), size(mine) - size(todo))
-    workers = workers or os.cpu_count() or 1
-    transform = _transform(params, backend, device, layout.block_rows, workers)
+    def __init__(self, error: BaseException):
+        self.error = error
 
-    def decode_block(b: int, pool):  # soundfile for both backends: the same skip rules and resampler
-        return decode.decode_batch(root, list(paths[layout.block(b)]), params.sample_rate, params.clip_samples, pool)
 
-    t0 = time.perf_counter()
-    computed = 0
-    with ThreadPoolExecutor(workers) as pool, ThreadPoolExecutor(1) as ahead:
-        pending = None
-        for k, b in enumerate(todo):
-            batch = pending.result() if pending is not None else decode_block(b, pool)
-            if k + 1 < len(todo):  # decode the next block while this one is transformed and written
-                pending = ahead.submit(decode_block, todo[k + 1], pool)
+def _stage_thread(fn, inbox: queue.Queue, outbox: queue.Queue, stop: threading.Event) -> threading.Thread:
+    """A thread that takes blocks from `inbox`, applies `fn` and puts the result in `outbox` (bounded:
+    it waits while the next stage is behind), in order. None ends the stream; a failure is passed on."""
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                outbox.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def loop():
+        while not stop.is_set():
+            try:
+                item = inbox.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if item is None or isinstance(item, _Failed):
+                put(item)
+                return
+            try:
+                result = fn(item)
+            except BaseException as e:  # KeyboardInterrupt included: the writer re-raises it
+                put(_Failed(e))
+                return
+            if not put(result):
+                return
+
+    thread = threading.Thread(target=loop, daemon=True, name=f"featurize-{getattr(fn, '__name__', 'stage')}")
+    thread.start()
+    return thread
+
+
+class _Pipeline:
+    """One run's stages, each arrow a bounded queue, so all run at once on different blocks:
+
+        decode (pool) -> features (pool sub-batches | CUDA | DALI) -> encode (pool, one task a chunk)
+            -> write (the caller's thread, in block order: a block's chunk objects, then its done flag)
+
+    The compression and file writes release the GIL, and so do torch's ops and the file reads. Decoding
+    starts here, on the first of this rank's `blocks`: it needs only the tree's index, so it overlaps
+    what the caller does next (the tree's fingerprint, the store's plan and creation); `run` then takes
+    the blocks the store still lacks (a resumed store's done blocks decoded ahead are dropped)."""
+
+    def __init__(self, root: Path, paths, params: FeatureParams, layout, blocks: list[int], workers: int, device):
+        import torch
+
+        from speechcls.audio import decode
+
+        self.params, self.layout, self.blocks, self.workers = params, layout, blocks, workers
+        self.t0, self.cpu0 = time.perf_counter(), time.process_time()
+        self.stages = {name: _Stage(name) for name in ("decode", "features", "encode", "write")}
+        self.torch_threads = torch.get_num_threads()
+        if device == "cpu":
+            torch.set_num_threads(1)  # one torch thread per pool thread: SUB_BATCH calls run side by side
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="featurize")
+        self.stop = threading.Event()
+        timed = _TimedPool(self.pool, self.stages["decode"])
+
+        def decode_block(b: int):  # soundfile for both backends: the same skip rules and resampler
             rels = list(paths[layout.block(b)])
-            features = _refuse_nonfinite(transform(batch.wave), batch, rels)
-            writer.write_block(b, features, batch, rels)
+            return b, rels, decode.decode_batch(root, rels, params.sample_rate, params.clip_samples, timed)
+
+        self.fed = blocks[: QUEUE_BLOCKS + 1]  # decoded before the store says which blocks it lacks
+        self.todo, self.decoded = queue.Queue(), queue.Queue(QUEUE_BLOCKS)
+        for b in self.fed:
+            self.todo.put(b)
+        self.threads = [_stage_thread(decode_block, self.todo, self.decoded, self.stop)]
+
+    def __enter__(self) -> "_Pipeline":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """Stops every stage (after a failure, an interrupt or a store found complete: each thread stops
+        after its current block) and gives torch its threads back."""
+        import torch
+
+        self.stop.set()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        for thread in self.threads:
+            thread.join()
+        torch.set_num_threads(self.torch_threads)
+
+    def run(self, writer, backend: str, device: str, progress: Progress) -> tuple[int, float, float]:
+        """Featurize this rank's blocks that `writer`'s store lacks; (clips, seconds the store took to
+        open, seconds reading files)."""
+        from speechcls.store.writer import encode_chunk
+
+        opened_s = time.perf_counter() - self.t0
+        layout, stages = self.layout, self.stages
+        todo = sorted(set(writer.todo()) & set(self.blocks))
+        size = lambda blocks: sum(layout.block(b).stop - layout.block(b).start for b in blocks)  # noqa: E731
+        progress.start(f"featurize {self.params.variant}", size(self.blocks), size(self.blocks) - size(todo))
+        for b in todo:
+            if b not in self.fed:
+                self.todo.put(b)
+        self.todo.put(None)
+        transform = _transform(self.params, backend, device, layout.block_rows, self.workers, self.pool,
+                               stages["features"])  # fmt: skip
+        needed = set(todo)
+
+        def features_block(item):
+            b, rels, batch = item
+            if b not in needed:
+                return b, None  # decoded ahead, but the store has it already
+            features, finite = transform(batch.wave)
+            _refuse_nonfinite(finite, batch, rels)
+            jobs = writer.block_chunks(b, features, batch, rels)
+            encoding = [self.pool.submit(stages["encode"].run, encode_chunk, *job) for job in jobs]
+            return b, (rels, batch, features, encoding)
+
+        ready = queue.Queue(QUEUE_BLOCKS)
+        self.threads.append(_stage_thread(features_block, self.decoded, ready, self.stop))
+        computed, read_s = 0, 0.0
+        while (item := ready.get()) is not None:
+            if isinstance(item, _Failed):
+                raise item.error
+            b, block = item
+            if block is None:
+                continue
+            rels, batch, features, encoding = block
+            encoded = [f.result() for f in encoding]
+            stages["write"].run(writer.write_block, b, features, batch, rels, encoded)
+            read_s += batch.read_s
             computed += len(rels)
             progress.advance(len(rels))
-    seconds = time.perf_counter() - t0
+        return computed, opened_s, read_s
+
+    def profile(self, clips: int, setup_s: float, opened_s: float, read_s: float) -> "Profile":
+        """The breakdown of the run so far (call once `run` is through)."""
+        pipeline_s = time.perf_counter() - self.t0
+        cpu = time.process_time() - self.cpu0 - sum(st.cpu_s for st in self.stages.values())
+        stages = {name: {"busy_s": st.busy_s(), "cpu_s": st.cpu_s} for name, st in self.stages.items()}
+        stages["decode"]["read_s"] = read_s
+        return Profile(clips, self.workers, setup_s, opened_s, pipeline_s, 0.0, stages, max(0.0, cpu))
+
+
+def _finish(writer, rank, computed: int, seconds: float) -> None:
+    """Rank 0 marks the store complete once every rank's blocks are on disk."""
     dist.barrier(rank)  # every rank's blocks are on disk
-    info = store_info(writer.loc)
     if rank.main:
+        info = store_info(writer.loc)
         writer.finish(
             {
                 "seconds": seconds,
@@ -281,5 +545,13 @@ def _run(writer, root, paths, params, backend, device, workers, progress: Progre
             }
         )
     dist.barrier(rank)  # rank 0 has marked it complete
-    progress.end()
-    return FeaturizeResult.of(writer.loc, "written", seconds, computed)
+
+
+class _TimedPool:
+    """A pool whose map runs each task under a stage's clock (audio/decode.py takes any pool with map)."""
+
+    def __init__(self, pool, stage: _Stage):
+        self.pool, self.stage = pool, stage
+
+    def map(self, fn, *iterables):
+        return self.stage.map(self.pool, fn, *iterables)

@@ -46,11 +46,10 @@ def copy_tree(src: Path, dst: Path, per_word: int | None = None, words=None) -> 
     return dst
 
 
-def fsdd_tree(fsdd: Path, dst: Path, per_digit: int = 6, valid_speaker: str | None = None) -> Path:
-    """FSDD (8 kHz, {digit}_{speaker}_{index}.wav) arranged in the official layout; george is the test
-    speaker, `valid_speaker` (if any) the validation one."""
+def fsdd_tree(fsdd: Path, dst: Path, per_digit: int = 6) -> Path:
+    """FSDD (8 kHz, {digit}_{speaker}_{index}.wav) arranged in the official layout; george is the test speaker."""
     names = "zero one two three four five six seven eight nine".split()
-    test, valid = [], []
+    test = []
     for wav in sorted(fsdd.glob("*.wav")):
         digit, speaker, idx = wav.stem.split("_")
         if int(idx) >= per_digit:
@@ -60,9 +59,7 @@ def fsdd_tree(fsdd: Path, dst: Path, per_digit: int = 6, valid_speaker: str | No
         shutil.copy(wav, dst / rel)
         if speaker == "george":
             test.append(rel)
-        elif speaker == valid_speaker:
-            valid.append(rel)
-    (dst / config.VALIDATION_LIST).write_text("".join(f"{r}\n" for r in sorted(valid)))
+    (dst / config.VALIDATION_LIST).write_text("")
     (dst / config.TESTING_LIST).write_text("\n".join(sorted(test)) + "\n")
     return dst
 

@@ -22,7 +22,7 @@ from speechcls.engine.fit import fit
 from speechcls.engine.recipes import resolve
 from speechcls.featurize import featurize
 
-from helpers import InterruptAfter, fsdd_tree
+from helpers import InterruptAfter
 
 
 @pytest.fixture(scope="module")
@@ -126,15 +126,21 @@ def test_log_of_complex_features_is_refused(tmp_path, words10_tree):
 
 
 @pytest.mark.slow
-def test_kws_recipe_learns_unseen_fsdd_speaker(fsdd_root, tmp_path):
-    """Real speech, a speaker never heard in training (george): --recipe kws well above chance (0.1)
-    after a few CPU epochs on 6 recordings per digit and speaker."""
-    tree = fsdd_tree(fsdd_root, tmp_path / "fsdd", per_digit=6, valid_speaker="nicolas")
+def test_kws_recipe_learns_real_speech(fsdd_root, tmp_path):
+    """Real speech (FSDD's digits, FSDD's own utterance split: index 0-4 test, 5-9 validation, the rest of
+    every speaker train, as benchmarks/accuracy.py arranges it): --recipe kws with MatchboxNet well above
+    chance (0.1) after 8 CPU epochs (the full benchmark: 0.97 after 15)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from accuracy import fsdd_tree as arrange
+
+    tree = arrange(fsdd_root, tmp_path / "fsdd", "utterance")
     store = featurize(FeatureParams("waveform"), tree, out=tmp_path / "w.zarr", backend="torch", device="cpu").store
     cfg = resolve(
         "kws",
-        {"store": str(store), "model": "matchboxnet-3x1x64", "epochs": 12, "batch_size": 32, "device": "cpu"}
-        | {"noise_prob": 0.0, "split_kind": "official"},
+        {"store": str(store), "model": "matchboxnet-3x1x64", "epochs": 8, "device": "cpu", "noise_prob": 0.0},
     )
     m = fit(cfg, tmp_path / "run")
-    assert m["test_acc"] >= 0.5, m["test_acc"]
+    assert m["test_samples"] == 300 and m["train_samples"] == 2400
+    assert m["test_acc"] >= 0.8, m["test_acc"]

@@ -4,7 +4,11 @@ and FFmpeg, which these machines do not have."""
 from __future__ import annotations
 
 import errno
+import io
 import os
+import re
+import struct
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -67,10 +71,25 @@ def read_audio(path: Path) -> tuple[np.ndarray, int]:
     truncated inside its data (libsndfile then reads what is there without an error; its header log
     says "data : N (should be M)", which is what we check).
     """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:  # a folder, a broken link, no permission
+        raise BadAudio(_reason(e, path)) from e
+    return audio_from_bytes(data, path)
+
+
+def audio_from_bytes(data: bytes, path: Path) -> tuple[np.ndarray, int]:
+    """`read_audio` of a file's bytes already in memory (`path` names it in reasons): featurize reads
+    each file once, for its CRC and its samples. A plain 16-bit PCM WAV (every Speech Commands clip) is
+    read by `pcm16_wav`, which gives libsndfile's samples exactly; anything else goes to libsndfile."""
+    wav = pcm16_wav(data)
+    if wav is not None:
+        return wav
     import soundfile as sf
 
     try:
-        with sf.SoundFile(str(path)) as f:
+        with sf.SoundFile(io.BytesIO(data)) as f:
             if f.frames == 0:
                 raise BadAudio("no audio samples")
             for line in f.extra_info.splitlines():
@@ -80,7 +99,7 @@ def read_audio(path: Path) -> tuple[np.ndarray, int]:
             rate = f.samplerate
     except BadAudio:
         raise
-    except Exception as e:  # LibsndfileError (not audio, bad header, empty file), OSError (unreadable)
+    except Exception as e:  # LibsndfileError (not audio, bad header, empty file)
         raise BadAudio(_reason(e, path)) from e
     if audio.shape[0] == 0:
         raise BadAudio("no audio samples")
@@ -90,13 +109,55 @@ def read_audio(path: Path) -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(mono), rate
 
 
+_FMT = struct.Struct("<HHIIHH")  # WAVE_FORMAT, channels, rate, bytes/s, block align, bits per sample
+_PCM16_NORM = np.float32(1 / 32768)  # libsndfile's int16 -> float scale (exact: a power of two)
+
+
+def pcm16_wav(data: bytes) -> tuple[np.ndarray, int] | None:
+    """(float32 mono, rate) of a plain 16-bit PCM WAV, equal sample for sample to what libsndfile gives
+    (x / 32768, channels averaged in float32); None for every other file, which libsndfile then reads:
+    other encodings, WAVE_FORMAT_EXTENSIBLE, chunks other than fmt / LIST / fact before the data, odd or
+    inconsistent sizes, no samples, a data chunk that runs past the end (truncated). Measured here on
+    one thread: 15-45 us a one-second clip where libsndfile through soundfile takes 80-115 us."""
+    if len(data) < 44 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None
+    pos, fmt = 12, None
+    while pos + 8 <= len(data):
+        kind, size, body = data[pos : pos + 4], int.from_bytes(data[pos + 4 : pos + 8], "little"), pos + 8
+        if body + size > len(data) or size % 2:
+            return None
+        if kind == b"fmt ":
+            if fmt is not None or size not in (16, 18) or (size == 18 and data[body + 16 : body + 18] != b"\0\0"):
+                return None
+            tag, channels, rate, byte_rate, align, bits = _FMT.unpack_from(data, body)
+            if tag != 1 or bits != 16 or channels < 1 or rate < 1 or align != 2 * channels or byte_rate != rate * align:
+                return None
+            fmt = (channels, rate)
+        elif kind == b"data":
+            if fmt is None or size == 0 or size % (2 * fmt[0]):
+                return None
+            channels, rate = fmt
+            pcm = np.frombuffer(data, dtype="<i2", count=size // 2, offset=body)
+            if channels == 1:
+                return np.multiply(pcm, _PCM16_NORM, dtype=np.float32), rate
+            frames = np.multiply(pcm, _PCM16_NORM, dtype=np.float32).reshape(-1, channels)
+            return np.ascontiguousarray(frames.mean(axis=1, dtype=np.float32)), rate
+        elif kind not in (b"LIST", b"fact"):
+            return None
+        pos = body + size
+    return None
+
+
+_OPENING = re.compile(r"^Error opening <_io\.BytesIO object at 0x[0-9a-fA-F]+>: ")  # libsndfile on bytes in memory
+
+
 def _reason(e: Exception, path: Path) -> str:
     """libsndfile's words without its "Error opening '<path>': " prefix; where it only says "System
     error." (no permission, a missing file, a broken link) or "Format not recognised." (a folder named
     x.wav), the operating system's reason instead."""
     if os.path.isdir(path):
         return "a directory, not an audio file"
-    text = str(e).replace(f"Error opening {str(path)!r}: ", "").strip()
+    text = _OPENING.sub("", str(e).replace(f"Error opening {str(path)!r}: ", "")).strip()
     if isinstance(e, OSError) or text.rstrip(".") == "System error":
         try:
             with open(path, "rb"):
@@ -150,43 +211,63 @@ class Batch:
     skipped: dict[str, str]  # relative path -> reason
     resampled: int
     crc32c: np.ndarray | None = None  # (B,) int64: CRC-32C of each file's bytes, -1 where it could not be read
+    read_s: float = 0.0  # seconds spent reading the files (and their CRC), summed over threads
 
 
 def decode_batch(
     root: Path, paths: list[str], sample_rate: int, samples: int, pool: ThreadPoolExecutor, group: int = 32
 ) -> Batch:
-    """Decode `paths` with soundfile on a thread pool. libsndfile releases the GIL while it reads, so
-    threads overlap cold-disk latency; on a warm page cache decoding is Python-bound, so each task takes
-    `group` files (per-file tasks on 4 threads ran 6,300 clips/s here, groups of 32 on 2: 10,000)."""
+    """Read and decode `paths` on a thread pool (`pool`: anything with `map`), each file read once: its
+    bytes give the CRC and the samples. Tasks of `group` files: a task per file costs more in scheduling
+    than a plain WAV takes to decode. A thread pool, not a process pool: the samples would have to be
+    pickled back from a process (64 KB a clip), and `benchmarks/featurize.py --scaling` measured processes
+    slower than threads at 1 and 2 workers here, for plain WAVs and for libsndfile alike."""
+    import google_crc32c
 
-    def one(rel: str):
-        crcs[rel] = file_crc32c(root / rel)
-        try:
-            return load_clip(root / rel, sample_rate, samples)
-        except BadAudio as e:
-            return e
+    n = len(paths)
+    wave = np.zeros((n, samples), dtype=np.float32)
+    decoded = np.zeros(n, dtype=bool)
+    crcs = np.full(n, -1, dtype=np.int64)
 
-    def some(rels: list[str]):
-        return [one(rel) for rel in rels]
+    def some(start: int):
+        read_s, skipped, resampled = 0.0, {}, 0
+        for i in range(start, min(start + group, n)):
+            path = root / paths[i]
+            t = time.perf_counter()
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+                crcs[i] = google_crc32c.value(data)
+            except OSError as e:  # a folder, a broken link, no permission: skipped like a bad file
+                skipped[paths[i]] = _reason(e, path)
+                continue
+            finally:
+                read_s += time.perf_counter() - t
+            try:
+                audio, rate = audio_from_bytes(data, path)
+                if rate != sample_rate:
+                    audio, resampled = resample(audio, rate, sample_rate), resampled + 1
+            except BadAudio as e:
+                skipped[paths[i]] = str(e)
+                continue
+            m = min(samples, audio.shape[0])
+            wave[i, :m] = audio[:m]  # fit_length in place: zero-padded / truncated
+            decoded[i] = True
+        return skipped, resampled, read_s
 
-    wave = np.zeros((len(paths), samples), dtype=np.float32)
-    decoded = np.zeros(len(paths), dtype=bool)
-    skipped, resampled, crcs = {}, 0, {}
-    groups = [paths[i : i + group] for i in range(0, len(paths), group)]
-    results = (out for outs in pool.map(some, groups) for out in outs)
-    for i, (rel, out) in enumerate(zip(paths, results)):
-        if isinstance(out, BadAudio):
-            skipped[rel] = str(out)
-            continue
-        wave[i], decoded[i] = out[0], True
-        resampled += out[1]
-    return Batch(wave, decoded, skipped, resampled, np.array([crcs[p] for p in paths], dtype=np.int64))
+    batch = Batch(wave, decoded, {}, 0, crcs)
+    for skipped, resampled, read_s in pool.map(some, range(0, n, group)):
+        batch.skipped.update(skipped)
+        batch.resampled += resampled
+        batch.read_s += read_s
+    batch.skipped = {p: batch.skipped[p] for p in paths if p in batch.skipped}  # in row order
+    return batch
 
 
 def file_crc32c(path: Path) -> int:
     """CRC-32C of the file's bytes (-1 where it cannot be read): what `speechcls verify --root` compares to
-    see that the audio a store was made from is still the same. Read from the page cache the decoder
-    has just filled; google_crc32c runs at several GB/s, so it adds little to featurize."""
+    see that the audio a store was made from is still the same (featurize takes it from the bytes it
+    decodes, in `decode_batch`)."""
     import google_crc32c
 
     try:

@@ -65,6 +65,19 @@ def featurize(
         ),
     ] = "",
     overwrite: Annotated[bool, typer.Option(help="Replace a store made with other settings.")] = False,
+    workers: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Threads that decode, compute CPU features and compress; the stored bytes do not depend on it. "
+            "\\[default: every core]",
+            min=1,
+            metavar="N",
+            show_default=False,
+        ),
+    ] = None,
+    profile: Annotated[
+        bool, typer.Option(help="Print where the time went: each stage's busy seconds and clips/s, and the bound.")
+    ] = False,
 ) -> None:
     """Turn every clip into features in batched device passes and store them in a chunked Zarr cache."""
     from speechcls import dist
@@ -81,7 +94,7 @@ def featurize(
     with RichProgress(console(stderr=True), unit="clips", disable=not main) as progress:
         result = run(
             params, root, version, out, backend, device, batch_size, chunk_rows, codec or DEFAULT_CODEC,
-            overwrite, progress=progress,
+            overwrite, workers=workers, progress=progress,
         )  # fmt: skip
     if not main:
         return
@@ -91,6 +104,8 @@ def featurize(
     if len(result.skipped) > 20:
         err.print(f"... {len(result.skipped) - 20} more skipped (all listed in the store's attrs)")
     typer.echo(result.line())
+    if profile and result.profile is not None:
+        typer.echo("\n".join(result.profile.lines()))
 
 
 @app.command()

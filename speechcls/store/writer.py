@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -172,17 +173,46 @@ class StoreWriter:
         """Blocks not yet written, in order."""
         return [int(b) for b in np.flatnonzero(~self.done[:])]
 
-    def write_block(self, b: int, features: np.ndarray, batch, paths) -> None:
-        """Block b's features and the records of its decoding (`batch`: audio/decode.py's Batch)."""
-        rows = self.layout.block(b)
-        features[~batch.decoded] = 0  # a skipped clip keeps its row, zero-filled
-        self.features[rows] = features
-        self.decoded[rows] = batch.decoded
-        self.reasons[rows] = np.array([batch.skipped.get(p, "") for p in paths], dtype=str)
-        self.crcs[rows] = batch.crc32c
+    def write_block(self, b: int, features: np.ndarray, batch, paths, encoded: list | None = None) -> None:
+        """Block b's features and the records of its decoding (`batch`: audio/decode.py's Batch), then its
+        done flag. `encoded`: the block's chunk objects, `encode_chunk` of each of `block_chunks` (made on
+        other threads while earlier blocks were written); without it they are encoded here."""
+        if encoded is None:
+            encoded = [encode_chunk(*job) for job in self.block_chunks(b, features, batch, paths)]
+        _put(encoded)  # every chunk object of the block, concurrently
         self.resampled[b] = batch.resampled
         # marked only once the block's chunks are on disk: a kill before this line redoes the block
         self.done[b] = True
+
+    def block_chunks(self, b: int, features: np.ndarray, batch, paths) -> list[tuple]:
+        """Block b's chunks as (array, chunk index, rows) for `encode_chunk`: features and the per-row
+        records of its decoding (decoded flag, skip reason, audio CRC). Zero-fills skipped rows first."""
+        rows = self.layout.block(b)
+        features[~batch.decoded] = 0  # a skipped clip keeps its row, zero-filled
+        reasons = np.array([batch.skipped.get(p, "") for p in paths], dtype=str)
+        records = [
+            (self.features, features), (self.decoded, batch.decoded), (self.reasons, reasons), (self.crcs, batch.crc32c)
+        ]  # fmt: skip
+        step = self.layout.chunk_rows
+        assert rows.start % step == 0, "a block is whole chunks"
+        return [
+            (array, rows.start // step + k, values[k * step : (k + 1) * step])
+            for array, values in records
+            for k in range(-(-len(values) // step))
+        ]
+
+    def remove_partial_writes(self) -> int:
+        """Delete the temporary files of object writes a kill cut short (zarr's LocalStore writes
+        `<key>.<32 hex digits>.partial` and renames it into place): the blocks they belonged to are not
+        marked done and are written again, and a leftover would make the store differ from an uninterrupted
+        one. Only while this process holds the store's lock and before it writes; stores at URLs write each
+        object whole and leave none. Returns how many were removed."""
+        if not isinstance(self.loc, Path):
+            return 0
+        stale = [p for p in self.loc.rglob("*.partial") if _PARTIAL.fullmatch(p.name) and p.is_file()]
+        for p in stale:
+            p.unlink()
+        return len(stale)
 
     def reopen_damaged(self, rows: dict[str, np.ndarray]) -> None:
         """Turns a store that lost chunk objects into a resumable one: every block that lost a chunk is
@@ -209,6 +239,47 @@ class StoreWriter:
         self.group.attrs.update(
             {**extra, "skipped": read_skipped(self.group), "resampled": int(self.resampled[:].sum()), "complete": True}
         )
+
+
+_PARTIAL = re.compile(r".*\.[0-9a-f]{32}\.partial")  # zarr LocalStore's temporary file of one object write
+
+
+def encode_chunk(array, c: int, values: np.ndarray):
+    """(where, bytes) of chunk c (along rows) of `array` holding `values`, byte for byte what zarr's own
+    write stores (tests/test_featurize_pipeline.py holds them equal): a partial last chunk padded with
+    the fill value to the chunk shape, then the array's codec chain (bytes, compressor, crc32c), each
+    codec's synchronous encode. Thread-safe, and the costly part of a write: featurize runs it on its
+    pool while earlier blocks are written (numcodecs and the CRC release the GIL)."""
+    from zarr.abc.codec import ArrayArrayCodec, SupportsSyncCodec
+    from zarr.core.buffer import default_buffer_prototype
+
+    meta, prototype = array.metadata, default_buffer_prototype()
+    coords = (c,) + (0,) * (len(meta.shape) - 1)
+    spec = meta.get_chunk_spec(coords, array._async_array.config, prototype)
+    dtype = spec.dtype.to_native_dtype()
+    if values.shape != spec.shape:
+        full = np.full(spec.shape, meta.fill_value, dtype=dtype)
+        full[: len(values)] = values
+        values = full
+    data = prototype.nd_buffer.from_numpy_array(np.ascontiguousarray(values, dtype=dtype))
+    for codec in meta.codecs:
+        # the store's arrays have no array-to-array codec (transpose): the chunk spec stays the same
+        assert isinstance(codec, SupportsSyncCodec) and not isinstance(codec, ArrayArrayCodec), codec
+        data = codec._encode_sync(data, spec)
+    return array.store_path / meta.encode_chunk_key(coords), data
+
+
+def _put(objects: list) -> None:
+    """Write encoded chunk objects concurrently, each as zarr writes it (LocalStore: a temporary file
+    renamed into place); the file writes run on zarr's I/O threads."""
+    import asyncio
+
+    from zarr.core.sync import sync
+
+    async def put_all():
+        await asyncio.gather(*(where.set(data) for where, data in objects))
+
+    sync(put_all())
 
 
 def _remove_aside(loc: Location) -> None:
