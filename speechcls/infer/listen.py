@@ -103,8 +103,10 @@ class OnnxScorer:
     """A file from `speechcls export --format onnx` (with its front end), run by onnxruntime."""
 
     def __init__(self, path: Path, threads: int = 0, device: str = "auto"):
-        import onnxruntime as ort
-
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ValueError(f"{path}: an ONNX file runs on onnxruntime: pip install 'speechcls[export]'") from None
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads  # 0: onnxruntime's choice (every core)
         providers = ["CPUExecutionProvider"]
