@@ -321,3 +321,17 @@ def test_the_exported_spotter_listens_as_the_run_does(spotter):
     assert [(d["word"], d["start"], d["end"]) for d in by_onnx["detections"]] == [
         (d["word"], d["start"], d["end"]) for d in by_torch["detections"]
     ]
+
+
+@pytest.mark.slow
+def test_predict_on_a_kws12_run_says_silence_for_a_silent_clip(spotter, tmp_path):
+    """The issue's check: one second of digital silence, and one of quiet noise from the noise files'
+    test region (the last 10 %, never trained on), are `_silence_` to the kws12 run's predict."""
+    from speechcls.infer.predict import predict
+
+    base, _src, _noise_dir, noises = spotter
+    silent, quiet = tmp_path / "silent.wav", tmp_path / "quiet.wav"
+    sf.write(silent, np.zeros(SR, np.float32), SR, subtype="PCM_16")
+    sf.write(quiet, 0.05 * noises[0][-SR:], SR, subtype="PCM_16")
+    for entry in predict(base / "run", [silent, quiet], top=1, device="cpu"):
+        assert entry["top"][0]["label"] == config.SILENCE, entry
