@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from speechcls import dist
+from speechcls.audio.augment import mixup
 from speechcls.audio.frontend import InputSpec
 from speechcls.config import TrainConfig
 from speechcls.engine import checkpoint
@@ -163,14 +164,16 @@ def train_one_epoch(s: Setup, step_model, t: Trainer, epoch: int, progress: Prog
     total_loss = torch.zeros((), dtype=torch.float64, device=device)  # turns NaN/inf for good at a bad loss
     correct = torch.zeros((), dtype=torch.float64, device=device)
     losses = torch.zeros(len(loader), dtype=torch.float32, device=device)  # per step: finds the first bad one
+    positions = loader.positions() if s.cfg.mixup else []  # each batch's first example in the epoch's order
     n = steps = 0
     _sync(device)
     t0 = time.perf_counter()
     for (x, y), global_size in zip(loader, loader.global_sizes, strict=True):
         weight = len(y) * world / global_size  # 1.0 in one process
         mix = {}
-        if s.cfg.mixup:  # a function of (seed, epoch, step, rank): a resumed run draws the same
-            x, mix["mix"] = mixed(x, y, s.cfg.mixup, s.cfg.seed, epoch, steps, s.rank.rank)
+        if s.cfg.mixup:  # the pipeline's mixup generator: (seed, epoch, position), like every augmentation
+            x, _y_a, y_b, lam = mixup(x, y, s.cfg.mixup, loader.pipeline.mixup_rng(epoch, positions[steps]))
+            mix["mix"] = (y_b, lam)
         loss, logits = train_step(step_model, t.optimizer, t.scheduler, t.scaler, s.cfg, device, x, y, weight, **mix)
         if t.ema is not None:
             t.ema.update_parameters(s.model)
@@ -216,17 +219,6 @@ def _diverged(s: Setup, losses: torch.Tensor, epoch: int) -> ValueError:
         f"Lower --max-lr (it is {s.cfg.max_lr:g}), or check the store with `speechcls info {s.store}` "
         "for clips with extreme features"
     )
-
-
-def mixed(x: torch.Tensor, y: torch.Tensor, alpha: float, seed: int, epoch: int, step: int, rank: int):
-    """Mixup of a training batch: (mixed x, (y_b, lam)) for train_step's loss lam * CE(y) + (1 - lam) * CE(y_b)."""
-    import numpy as np
-
-    from speechcls.audio.augment import mixup
-
-    rng = np.random.default_rng([seed, epoch, step, rank, 0x6D6978])  # "mix": its own stream
-    xm, _y_a, y_b, lam = mixup(x, y, alpha, rng)
-    return xm, (y_b, lam)
 
 
 def validate(s: Setup, epoch: int, model: torch.nn.Module | None = None) -> dict:
