@@ -108,6 +108,23 @@ def resolve_root(root: str | Path | None, version: str) -> Path:
     return root
 
 
+def codec_for(loc: Location, variant: str, overwrite: bool) -> str:
+    """The codec when --codec is not given: the one of a store already at `loc` (so a store made with an
+    earlier default is found present, resumed or repaired, not "made with other settings"), else the
+    variant's default (format.default_codec); with `overwrite`, the default."""
+    from speechcls.store.writer import store_attrs
+
+    attrs = None if overwrite else store_attrs(loc)
+    old = (attrs or {}).get("codec")
+    if isinstance(old, str):
+        try:
+            fmt.make_codec(old)
+            return old
+        except ValueError:
+            pass  # a damaged record: plan() reports the store
+    return fmt.default_codec(variant)
+
+
 def featurize(
     params: FeatureParams,
     root: str | Path | None = None,
@@ -117,7 +134,7 @@ def featurize(
     device: str = "auto",
     batch_size: int = config.BATCH_SIZE,
     chunk_rows: int | None = None,
-    codec: str = fmt.DEFAULT_CODEC,
+    codec: str | None = None,
     overwrite: bool = False,
     row_seed: int = config.ROW_ORDER_SEED,
     workers: int | None = None,
@@ -126,7 +143,8 @@ def featurize(
     """Featurize the tree at `root` into the store at `out` (default cache/<dataset>/<variant>-<hash>.zarr).
 
     A complete store with the same settings is left as it is; an incomplete one is resumed; one with
-    other settings is an error unless `overwrite`. Unreadable clips are skipped and recorded. `workers`:
+    other settings is an error unless `overwrite`. `codec` None: the store's own when one is at `out`,
+    else the variant's default (store/format.py's default_codec). Unreadable clips are skipped and recorded. `workers`:
     threads that decode, compute features on the CPU and encode (default: every core); the stored bytes
     do not depend on it.
     """
@@ -137,7 +155,8 @@ def featurize(
     if workers is not None and workers <= 0:
         raise ValueError(f"--workers must be positive, got {workers}")
     workers = workers or default_workers()
-    fmt.make_codec(codec)  # refuse a bad codec name before any work
+    if codec is not None:
+        fmt.make_codec(codec)  # refuse a bad codec name before any work
     device = resolve_device(device)
     backend = resolve_backend(backend, params, device)
     rank = dist.init(device)
@@ -152,6 +171,8 @@ def featurize(
     layout = fmt.Layout(len(index.clips), chunk_rows, -(-batch_size // chunk_rows) * chunk_rows)
     loc = to_location(out) if out is not None else fmt.default_location(index.name, params)
     engine = {"backend": backend, "device": device}
+    if codec is None:
+        codec = dist.from_main(rank, lambda: codec_for(loc, params.variant, overwrite))
     mine = [b for b in range(layout.n_blocks) if b * rank.world // layout.n_blocks == rank.rank]  # contiguous
     run_device, progress = dist.local_device(device, rank), progress or Progress()
     setup_s = time.perf_counter() - t_start

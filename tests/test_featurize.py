@@ -318,6 +318,27 @@ def test_complete_store_is_reused_and_other_settings_refused(tmp_path, mini_root
     assert read_store(out)["features"].shape == (59, 1, 64, 101)
 
 
+def test_default_codec_per_variant_and_a_store_keeps_its_own(tmp_path, mini_root):
+    """Without --codec: complex is stored raw (format.default_codec), the rest with blosc; a store already
+    at --out keeps its codec (a complex store made with blosc before the default changed is present, not
+    "made with other settings"); --overwrite takes the default."""
+    from speechcls.store import DEFAULT_CODEC
+
+    tree = copy_tree(mini_root, tmp_path / "t", per_word=1)
+    for variant, codec in (("complex", "none"), ("mel", DEFAULT_CODEC)):
+        r = featurize(FeatureParams(variant), tree, out=tmp_path / f"{variant}.zarr", device="cpu")
+        assert read_store(r.store)["attrs"]["codec"] == codec, variant
+    out = tmp_path / "old.zarr"
+    featurize(FeatureParams("complex"), tree, out=out, device="cpu", codec=DEFAULT_CODEC)
+    assert featurize(FeatureParams("complex"), tree, out=out, device="cpu").status == "present"
+    with pytest.raises(ValueError, match="other settings.*codec"):
+        featurize(FeatureParams("complex"), tree, out=out, device="cpu", codec="zstd-1")
+    assert featurize(FeatureParams("complex"), tree, out=out, device="cpu", overwrite=True).status == "written"
+    stored = read_store(out)
+    assert stored["attrs"]["codec"] == "none"
+    np.testing.assert_array_equal(stored["features"], read_store(tmp_path / "complex.zarr")["features"])
+
+
 # --- what --overwrite may replace ------------------------------------------------------------------
 
 

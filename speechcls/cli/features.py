@@ -60,7 +60,8 @@ def featurize(
         str,
         typer.Option(
             help="none | zstd-LEVEL | blosc-CNAME-LEVEL-SHUFFLE, CNAME one of lz4 | zstd | blosclz, SHUFFLE one "
-            "of shuffle | bitshuffle | none. \\[default: blosc-lz4-5-bitshuffle]",
+            "of shuffle | bitshuffle | none. \\[default: a store's own at --out; else none for complex, "
+            "blosc-lz4-5-bitshuffle for the others]",
             show_default=False,
         ),
     ] = "",
@@ -83,7 +84,6 @@ def featurize(
     from speechcls import dist
     from speechcls.cli.progress import RichProgress
     from speechcls.featurize import featurize as run
-    from speechcls.store import DEFAULT_CODEC
 
     version = check_version(version or release)  # --version: the old spelling of --release
     params = config.FeatureParams(
@@ -93,7 +93,7 @@ def featurize(
     main = dist.from_env().main  # under torchrun, rank 0 alone shows progress and the summary
     with RichProgress(console(stderr=True), unit="clips", disable=not main) as progress:
         result = run(
-            params, root, version, out, backend, device, batch_size, chunk_rows, codec or DEFAULT_CODEC,
+            params, root, version, out, backend, device, batch_size, chunk_rows, codec or None,
             overwrite, workers=workers, progress=progress,
         )  # fmt: skip
     if not main:

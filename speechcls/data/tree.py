@@ -130,6 +130,14 @@ def _read_list(root: Path, name: str) -> list[str] | None:
     return entries
 
 
+def _is_file(entry: os.DirEntry) -> bool:
+    """Path.is_file for a scandir entry: follows symbolic links, and False (not an error) for a loop."""
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
+
+
 def _unusable(path: Path) -> str:
     """Why a `*.wav` entry that is not a regular file cannot be a clip."""
     if path.is_dir():
@@ -166,13 +174,17 @@ def index_tree(root: str | Path) -> DatasetIndex:
     classes = [d.name for d in word_dirs]
     clips, unusable = [], {}
     for label, d in enumerate(word_dirs):
-        for wav in sorted(d.iterdir()):
-            if wav.suffix.lower() != ".wav":
+        # os.scandir and names as strings, not Path objects: a folder's entries come with their type, so a
+        # regular file costs no stat here, and sorting strings is ~10x cheaper than sorting Paths (64,727
+        # clips: the index in ~1 s less)
+        with os.scandir(d) as it:
+            entries = sorted((e for e in it if os.path.splitext(e.name)[1].lower() == ".wav"), key=lambda e: e.name)
+        for wav in entries:
+            if not _is_file(wav):
+                unusable[f"{d.name}/{wav.name}"] = _unusable(Path(wav.path))
                 continue
-            if not wav.is_file():
-                unusable[f"{d.name}/{wav.name}"] = _unusable(wav)
-                continue
-            speaker, utterance = parse_clip_name(wav)
+            m = _CLIP_NAME.match(wav.name)
+            speaker, utterance = (m["speaker"], int(m["utterance"])) if m else parse_clip_name(Path(wav.path))
             clips.append(Clip(f"{d.name}/{wav.name}", label, speaker, utterance))
     clips.sort(key=lambda c: c.path)
 

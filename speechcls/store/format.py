@@ -31,6 +31,7 @@ open, so an edited attribute is found before training. The request holds a finge
 from __future__ import annotations
 
 import hashlib
+import os
 import shlex
 import sys
 from dataclasses import dataclass
@@ -51,6 +52,17 @@ FORMAT_VERSION = 4
 # shuffle gets within a few percent of the best zstd ratio while writing 800-1,150 MB/s and reading
 # 2.3-3.8 GB/s on 2 cores, 1.5-3x zstd's speeds: featurize and streaming are not held up by the codec.
 DEFAULT_CODEC = "blosc-lz4-5-bitshuffle"
+# ... except complex float32: it compresses least (1.11x) and is the largest (207,656 bytes a clip), so
+# blosc costs ~170 us of a core per clip (3x the CRC and copy alone; benchmarks/featurize.py --stages
+# encode) for 10 % of the disk: stored raw, featurize writes it faster than one peer epoch on 2 cores
+CODEC_BY_VARIANT = {"complex": "none"}
+
+
+def default_codec(variant: str) -> str:
+    """The codec a store of `variant` gets when --codec is not given."""
+    return CODEC_BY_VARIANT.get(variant, DEFAULT_CODEC)
+
+
 DEFAULT_CHUNK_BYTES = 16 << 20  # ~16 MB of raw features per chunk: few objects, whole-chunk reads stay cheap
 
 # every chunk is written, even one equal to the fill value: a missing chunk object is then damage
@@ -121,9 +133,9 @@ def tree_fingerprint(index) -> str:
     its validation / testing lists. A copy that keeps mtimes (cp -p, rsync -a) keeps the fingerprint."""
     from speechcls import config as c
 
-    h = hashlib.sha1()
+    h, root = hashlib.sha1(), os.fspath(index.root)
     for clip in index.clips:
-        st = (index.root / clip.path).stat()
+        st = os.stat(os.path.join(root, clip.path))  # not Path.stat: 64,727 Path objects cost ~0.5 s
         h.update(f"{clip.path}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
     for name in (c.VALIDATION_LIST, c.TESTING_LIST):
         path = index.root / name

@@ -101,6 +101,15 @@ def _speechcls_attrs(loc: Location) -> dict | None:
     return attrs if isinstance(attrs.get("format_version"), int) and described else None
 
 
+def store_attrs(loc: Location) -> dict | None:
+    """The attributes of a speechcls store at `loc`, or None when there is none (nothing there, an empty
+    folder, anything else)."""
+    loc = to_location(loc)
+    if not exists(loc) or not exists(loc, "zarr.json"):
+        return None
+    return _speechcls_attrs(loc)
+
+
 def _not_a_store(loc: Location) -> str:
     return (
         f"{loc} is not empty and is not a speechcls feature store: --overwrite only replaces stores speechcls "
