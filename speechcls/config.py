@@ -190,15 +190,19 @@ class TrainConfig:
     n_mels: int = 0  # mel filters of features computed from a waveform store (0 = FeatureParams' 128)
     log: bool = False  # log(x + 1e-6) of power features, on the device (speechcls/audio/frontend.py)
     normalize: bool = False  # per-frequency standardization with the training split's statistics
+    cmn: bool = False  # then each example's mean over time subtracted per frequency bin (channel normalization)
     optimizer: str = "adam"  # adam (the chapter's) | adamw | sgd (momentum 0.9, nesterov off)
     schedule: str = "onecycle"  # onecycle (the chapter's, to max_lr) | cosine (linear warm-up to max_lr, then to 0)
     warmup_epochs: float = 0.0  # cosine: epochs of linear warm-up from 0
     weight_decay: float = 0.0
     label_smoothing: float = 0.0
     early_stopping: bool = True  # the chapter's; off in kws (long cosine schedules plateau before they end)
-    best_by: str = "loss"  # the best checkpoint: lowest validation loss (the chapter's) | highest accuracy (acc)
+    # the kept checkpoint: lowest validation loss (the chapter's) | highest validation accuracy (acc) | the
+    # final weights (last: for when the validation split is too small or unlike the test to choose by)
+    best_by: str = "loss"
     ema: float = 0.0  # decay of an exponential moving average of the weights (0 = off); evaluated and kept
     # augmentation of the training split on the device (speechcls/audio/augment.py); all off in chapter
+    speed: float = 0.0  # speed perturbation: factors in [1 - speed, 1 + speed] (waveform stores)
     shift_ms: float = 0.0  # random time shift in [-shift_ms, +shift_ms], zero filled (waveform stores)
     noise_prob: float = 0.0  # probability of mixing a background-noise crop into a clip (waveform stores)
     noise_volume: float = 0.1  # the crop's volume, uniform in [0, noise_volume] (TensorFlow's background_volume)
@@ -228,7 +232,7 @@ class TrainConfig:
             raise ValueError(f"--patience must be >= 1 and --min-epochs >= 0, got {self.patience}, {self.min_epochs}")
         choices = {
             "recipe": ("chapter", "kws"), "task": TASKS, "optimizer": ("adam", "adamw", "sgd"),
-            "schedule": ("onecycle", "cosine"), "best_by": ("loss", "acc"),
+            "schedule": ("onecycle", "cosine"), "best_by": ("loss", "acc", "last"),
         }  # fmt: skip
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -237,6 +241,16 @@ class TrainConfig:
             raise ValueError("--n-mels, --warmup-epochs and --weight-decay must be >= 0")
         if not 0 <= self.label_smoothing < 1 or not 0 <= self.ema < 1:
             raise ValueError(f"--label-smoothing and --ema must be in [0, 1), got {self.label_smoothing}, {self.ema}")
+        if self.cmn and not self.log:
+            raise ValueError(
+                "--cmn subtracts each example's mean in log units (where a channel's colouring is a constant per bin): "
+                "add --log (power features: spectrogram or mel)"
+            )
+        if self.best_by == "last" and self.early_stopping:
+            raise ValueError(
+                "--best-by last keeps the final weights, and early stopping stops when the validation score stops "
+                "improving: choose one (add --no-early-stopping, or --best-by loss | acc)"
+            )
         if self.warmup_epochs > self.epochs:
             raise ValueError(f"--warmup-epochs {self.warmup_epochs} is longer than --epochs {self.epochs}")
         return self

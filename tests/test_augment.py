@@ -2,6 +2,8 @@
 against a literal numpy computation with the drawn parameters, the plain pipeline against torchaudio,
 refusals, mixup."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -13,9 +15,12 @@ from speechcls.audio.augment import (
     draw_bands,
     draw_noise,
     draw_shifts,
+    draw_speeds,
     mask_bands,
     mix_noise,
     mixup,
+    speed_factors,
+    speed_perturb,
     time_shift,
 )
 from speechcls.audio.features import FeatureExtractor
@@ -26,7 +31,7 @@ from speechcls.config import FeatureParams
 B, L = 8, 16_000
 MEL40 = FeatureParams("mel", n_mels=40)
 ALL = AugmentConfig(
-    shift_ms=100, noise_prob=0.8, noise_volume=0.1, freq_masks=2, freq_width=7, time_masks=2, time_width=20
+    speed=0.1, shift_ms=100, noise_prob=0.8, noise_volume=0.1, freq_masks=2, freq_width=7, time_masks=2, time_width=20
 )
 
 
@@ -105,6 +110,47 @@ def test_shift_moves_by_the_drawn_samples_with_zeros():
 def test_shift_draws_cover_both_ends():
     shifts = draw_shifts(np.random.default_rng(0), 2_000, 3)
     assert set(shifts.tolist()) == set(range(-3, 4))
+
+
+def test_speed_moves_pitch_by_the_factor_and_keeps_the_clip_centred():
+    """A 1 kHz tone burst in the middle: played at factor f it is a (1000 f) Hz burst, still in the middle
+    and f times shorter, in a clip of the same length."""
+    t = torch.arange(L) / 16_000
+    burst = torch.zeros(L)
+    burst[4_000:12_000] = torch.hann_window(8_000)
+    x = (torch.sin(2 * torch.pi * 1_000 * t) * burst)[None].repeat(5, 1)
+    factors = speed_factors(0.1)
+    np.testing.assert_allclose(factors, [0.9, 0.95, 1.0, 1.05, 1.1])
+    out = speed_perturb(x, np.arange(5), factors, 16_000)
+    loud = torch.nonzero(x[0].abs() > 0.01).squeeze(1)
+    SPAN = (loud[-1] - loud[0]).item()
+    assert out.shape == x.shape and torch.equal(out[2], x[2])  # factor 1: untouched
+    for k, f in enumerate(factors):
+        peak_hz = torch.fft.rfft(out[k]).abs().argmax().item()  # 1 Hz bins
+        assert abs(peak_hz - 1_000 * f) <= 2, (f, peak_hz)
+        loud = torch.nonzero(out[k].abs() > 0.01).squeeze(1)
+        centre, span = (loud[0] + loud[-1]).item() / 2, (loud[-1] - loud[0]).item()
+        assert abs(centre - L / 2) < 40 and abs(span - SPAN / f) < 80, (f, centre, span)
+
+
+def test_speed_is_torchaudio_resampling_centred():
+    """Each example is torchaudio's resampling of itself from 16000 f Hz to 16000 Hz, centred: the
+    faster ones padded with zeros around, the slower ones' middle L samples kept."""
+    x = waves(batch=12)
+    p = Pipeline(FeatureExtractor(MEL40), InputSpec(), AugmentConfig(speed=0.2))
+    choice = draw_speeds(p.rng(2, 24, "speed"), 12)
+    assert len(set(choice.tolist())) >= 4
+    factors = speed_factors(0.2)
+    out = speed_perturb(x, choice, factors, 16_000)
+    for b, k in enumerate(choice):
+        one = torchaudio.functional.resample(x[b : b + 1], round(16_000 * factors[k]), 16_000)[0]
+        m = len(one)
+        left = (L - m) // 2
+        expected = one[(m - L) // 2 :][:L] if m >= L else torch.nn.functional.pad(one, (left, L - m - left))
+        torch.testing.assert_close(out[b], expected, rtol=0, atol=1e-6)
+    # the pipeline computes the features of exactly that waveform
+    torch.testing.assert_close(p(x, 2, 24), torchaudio_mel40(out), rtol=1e-5, atol=1e-7)
+    assert set(draw_speeds(np.random.default_rng(0), 1_000).tolist()) == set(range(5))
 
 
 def test_noise_mixing_adds_volume_times_crop():
@@ -208,6 +254,12 @@ def test_plain_pipeline_is_torchaudio_log_and_standardization():
     # a feature store's batch goes straight to the log and standardization
     feats = torchaudio_mel40(x)
     torch.testing.assert_close(Pipeline(None, spec)(feats, 0, 0), expected, rtol=1e-5, atol=1e-5)
+    # cmn: then each example's mean over the frames taken off, per bin; saved and read back with the run
+    cmn = replace(spec, cmn=True)
+    centred = expected - expected.mean(3, keepdim=True)
+    torch.testing.assert_close(Pipeline(None, cmn)(feats, 0, 0), centred, rtol=1e-5, atol=1e-5)
+    assert InputSpec.from_dict(cmn.to_dict()) == cmn and not InputSpec.from_dict(spec.to_dict()).cmn
+    assert not InputSpec(cmn=True).identity and InputSpec().identity
 
 
 def test_pipeline_runs_without_grad_and_autocast_in_float32():
@@ -223,6 +275,8 @@ def test_pipeline_runs_without_grad_and_autocast_in_float32():
     "cfg, message",
     [
         (dict(shift_ms=-1), "shift_ms must be a finite number >= 0, got -1"),
+        (dict(speed=0.5), "require 0 <= speed < 0.5"),
+        (dict(speed=-0.1), "speed must be a finite number >= 0, got -0.1"),
         (dict(noise_prob=1.5, noise_volume=0.1), "require 0 <= noise_prob <= 1, got 1.5"),
         (dict(noise_prob=0.8), "noise_prob 0.8 with noise_volume 0"),
         (dict(freq_masks=2), "freq_masks 2 with freq_width 0 masks nothing"),
@@ -243,8 +297,10 @@ def test_pipeline_refusals():
         Pipeline(ex, InputSpec(), AugmentConfig(noise_prob=0.8, noise_volume=0.1), [torch.zeros(L), torch.zeros(L - 1)])
     with pytest.raises(ValueError, match=r"noise recording 0 has shape \(2, 16000\)"):
         Pipeline(ex, InputSpec(), AugmentConfig(noise_prob=0.8, noise_volume=0.1), [torch.zeros(2, L)])
-    with pytest.raises(ValueError, match="featurize with --variant waveform .* or set shift_ms 0 and noise_prob 0"):
+    with pytest.raises(ValueError, match="--variant waveform .* or set speed 0, shift_ms 0 and noise_prob 0"):
         Pipeline(None, InputSpec(), AugmentConfig(shift_ms=100))
+    with pytest.raises(ValueError, match=r"speed perturbation \(speed 0.1\)"):
+        Pipeline(None, InputSpec(), AugmentConfig(speed=0.1))
     with pytest.raises(ValueError, match="the waveform variant gives int16 samples"):
         Pipeline(FeatureExtractor(FeatureParams("waveform")), InputSpec())
     with pytest.raises(ValueError, match="seed must be a whole number >= 0"):

@@ -58,11 +58,14 @@ def torchaudio_features(root: Path, rels: list[str], params: FeatureParams) -> t
 
 
 def model_input(features: torch.Tensor, spec: dict) -> torch.Tensor:
-    """The run's input transform written out: log(x + eps), then (x - mean) / std per (channel, bin)."""
+    """The run's input transform written out: log(x + eps), then (x - mean) / std per (channel, bin), then
+    each example's mean over the frames subtracted (cmn)."""
     x = torch.log(features + spec["eps"]) if spec["log"] else features
     if spec.get("mean") is not None:
         mean, std = (torch.tensor(spec[k], dtype=torch.float32)[None, :, :, None] for k in ("mean", "std"))
         x = (x - mean) / std
+    if spec.get("cmn"):
+        x = x - x.mean(dim=3, keepdim=True)
     return x
 
 
@@ -127,11 +130,14 @@ def fake_run(tmp: Path, name: str, params: FeatureParams, root: Path, rels: list
 
 @pytest.fixture(scope="module")
 def trained(small_store, tmp_path_factory) -> Path:
-    """A run of the real trainer: the seed CNN on log-mel, standardized (store: 80 mels x 81 frames)."""
+    """A run of the real trainer: the seed CNN on log-mel, standardized and mean-normalized per example
+    (store: 80 mels x 81 frames)."""
     from speechcls.engine.fit import fit
 
     run = tmp_path_factory.mktemp("export") / "run"
-    cfg = TrainConfig(store=str(small_store()), device="cpu", batch_size=16, epochs=1, log=True, normalize=True)
+    cfg = TrainConfig(
+        store=str(small_store()), device="cpu", batch_size=16, epochs=1, log=True, normalize=True, cmn=True
+    )
     fit(cfg, run)
     return run
 
@@ -223,7 +229,8 @@ def test_a_trained_run_exports_with_its_input_transform_and_predict_applies_it(t
 
     root, rels, waves = clips
     ckpt = checkpoint.load(trained / "best.pt")
-    assert ckpt["input"]["log"] and ckpt["input"]["mean"] is not None  # what makes the comparisons below bite
+    spec = ckpt["input"]
+    assert spec["log"] and spec["mean"] is not None and spec["cmn"]  # what makes the comparisons below bite
     want = reference_probs(trained / "best.pt", root, rels)
     for fmt, run in (("onnx", onnx_probs), ("torchscript", torchscript_probs)):
         r = exported[fmt]

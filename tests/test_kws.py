@@ -39,8 +39,9 @@ def kws_cfg(store: Path, **kw):
 
 @pytest.mark.filterwarnings("ignore:no training clips for class")
 def test_kws12_run_records_task_classes_input_and_noise(wave_store, tmp_path):
-    cfg = kws_cfg(wave_store, freq_masks=2, freq_width=3, mixup=0.2)
+    cfg = kws_cfg(wave_store, freq_masks=2, freq_width=3, mixup=0.2, best_by="last")
     m = fit(cfg, tmp_path / "run")
+    assert m["best_epoch"] == 2  # --best-by last: the final weights are the kept ones
     assert m["classes"][:2] == [config.SILENCE, config.UNKNOWN] and len(m["classes"]) == 12
     assert m["task"] == "kws12" and m["recipe"] == "kws" and m["model"] == "bcresnet-1"
     assert m["parameters"] > 0 and m["macs"] > m["parameters"]
@@ -62,9 +63,9 @@ def test_kws12_run_records_task_classes_input_and_noise(wave_store, tmp_path):
 
 @pytest.mark.filterwarnings("ignore:no training clips for class")
 def test_resume_with_augmentation_equals_an_uninterrupted_run(wave_store, tmp_path):
-    """Shift, noise, masks, mixup and the weight average: the augmentation of an example is a function of
+    """Speed, shift, noise, masks, mixup and the weight average: the augmentation of an example is a function of
     (seed, epoch, position), so a run cut after epoch 1 and resumed ends with the same weights."""
-    cfg = kws_cfg(wave_store, epochs=3, freq_masks=2, freq_width=3, mixup=0.2, ema=0.9)
+    cfg = kws_cfg(wave_store, epochs=3, freq_masks=2, freq_width=3, mixup=0.2, ema=0.9, speed=0.1)
     whole = fit(cfg, tmp_path / "whole")
     with pytest.raises(KeyboardInterrupt):
         fit(cfg, tmp_path / "cut", progress=InterruptAfter(ends=1))
@@ -91,16 +92,18 @@ def test_two_runs_with_one_seed_are_equal_and_another_seed_differs(wave_store, t
 
 def test_standardization_statistics_equal_a_literal_computation(small_store, tmp_path):
     """log(mel + 1e-6) of the store's training rows, mean and std per mel bin over rows and frames in
-    float64, read with zarr here: what the checkpoint saved."""
+    float64, read with zarr here: what the checkpoint saved (with --cmn too: the statistics are of the
+    features before each example's mean is taken off)."""
     store = small_store()
     cfg = resolve("chapter", {"store": str(store), "epochs": 1, "batch_size": 32, "device": "cpu"})
-    cfg = replace(cfg, log=True, normalize=True)
+    cfg = replace(cfg, log=True, normalize=True, cmn=True)
     fit(cfg, tmp_path / "run")
     g = zarr.open_group(str(store), mode="r")
     rows = (g["split"][:] == 0) & g["valid"][:]
     x = np.log(g["features"][:][rows].astype(np.float64) + 1e-6)  # (N, 1, F, T)
     mean, std = x.mean(axis=(0, 3)), x.std(axis=(0, 3))
     spec = checkpoint.load(tmp_path / "run" / "best.pt")["input"]
+    assert spec["cmn"] is True
     np.testing.assert_allclose(np.array(spec["mean"]), mean, rtol=1e-6, atol=1e-6)
     floored = np.maximum(std, 0.1 * np.median(std))  # no bin divided by less than a tenth of the median's spread
     np.testing.assert_allclose(np.array(spec["std"]), floored, rtol=1e-5, atol=1e-6)

@@ -57,6 +57,12 @@ def test_bad_settings_are_refused_naming_them():
         resolve("kws", {"epochs": 10, "warmup_epochs": 20.0})
     with pytest.raises(ValueError, match="unknown training settings"):
         resolve("chapter", {"learning_rate": 1.0})
+    with pytest.raises(ValueError, match="--best-by last keeps the final weights.*add --no-early-stopping"):
+        resolve("chapter", {"best_by": "last"})  # the chapter's early stopping needs a best to count from
+    assert resolve("kws", {"best_by": "last"}).best_by == "last"  # kws: no early stopping
+    with pytest.raises(ValueError, match="--cmn subtracts each example's mean in log units.*add --log"):
+        resolve("chapter", {"cmn": True})
+    assert resolve("kws", {"cmn": True}).cmn  # kws: log-mel
     assert set(kws_recipe("seed")) <= set(TrainConfig.__dataclass_fields__)
 
 
@@ -98,3 +104,6 @@ def test_best_by_accuracy_and_no_early_stop():
     chapter = EarlyStopping(patience=1)
     assert chapter.update(1.0, 1, acc=0.1) and chapter.update(0.5, 2, acc=0.05)  # by loss, accuracy aside
     assert not chapter.update(0.7, 3) and chapter.should_stop(3)
+    last = EarlyStopping(patience=1, best_by="last", enabled=False)
+    assert all(last.update(loss, e, acc=acc) for e, (loss, acc) in enumerate([(1.0, 0.5), (2.0, 0.1), (3.0, 0.0)], 1))
+    assert last.best_epoch == 3 and not last.should_stop(3)

@@ -41,7 +41,10 @@ import numpy as np
 import torch
 
 # one generator per kind of augmentation and batch: np.random.default_rng([seed, epoch, position, stream])
-STREAMS = {"shift": 0, "noise": 1, "masks": 2, "mixup": 3}
+STREAMS = {"shift": 0, "noise": 1, "masks": 2, "mixup": 3, "speed": 4}
+
+# speed perturbation's factors: SPEED_STEPS evenly spaced in [1 - speed, 1 + speed], 1 among them
+SPEED_STEPS = 5
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,11 @@ class AugmentConfig:
     """Which augmentations training applies, and how strongly. Everything is off by default; the
     comments give the published settings for keyword spotting on Speech Commands."""
 
+    # speed perturbation (Ko et al. 2015, Kaldi's 0.9 / 1.0 / 1.1): each clip played faster or slower by a
+    # factor drawn uniformly from SPEED_STEPS values evenly spaced in [1 - speed, 1 + speed] (0.1: 0.9,
+    # 0.95, 1, 1.05, 1.1), which moves pitch and formants together, as a different speaker would; then
+    # centred in the clip (padded with zeros or cropped). Not in the published KWS recipes; 0 = off
+    speed: float = 0.0
     # TensorFlow's --time_shift_ms 100 (BC-ResNet: the same): each clip moved by a whole number of
     # samples drawn uniformly in [-shift, +shift], positive = later; zeros fill the gap, nothing wraps
     shift_ms: float = 0.0
@@ -72,10 +80,15 @@ class AugmentConfig:
 
     def validate(self) -> "AugmentConfig":
         """Refuse impossible or useless settings before any work, naming the values."""
-        for name in ("shift_ms", "noise_prob", "noise_volume", "mixup"):
+        for name in ("speed", "shift_ms", "noise_prob", "noise_volume", "mixup"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        if self.speed >= 0.5:
+            raise ValueError(
+                f"speed {self.speed} changes a clip's speed by up to {self.speed:.0%}: require 0 <= speed < 0.5 "
+                "(Kaldi and Ko et al. 2015: 0.1)"
+            )
         if self.noise_prob > 1:
             raise ValueError(f"noise_prob is a probability: require 0 <= noise_prob <= 1, got {self.noise_prob}")
         if self.noise_prob > 0 and self.noise_volume == 0:
@@ -97,8 +110,8 @@ class AugmentConfig:
 
     @property
     def on_waveform(self) -> bool:
-        """Whether any augmentation needs the waveform (shift, noise): a waveform store only."""
-        return self.shift_ms > 0 or self.noise_prob > 0
+        """Whether any augmentation needs the waveform (speed, shift, noise): a waveform store only."""
+        return self.speed > 0 or self.shift_ms > 0 or self.noise_prob > 0
 
     @property
     def masks(self) -> bool:
@@ -130,6 +143,16 @@ def batch_rng(seed: int, epoch: int, position: int, stream: str) -> np.random.Ge
 def draw_shifts(rng: np.random.Generator, batch: int, max_shift: int) -> np.ndarray:
     """(B,) int64 shifts in samples, uniform in [-max_shift, max_shift] (positive = later)."""
     return rng.integers(-max_shift, max_shift, size=batch, endpoint=True, dtype=np.int64)
+
+
+def speed_factors(speed: float, steps: int = SPEED_STEPS) -> np.ndarray:
+    """The factors speed perturbation draws from: `steps` values evenly spaced in [1 - speed, 1 + speed]."""
+    return np.linspace(1.0 - speed, 1.0 + speed, steps)
+
+
+def draw_speeds(rng: np.random.Generator, batch: int, steps: int = SPEED_STEPS) -> np.ndarray:
+    """(B,) int64: which of the `steps` factors each example gets, uniformly."""
+    return rng.integers(0, steps, size=batch, dtype=np.int64)
 
 
 def draw_noise(
@@ -180,6 +203,34 @@ def time_shift(wave: torch.Tensor, shifts: torch.Tensor, max_shift: int) -> torc
     padded = torch.cat([zeros, wave, zeros], 1)  # (B, L + 2S); one write (F.pad fills, then copies)
     windows = padded.unfold(1, n, 1)  # (B, 2S + 1, L) view: window k is wave[k - S : k - S + L], zero-padded
     return windows[torch.arange(b, device=wave.device), max_shift - shifts]  # one gather, no (B, L) index
+
+
+def speed_perturb(wave: torch.Tensor, choice: np.ndarray, factors: np.ndarray, rate: int) -> torch.Tensor:
+    """Each example played `factors[choice[b]]` times as fast (> 1: shorter and higher), by
+    torchaudio's band-limited resampling from rate * factor to rate Hz (the factor rounded to a whole
+    number of Hz), then centred in the clip's L samples: zeros around a shorter one, a longer one's
+    middle kept. One resampling call per factor in use, on the examples that drew it.
+
+    wave: (B, L) float; choice: (B,) int64 indices into factors, on the CPU; factors: (K,) float;
+    rate: the clips' sample rate. Returns (B, L), a new tensor (wave is left alone)."""
+    import torchaudio.functional as AF
+
+    b, n = wave.shape
+    out = wave.clone()
+    for k in np.unique(choice):
+        orig = round(rate * float(factors[k]))
+        if orig == rate:
+            continue
+        rows = torch.from_numpy(np.flatnonzero(choice == k)).to(wave.device)
+        moved = AF.resample(wave[rows], orig_freq=orig, new_freq=rate)  # (b_k, m), m ~ n / factor
+        m = moved.shape[1]
+        if m >= n:
+            start = (m - n) // 2
+            out[rows] = moved[:, start : start + n]
+        else:
+            left = (n - m) // 2
+            out[rows] = torch.nn.functional.pad(moved, (left, n - m - left))
+    return out
 
 
 def mix_noise(wave: torch.Tensor, bank: torch.Tensor, starts: torch.Tensor, volumes: torch.Tensor) -> torch.Tensor:

@@ -25,10 +25,13 @@ class InputSpec:
     eps: float = LOG_EPS
     mean: tuple | None = None  # (C, F): per channel and frequency bin, over the training split
     std: tuple | None = None
+    # then each example's own mean over time subtracted, per channel and bin (cepstral / channel mean
+    # normalization): a microphone's or a room's fixed colouring is a constant per bin in log units
+    cmn: bool = False
 
     @property
     def identity(self) -> bool:
-        return not self.log and self.mean is None
+        return not self.log and self.mean is None and not self.cmn
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -39,7 +42,8 @@ class InputSpec:
         if not d:
             return cls()
         mean, std = d.get("mean"), d.get("std")
-        return cls(bool(d.get("log", False)), float(d.get("eps", LOG_EPS)), _tuple(mean), _tuple(std))
+        log, eps = bool(d.get("log", False)), float(d.get("eps", LOG_EPS))
+        return cls(log, eps, _tuple(mean), _tuple(std), bool(d.get("cmn", False)))
 
 
 def _tuple(x):
@@ -54,6 +58,7 @@ class InputTransform(torch.nn.Module):
         self.spec = spec
         self.log = spec.log
         self.eps = spec.eps
+        self.cmn = spec.cmn
         if spec.mean is not None and spec.std is not None:
             self.register_buffer("mean", torch.tensor(spec.mean, dtype=torch.float32)[None, :, :, None])  # (1, C, F, 1)
             self.register_buffer("std", torch.tensor(spec.std, dtype=torch.float32)[None, :, :, None])
@@ -65,6 +70,8 @@ class InputTransform(torch.nn.Module):
             x = torch.log(x + self.eps)
         if self.mean is not None:
             x = (x - self.mean) / self.std
+        if self.cmn:
+            x = x - x.mean(-1, keepdim=True)  # over the frames: (B, C, F, 1)
         return x
 
 

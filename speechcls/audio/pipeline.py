@@ -1,6 +1,6 @@
 """The batch on the training device -> the model's input: the loader's per-batch hook.
 
-    waveform store: (B, L) waveform -> [time shift -> noise] -> features -> log / standardize -> [masks]
+    waveform store: (B, L) waveform -> [speed -> time shift -> noise] -> features -> log / standardize -> [masks]
     feature store:  (B, C, F, T) features ------------------------> log / standardize -> [masks]
 
 The bracketed steps are augmentation (speechcls/audio/augment.py): applied in training mode only, so
@@ -20,8 +20,11 @@ from speechcls.audio.augment import (
     draw_bands,
     draw_noise,
     draw_shifts,
+    draw_speeds,
     mask_bands,
     mix_noise,
+    speed_factors,
+    speed_perturb,
     time_shift,
     to_device,
 )
@@ -59,12 +62,13 @@ class Pipeline(torch.nn.Module):
                 "model sees (spectrogram, mel or complex)"
             )
         if extractor is None and augment.on_waveform:
-            raise ValueError(_FEATURE_STORE.format(shift_ms=augment.shift_ms, noise_prob=augment.noise_prob))
+            raise ValueError(_feature_store(augment))
         self.extractor = extractor
         self.input = InputTransform(input_spec)
         self.augment = augment
         self.seed = int(seed)
         rate = extractor.params.sample_rate if extractor is not None else 0
+        self.rate = rate
         self.max_shift = round(augment.shift_ms * rate / 1000)  # samples
         self.noise_lengths = np.zeros(0, dtype=np.int64)  # (R,) samples per recording, for the CPU draws
         self.register_buffer("noise", torch.zeros(0), persistent=False)  # (N,) all recordings end to end
@@ -94,7 +98,7 @@ class Pipeline(torch.nn.Module):
         self.noise_lengths = np.array([len(r) for r in noise], dtype=np.int64)
 
     def rng(self, epoch: int, position: int, stream: str) -> np.random.Generator:
-        """The generator of one kind of augmentation ("shift", "noise", "masks", "mixup") for a batch."""
+        """The generator of one kind of augmentation ("speed", "shift", "noise", "masks", "mixup") for a batch."""
         return batch_rng(self.seed, epoch, position, stream)
 
     def mixup_rng(self, epoch: int, position: int) -> np.random.Generator:
@@ -123,7 +127,7 @@ class Pipeline(torch.nn.Module):
                 x = self.extractor(x)  # (B, C, F, T)
             elif x.dim() == 4:
                 if aug.on_waveform:
-                    raise ValueError(_FEATURE_STORE.format(shift_ms=aug.shift_ms, noise_prob=aug.noise_prob))
+                    raise ValueError(_feature_store(aug))
                 x = x.float()
             else:
                 raise ValueError(
@@ -140,8 +144,11 @@ class Pipeline(torch.nn.Module):
         return x
 
     def _waveform(self, wave: torch.Tensor, aug: AugmentConfig, epoch: int, position: int) -> torch.Tensor:
-        """Time shift, then noise (TensorFlow's order), on (B, L) float32."""
+        """Speed, then time shift, then noise (TensorFlow's order for the last two), on (B, L) float32."""
         b, n = wave.shape
+        if aug.speed > 0:
+            choice = draw_speeds(self.rng(epoch, position, "speed"), b)
+            wave = speed_perturb(wave, choice, speed_factors(aug.speed), self.rate)
         if aug.shift_ms > 0 and self.max_shift > 0:
             shifts = draw_shifts(self.rng(epoch, position, "shift"), b, self.max_shift)
             wave = time_shift(wave, to_device(shifts, wave.device), self.max_shift)
@@ -158,8 +165,9 @@ class Pipeline(torch.nn.Module):
         return wave
 
 
-_FEATURE_STORE = (
-    "time shift (shift_ms {shift_ms}) and noise mixing (noise_prob {noise_prob}) change the waveform, and a "
-    "feature store holds none: featurize with --variant waveform (features are then computed per batch on the "
-    "device), or set shift_ms 0 and noise_prob 0"
-)
+def _feature_store(aug: AugmentConfig) -> str:
+    return (
+        f"speed perturbation (speed {aug.speed}), time shift (shift_ms {aug.shift_ms}) and noise mixing (noise_prob "
+        f"{aug.noise_prob}) change the waveform, and a feature store holds none: featurize with --variant waveform "
+        "(features are then computed per batch on the device), or set speed 0, shift_ms 0 and noise_prob 0"
+    )

@@ -71,6 +71,12 @@ def train(
         Optional[bool],
         _opt("Standardize each frequency bin (training-split statistics).", "--normalize/--no-normalize"),
     ] = None,
+    cmn: Annotated[
+        Optional[bool],
+        _opt(
+            "Subtract each example's mean over time per frequency bin (channel mean normalization).", "--cmn/--no-cmn"
+        ),
+    ] = None,
     split_kind: Annotated[
         str, typer.Option("--split-kind", "--split", help="official (speaker-disjoint lists) | random (60/20/20).")
     ] = "official",
@@ -89,8 +95,14 @@ def train(
     ] = None,
     patience: Annotated[Optional[int], _opt("Epochs without a better validation score before stopping.")] = None,
     min_epochs: Annotated[int, typer.Option(help="Early stopping does not count before this epoch.")] = 0,
-    best_by: Annotated[Optional[str], _opt("The best checkpoint: loss (lowest validation loss) | acc.")] = None,
+    best_by: Annotated[
+        Optional[str], _opt("The kept checkpoint: loss (lowest validation loss) | acc | last (the final weights).")
+    ] = None,
     ema: Annotated[Optional[float], _opt("Decay of an average of the weights, validated and kept (0: off).")] = None,
+    speed: Annotated[
+        Optional[float],
+        _opt("Speed perturbation: each clip resampled by a factor in [1 - this, 1 + this].", panel=AUGMENT),
+    ] = None,
     shift_ms: Annotated[
         Optional[float], _opt("Random time shift up to ± this (waveform stores).", panel=AUGMENT)
     ] = None,
@@ -140,10 +152,10 @@ def train(
         workers=workers, sync_bn=sync_bn, model=model, task=task, noise_dir=str(noise_dir) if noise_dir else "",
     )  # fmt: skip
     chosen = dict(
-        features=features, n_mels=n_mels, log=log, normalize=normalize, epochs=epochs, batch_size=batch_size,
+        features=features, n_mels=n_mels, log=log, normalize=normalize, cmn=cmn, epochs=epochs, batch_size=batch_size,
         optimizer=optimizer, schedule=schedule, max_lr=max_lr, warmup_epochs=warmup_epochs,
         weight_decay=weight_decay, label_smoothing=label_smoothing, early_stopping=early_stopping,
-        patience=patience, best_by=best_by, ema=ema, shift_ms=shift_ms, noise_prob=noise_prob,
+        patience=patience, best_by=best_by, ema=ema, speed=speed, shift_ms=shift_ms, noise_prob=noise_prob,
         noise_volume=noise_volume, freq_masks=freq_masks, freq_width=freq_width, time_masks=time_masks,
         time_width=time_width, mixup=mixup,
     )  # fmt: skip

@@ -35,7 +35,8 @@ __all__ = ["EarlyStopping", "Setup", "Trainer", "build", "fit", "make_loader"]
 
 @dataclass
 class EarlyStopping:
-    """The best epoch by validation loss (the chapter's) or accuracy (`best_by="acc"`), and the stop
+    """The best epoch by validation loss (the chapter's), accuracy (`best_by="acc"`) or the latest
+    (`best_by="last"`: the final weights are kept), and the stop
     after `patience` epochs without a better one, not counting before `min_epochs` (never when not
     `enabled`: the kws recipes run their whole schedule)."""
 
@@ -51,7 +52,9 @@ class EarlyStopping:
     def update(self, loss: float, epoch: int, acc: float | None = None) -> bool:
         """Record an epoch's validation loss (and accuracy); True when it is the best so far (ties in
         accuracy go to the lower loss)."""
-        if self.best_by == "acc":
+        if self.best_by == "last":  # the final weights are kept: every epoch replaces the one before
+            better = True
+        elif self.best_by == "acc":
             better = acc > self.best_acc or (acc == self.best_acc and loss < self.best_loss)
         else:
             better = loss < self.best_loss

@@ -80,7 +80,10 @@ class Setup:
             "recipe": cfg.recipe,
             "store_variant": train.store_params.variant,
             "in_shape": list(self.in_shape),
-            "input": ("log " if cfg.log else "") + ("standardized" if cfg.normalize else "") or "raw",
+            "input": " ".join(
+                w for w, on in (("log", cfg.log), ("standardized", cfg.normalize), ("mean-normalized", cfg.cmn)) if on
+            )
+            or "raw",
             "augment": augment_summary(cfg),
             "model": cfg.model,
             "examples": {split: loader.n for split, loader in self.loaders.items()},
@@ -110,6 +113,8 @@ def model_settings(cfg: TrainConfig) -> dict:
 def augment_summary(cfg: TrainConfig) -> str:
     """One line: which augmentations the training split gets."""
     parts = []
+    if cfg.speed:
+        parts.append(f"speed ×{1 - cfg.speed:g}–{1 + cfg.speed:g}")
     if cfg.shift_ms:
         parts.append(f"shift ±{cfg.shift_ms:g} ms")
     if cfg.noise_prob:
@@ -156,11 +161,12 @@ def input_params(cfg: TrainConfig, loader: FeatureLoader) -> FeatureParams:
 
 def check_augment(cfg: TrainConfig, loader: FeatureLoader) -> None:
     """Waveform augmentations need waveforms: refuse them on a feature store, saying what to do."""
-    if loader.store_params.variant != "waveform" and (cfg.shift_ms or cfg.noise_prob):
+    if loader.store_params.variant != "waveform" and (cfg.speed or cfg.shift_ms or cfg.noise_prob):
         raise ValueError(
-            f"--shift-ms {cfg.shift_ms:g} / --noise-prob {cfg.noise_prob:g} shift and mix waveforms, and "
-            f"{loader.loc} holds {loader.store_params.variant} features. Featurize with --variant waveform "
-            "(features are then computed on the device per batch), or pass --shift-ms 0 --noise-prob 0"
+            f"--speed {cfg.speed:g} / --shift-ms {cfg.shift_ms:g} / --noise-prob {cfg.noise_prob:g} resample, "
+            f"shift and mix waveforms, and {loader.loc} holds {loader.store_params.variant} features. Featurize "
+            "with --variant waveform (features are then computed on the device per batch), or pass --speed 0 "
+            "--shift-ms 0 --noise-prob 0"
         )
 
 
@@ -226,6 +232,7 @@ def build(
             plain = Pipeline(extractor, input_spec).to(device)
             mean, std = standardization(loaders["train"], plain, rank)
             input_spec = replace(input_spec, mean=_nested(mean), std=_nested(std))
+        input_spec = replace(input_spec, cmn=cfg.cmn)  # after the statistics: they are of the features before it
     plain = Pipeline(extractor, input_spec).to(device)
     for split, loader in loaders.items():
         loader.pipeline = plain
@@ -251,7 +258,7 @@ def augment_config(cfg: TrainConfig):
     from speechcls.audio.augment import AugmentConfig
 
     aug = AugmentConfig(
-        shift_ms=cfg.shift_ms, noise_prob=cfg.noise_prob, noise_volume=cfg.noise_volume,
+        speed=cfg.speed, shift_ms=cfg.shift_ms, noise_prob=cfg.noise_prob, noise_volume=cfg.noise_volume,
         freq_masks=cfg.freq_masks, freq_width=cfg.freq_width, time_masks=cfg.time_masks, time_width=cfg.time_width,
         mixup=cfg.mixup,
     )  # fmt: skip
