@@ -113,6 +113,10 @@ def test_waveform_augmentation_on_a_feature_store_is_refused(small_store, tmp_pa
     cfg = resolve("kws", {"store": str(small_store()), "epochs": 1, "device": "cpu", "n_mels": 0})
     with pytest.raises(ValueError, match="--variant waveform"):
         fit(cfg, tmp_path / "run")
+    # features the store does not hold: the message names the recipe's way
+    cfg = resolve("kws", {"store": str(small_store()), "epochs": 1, "device": "cpu", "features": "spectrogram"})
+    with pytest.raises(ValueError, match="needs a waveform store.*--recipe kws computes log-mel on the device"):
+        fit(cfg, tmp_path / "run2")
 
 
 def test_n_mels_other_than_the_stores_is_refused(small_store, tmp_path):

@@ -213,7 +213,15 @@ def build(
     if cfg.precision != "fp32" and device.type != "cuda":
         raise ValueError(f"--precision {cfg.precision} needs CUDA (autocast); use fp32 on the CPU")
     store = to_location(cfg.store) if cfg.store else find_store(variant)
-    loaders = {s: make_loader(cfg, store, s, device, rank=rank) for s in splits}
+    try:
+        loaders = {s: make_loader(cfg, store, s, device, rank=rank) for s in splits}
+    except ValueError as e:
+        if cfg.recipe == "kws" and "needs a waveform store" in str(e):  # the recipe chose the features
+            raise ValueError(
+                f"{e}. --recipe kws computes log-mel on the device from a waveform store: featurize --variant "
+                "waveform and train from it, or pass --features with the store's variant"
+            ) from None
+        raise
     first = next(iter(loaders.values()))
     params = input_params(cfg, first)
     check_log(params.variant, cfg.log)
