@@ -100,6 +100,35 @@ def test_plain_wavs_decode_to_libsndfiles_samples(mini_root):
         decode.audio_from_bytes(others["not RIFF"], Path("t.wav"))
 
 
+def test_decoded_rows_equal_libsndfiles_samples_fitted(tmp_path, mini_root):
+    """decode_batch's rows (plain mono 16 kHz clips are scaled straight into their row) equal sf.read's
+    samples padded with zeros / truncated to one clip, for the real clips, a longer one, a stereo one and
+    an 8 kHz one (these two through pcm16_wav and the resampler)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rels = sorted(p.relative_to(mini_root).as_posix() for p in mini_root.rglob("*.wav"))
+    pcm = np.random.default_rng(1).integers(-32768, 32768, size=(20_000, 2), dtype=np.int16)
+    extra = {
+        "long_nohash_0.wav": riff([(b"fmt ", fmt_chunk()), (b"data", pcm[:, 0].tobytes())]),
+        "stereo_nohash_0.wav": riff([(b"fmt ", fmt_chunk(2)), (b"data", pcm[:9_000].tobytes())]),
+        "slow_nohash_0.wav": riff([(b"fmt ", fmt_chunk(1, 8000)), (b"data", pcm[:6_000, 0].tobytes())]),
+    }
+    (tmp_path / "x").mkdir()
+    for name, data in extra.items():
+        (tmp_path / "x" / name).write_bytes(data)
+    for root, names in ((mini_root, rels), (tmp_path, [f"x/{n}" for n in extra])):
+        with ThreadPoolExecutor(2) as pool:
+            batch = decode.decode_batch(root, names, 16_000, 16_000, pool, group=7)
+        assert batch.decoded.all() and not batch.skipped
+        for row, rel in zip(batch.wave, names):
+            ref, rate = sf.read(root / rel, dtype="float32", always_2d=True)  # libsndfile
+            mono = ref.mean(axis=1, dtype=np.float32)
+            if rate != 16_000:
+                mono = decode.resample(mono, rate, 16_000)
+            assert np.array_equal(row, decode.fit_length(mono, 16_000)), rel
+    assert batch.resampled == 1
+
+
 def test_each_file_is_read_once_and_its_crc_is_of_those_bytes(tmp_path, mini_root, monkeypatch):
     import builtins
 

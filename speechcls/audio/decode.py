@@ -119,6 +119,19 @@ def pcm16_wav(data: bytes) -> tuple[np.ndarray, int] | None:
     other encodings, WAVE_FORMAT_EXTENSIBLE, chunks other than fmt / LIST / fact before the data, odd or
     inconsistent sizes, no samples, a data chunk that runs past the end (truncated). Measured here on
     one thread: 15-45 us a one-second clip where libsndfile through soundfile takes 80-115 us."""
+    found = pcm16_layout(data)
+    if found is None:
+        return None
+    pcm, channels, rate = found
+    if channels == 1:
+        return np.multiply(pcm, _PCM16_NORM, dtype=np.float32), rate
+    frames = np.multiply(pcm, _PCM16_NORM, dtype=np.float32).reshape(-1, channels)
+    return np.ascontiguousarray(frames.mean(axis=1, dtype=np.float32)), rate
+
+
+def pcm16_layout(data: bytes) -> tuple[np.ndarray, int, int] | None:
+    """(int16 samples interleaved, a view of `data`; channels; rate) of a plain 16-bit PCM WAV, by the
+    rules of `pcm16_wav`; None for every other file."""
     if len(data) < 44 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
         return None
     pos, fmt = 12, None
@@ -137,11 +150,7 @@ def pcm16_wav(data: bytes) -> tuple[np.ndarray, int] | None:
             if fmt is None or size == 0 or size % (2 * fmt[0]):
                 return None
             channels, rate = fmt
-            pcm = np.frombuffer(data, dtype="<i2", count=size // 2, offset=body)
-            if channels == 1:
-                return np.multiply(pcm, _PCM16_NORM, dtype=np.float32), rate
-            frames = np.multiply(pcm, _PCM16_NORM, dtype=np.float32).reshape(-1, channels)
-            return np.ascontiguousarray(frames.mean(axis=1, dtype=np.float32)), rate
+            return np.frombuffer(data, dtype="<i2", count=size // 2, offset=body), channels, rate
         elif kind not in (b"LIST", b"fact"):
             return None
         pos = body + size
@@ -229,10 +238,12 @@ def decode_batch(
     decoded = np.zeros(n, dtype=bool)
     crcs = np.full(n, -1, dtype=np.int64)
 
+    base = os.fspath(root)
+
     def some(start: int):
         read_s, skipped, resampled = 0.0, {}, 0
         for i in range(start, min(start + group, n)):
-            path = root / paths[i]
+            path = os.path.join(base, paths[i])  # a string: a Path a file costs ~5 us of the ~60 a clip takes
             t = time.perf_counter()
             try:
                 with open(path, "rb") as f:
@@ -243,6 +254,12 @@ def decode_batch(
                 continue
             finally:
                 read_s += time.perf_counter() - t
+            plain = pcm16_layout(data)
+            if plain is not None and plain[1] == 1 and plain[2] == sample_rate:  # every Speech Commands clip
+                m = min(samples, plain[0].shape[0])  # x / 32768 straight into the row: pcm16_wav's numbers
+                np.multiply(plain[0][:m], _PCM16_NORM, out=wave[i, :m], dtype=np.float32)
+                decoded[i] = True
+                continue
             try:
                 audio, rate = audio_from_bytes(data, path)
                 if rate != sample_rate:
