@@ -2,7 +2,7 @@
 loader from the cache, (c) by the peer's on-the-fly DataLoader. Input overhead = 1 - b/a.
 
     python benchmarks/train_step.py [--root TREE] [--variants mel,spectrogram] [--steps 5] [--quick]
-    python benchmarks/train_step.py --augment --variants none [--models seed_cnn,bcresnet-8] [--quick]
+    python benchmarks/train_step.py --augment --variants none [--models seed_cnn,bcresnet-8] [--speed 0.1] [--quick]
 
 For each variant a store is featurized (not timed) into a temporary folder; every way runs the same
 `train_step` (Adam, cross-entropy; fp32 unless --precision) for --steps steps, after one warm-up run,
@@ -13,7 +13,8 @@ median of --repeats. On CUDA add --precision bf16, --channels-last, --compile to
 pipeline without augmentation (log-mel per batch), and behind the pipeline with BC-ResNet's recipe
 (shift 100 ms, noise 0.8 x [0, 0.1] from six 60 s recordings, 2 + 2 SpecAugment masks), each new step a
 new batch position, so new draws. Augmentation share = 1 - (features step) / (augmented step): the
-issue's goal is at most 10 % on CUDA. The pipeline alone, with and without augmentation, is timed too.
+issue's goal is at most 10 % on CUDA. The pipeline alone, with and without augmentation, is timed too;
+--speed S adds both with the recipe plus speed perturbation (in no published recipe: rows of its own).
 Log-mel 40 where the model takes it (BC-ResNet's input), else 128 (the seed CNN needs 78 bins). The
 waveforms and noise are synthetic: every operation timed here costs the same whatever the samples are.
 """
@@ -24,6 +25,7 @@ import argparse
 import shutil
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -86,6 +88,7 @@ def augment_rows(args, device, cfg, warmup: int) -> list[dict]:
         spec = InputSpec(log=True, mean=tuple(map(tuple, mean)), std=tuple(map(tuple, std)))
         plain = Pipeline(extractor, spec).to(device)
         augmented = Pipeline(extractor, spec, recipe, noise, seed=0).to(device)
+        faster = Pipeline(extractor, spec, replace(recipe, speed=args.speed), noise, seed=0).to(device)
         if args.channels_last:
             model = model.to(memory_format=torch.channels_last)
         step_model = torch.compile(model) if args.compile else model
@@ -112,6 +115,11 @@ def augment_rows(args, device, cfg, warmup: int) -> list[dict]:
             "pipeline alone (log-mel)": lambda: alone(plain),
             "pipeline alone (augment + log-mel)": lambda: alone(augmented),
         }
+        if args.speed:  # --speed on top of the recipe: not in any published one, so its own rows
+            ways[f"pipeline (augment + speed {args.speed:g} + log-mel) + step"] = lambda: steps(
+                lambda: faster(wave, 0, next(position))
+            )
+            ways[f"pipeline alone (augment + speed {args.speed:g} + log-mel)"] = lambda: alone(faster)
         times = {way: timed(fn, args.repeats, warmup, str(device)) for way, fn in ways.items()}
         t = {way: tm["median_s"] for way, tm in times.items()}
         base = t["step on ready log-mel"]
@@ -123,7 +131,7 @@ def augment_rows(args, device, cfg, warmup: int) -> list[dict]:
                    "compile": args.compile, "batch_size": args.batch_size, "steps": args.steps}  # fmt: skip
             if "step" in way:
                 row["input_overhead_pct"] = 100 * (1 - base / tm["median_s"])
-            if way == "pipeline (augment + log-mel) + step":
+            if way.startswith("pipeline (augment") and way.endswith(" + step"):
                 row["augment_share_pct"] = 100 * (1 - t["pipeline (log-mel) + step"] / tm["median_s"])
             rows.append(row)
             print(f"{name:11s} {way:36s} {row['ms_per_batch']:8.2f} ms/batch"
@@ -141,6 +149,7 @@ def main() -> None:
     ap.add_argument("--variants", default="spectrogram,mel,complex,waveform", help="none: no store")
     ap.add_argument("--augment", action="store_true", help="also time the augmentation pipeline per model")
     ap.add_argument("--models", default="seed_cnn,bcresnet-8", help="with --augment; those not registered are skipped")
+    ap.add_argument("--speed", type=float, default=0.0, help="with --augment: also time the recipe plus --speed")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
