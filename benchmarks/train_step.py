@@ -48,6 +48,20 @@ def cycle(loader, steps: int):
         epoch += 1
 
 
+def prepare(model, args, device):
+    """The model as every way trains it: (model in training mode, the model the steps call (compiled with
+    --compile), Adam at 1e-4, the fp16 grad scaler or a disabled one)."""
+    import torch
+
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    step_model = torch.compile(model) if args.compile else model
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
+    model.train()
+    return model, step_model, opt, scaler
+
+
 def augment_rows(args, device, cfg, warmup: int) -> list[dict]:
     """Per model: the train step on ready features, behind the pipeline without augmentation, and behind
     it with augmentation; then the pipeline alone both ways (see the module docstring)."""
@@ -88,13 +102,7 @@ def augment_rows(args, device, cfg, warmup: int) -> list[dict]:
         spec = InputSpec(log=True, mean=tuple(map(tuple, mean)), std=tuple(map(tuple, std)))
         plain = Pipeline(extractor, spec).to(device)
         augmented = Pipeline(extractor, spec, recipe, noise, seed=0).to(device)
-        faster = Pipeline(extractor, spec, replace(recipe, speed=args.speed), noise, seed=0).to(device)
-        if args.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        step_model = torch.compile(model) if args.compile else model
-        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-        scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
-        model.train()
+        model, step_model, opt, scaler = prepare(model, args, device)
         ready = plain(wave, 0, 0)
         position = iter(range(0, 1 << 62, args.batch_size))  # each step a new batch: new draws
 
@@ -116,6 +124,7 @@ def augment_rows(args, device, cfg, warmup: int) -> list[dict]:
             "pipeline alone (augment + log-mel)": lambda: alone(augmented),
         }
         if args.speed:  # --speed on top of the recipe: not in any published one, so its own rows
+            faster = Pipeline(extractor, spec, replace(recipe, speed=args.speed), noise, seed=0).to(device)
             ways[f"pipeline (augment + speed {args.speed:g} + log-mel) + step"] = lambda: steps(
                 lambda: faster(wave, 0, next(position))
             )
@@ -197,12 +206,7 @@ def main() -> None:
                                  features="spectrogram" if variant == "waveform" else "")  # fmt: skip
             torch.manual_seed(0)
             model = build_model(cfg.model, ours.item_shape, len(ours.classes)).to(device)
-            if args.channels_last:
-                model = model.to(memory_format=torch.channels_last)
-            step_model = torch.compile(model) if args.compile else model
-            opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-            scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
-            model.train()
+            model, step_model, opt, scaler = prepare(model, args, device)
 
             def run(batches):
                 for x, y in batches:

@@ -215,13 +215,13 @@ def speed_perturb(wave: torch.Tensor, choice: np.ndarray, factors: np.ndarray, r
     rate: the clips' sample rate. Returns (B, L), a new tensor (wave is left alone)."""
     import torchaudio.functional as AF
 
-    b, n = wave.shape
+    n = wave.shape[1]
     out = wave.clone()
     for k in np.unique(choice):
         orig = round(rate * float(factors[k]))
         if orig == rate:
             continue
-        rows = torch.from_numpy(np.flatnonzero(choice == k)).to(wave.device)
+        rows = to_device(np.flatnonzero(choice == k), wave.device)
         moved = AF.resample(wave[rows], orig_freq=orig, new_freq=rate)  # (b_k, m), m ~ n / factor
         m = moved.shape[1]
         if m >= n:

@@ -123,10 +123,18 @@ def pcm16_wav(data: bytes) -> tuple[np.ndarray, int] | None:
     if found is None:
         return None
     pcm, channels, rate = found
+    return pcm16_float(pcm, channels), rate
+
+
+def pcm16_float(pcm: np.ndarray, channels: int, out: np.ndarray | None = None) -> np.ndarray:
+    """libsndfile's float32 of interleaved int16 samples: x / 32768, channels averaged in float32. `out`
+    (mono only): written there, with no array in between (featurize's row of the clip)."""
     if channels == 1:
-        return np.multiply(pcm, _PCM16_NORM, dtype=np.float32), rate
+        return np.multiply(pcm, _PCM16_NORM, dtype=np.float32, out=out)
+    if out is not None:
+        raise ValueError("pcm16_float writes into `out` for mono samples only")
     frames = np.multiply(pcm, _PCM16_NORM, dtype=np.float32).reshape(-1, channels)
-    return np.ascontiguousarray(frames.mean(axis=1, dtype=np.float32)), rate
+    return np.ascontiguousarray(frames.mean(axis=1, dtype=np.float32))
 
 
 def pcm16_layout(data: bytes) -> tuple[np.ndarray, int, int] | None:
@@ -256,8 +264,8 @@ def decode_batch(
                 read_s += time.perf_counter() - t
             plain = pcm16_layout(data)
             if plain is not None and plain[1] == 1 and plain[2] == sample_rate:  # every Speech Commands clip
-                m = min(samples, plain[0].shape[0])  # x / 32768 straight into the row: pcm16_wav's numbers
-                np.multiply(plain[0][:m], _PCM16_NORM, out=wave[i, :m], dtype=np.float32)
+                m = min(samples, plain[0].shape[0])  # straight into the row: pcm16_wav's numbers
+                pcm16_float(plain[0][:m], 1, out=wave[i, :m])
                 decoded[i] = True
                 continue
             try:

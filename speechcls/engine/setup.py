@@ -18,7 +18,7 @@ import torch
 from speechcls import dist
 from speechcls.audio.frontend import InputSpec, check_log
 from speechcls.config import FeatureParams, TrainConfig
-from speechcls.loader import FeatureLoader
+from speechcls.loader import FeatureLoader, NeedsWaveformStore
 from speechcls.models import build_model
 from speechcls.runtime import resolve_device, seed_everything
 from speechcls.store.location import Location, to_location
@@ -215,13 +215,13 @@ def build(
     store = to_location(cfg.store) if cfg.store else find_store(variant)
     try:
         loaders = {s: make_loader(cfg, store, s, device, rank=rank) for s in splits}
-    except ValueError as e:
-        if cfg.recipe == "kws" and "needs a waveform store" in str(e):  # the recipe chose the features
-            raise ValueError(
-                f"{e}. --recipe kws computes log-mel on the device from a waveform store: featurize --variant "
-                "waveform and train from it, or pass --features with the store's variant"
-            ) from None
-        raise
+    except NeedsWaveformStore as e:
+        if cfg.recipe != "kws":
+            raise
+        raise NeedsWaveformStore(  # the recipe chose the features: say so
+            f"{e}. --recipe kws computes log-mel on the device from a waveform store: featurize --variant "
+            "waveform and train from it, or pass --features with the store's variant"
+        ) from None
     first = next(iter(loaders.values()))
     params = input_params(cfg, first)
     check_log(params.variant, cfg.log)

@@ -49,6 +49,10 @@ from speechcls.store.reader import open_store, read_all, read_chunk, split_rows
 MODES = ("device", "host", "stream")
 
 
+class NeedsWaveformStore(ValueError):
+    """--features other than a feature store's own variant: only a waveform store computes features."""
+
+
 def choose_mode(nbytes: int, device: str, budget_fraction: float = 0.4) -> str:
     """device if the split fits in device memory under the budget, else host if in RAM, else stream."""
     if device.startswith("cuda"):
@@ -157,7 +161,7 @@ class FeatureLoader:
             )
             return params, FeatureExtractor(params).to(self.device)
         if features and features != self.store_params.variant:
-            raise ValueError(
+            raise NeedsWaveformStore(
                 f"--features {features} needs a waveform store; {self.loc} holds {self.store_params.variant}"
             )
         return self.store_params, None
