@@ -194,14 +194,17 @@ def featurize(
                 writer = _open_writer(rank, status, loc, rows, create)
                 computed, opened_s, read_s = pipeline.run(writer, backend, run_device, progress)
                 profile = pipeline.profile(computed, setup_s, opened_s, read_s)
-                _finish(writer, rank, computed, time.perf_counter() - t_start)
+                summary = _finish(writer, rank, computed, time.perf_counter() - t_start)
             except OSError as e:
                 raise ValueError(
                     f"cannot write the store at {loc}: {e.strerror or e}. Free space or choose another --out; the "
                     "store is not marked complete and the same command resumes it"
                 ) from e
     progress.end()
-    result = FeaturizeResult.of(loc, "written", 0.0, computed)
+    if summary is None:  # a rank other than 0: the store as rank 0 completed it
+        result = FeaturizeResult.of(loc, "written", 0.0, computed)
+    else:
+        result = FeaturizeResult(loc, "written", seconds=0.0, computed=computed, **summary)
     result.seconds = time.perf_counter() - t_start
     profile.finish_s = result.seconds - setup_s - profile.pipeline_s
     result.profile = profile
@@ -246,6 +249,13 @@ def _open_writer(rank, status: str | None, loc: Location, rows: dict, create) ->
 # 3,672 / 4,835 / 4,036 / 3,544 / 2,975. From 8 to 64 clips a call's STFT frames stay in the caches; 256
 # (53 MB of complex frames) do not. The stored numbers do not depend on it (tests/test_featurize_pipeline.py).
 SUB_BATCH = 32
+# Threads that read and decode. A plain WAV's read and decode is Python between short GIL releases (open,
+# read, close, the CRC, the scaling): two threads hand the GIL to each other at each and decode slower
+# than one. decode_batch over the 4,020-clip benchmark tree on this 2-core machine: 29 us a clip on one
+# thread; 44 us a clip of wall time and 58 us of CPU on two (the CPU the encoder and the features lack);
+# whole featurize runs (median of 6), two decode threads -> one: waveform 0.50 -> 0.46 s, mel 1.37 -> 1.26 s.
+# libsndfile's files gained 5 % from a second thread (`benchmarks/featurize.py --scaling`): not worth it.
+DECODE_THREADS = 1
 QUEUE_BLOCKS = 2  # blocks waiting between two stages: enough to ride out one slow block, bounded memory
 
 
@@ -471,7 +481,8 @@ class _Pipeline:
             torch.set_num_threads(1)  # one torch thread per pool thread: SUB_BATCH calls run side by side
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="featurize")
         self.stop = threading.Event()
-        timed = _TimedPool(self.pool, self.stages["decode"])
+        # the decode stage's own thread reads and decodes (DECODE_THREADS)
+        timed = _TimedPool(_Serial() if DECODE_THREADS == 1 else self.pool, self.stages["decode"])
 
         def decode_block(b: int):  # soundfile for both backends: the same skip rules and resampler
             rels = list(paths[layout.block(b)])
@@ -551,21 +562,36 @@ class _Pipeline:
         return Profile(clips, self.workers, setup_s, opened_s, pipeline_s, 0.0, stages, max(0.0, cpu))
 
 
-def _finish(writer, rank, computed: int, seconds: float) -> None:
-    """Rank 0 marks the store complete once every rank's blocks are on disk."""
+def _finish(writer, rank, computed: int, seconds: float) -> dict | None:
+    """Rank 0 marks the store complete once every rank's blocks are on disk and returns what the result
+    reports of it (FeaturizeResult.of's fields, from what it wrote: no second reading of the store);
+    the other ranks return None."""
+    from speechcls.store.location import dir_bytes, join
+
     dist.barrier(rank)  # every rank's blocks are on disk
+    summary = None
     if rank.main:
-        info = store_info(writer.loc)
-        writer.finish(
-            {
-                "seconds": seconds,
-                "clips_per_s": computed / seconds if seconds else None,
-                "features_bytes_on_disk": info["features_bytes_on_disk"],
-                "compression_ratio": info["compression_ratio"],
-                "ranks": rank.world,
-            }
-        )
+        features_bytes = dir_bytes(join(writer.loc, "features"))
+        ratio = writer.features.nbytes / features_bytes if features_bytes else float("nan")
+        extra = {
+            "seconds": seconds,
+            "clips_per_s": computed / seconds if seconds else None,
+            "features_bytes_on_disk": features_bytes,
+            "compression_ratio": ratio,
+            "ranks": rank.world,
+        }
+        skipped, resampled = writer.finish(extra)
+        summary = {"clips": writer.layout.n, "skipped": skipped, "resampled": resampled,
+                   "bytes_on_disk": dir_bytes(writer.loc), "compression_ratio": ratio}  # fmt: skip
     dist.barrier(rank)  # rank 0 has marked it complete
+    return summary
+
+
+class _Serial:
+    """A pool of no threads: map runs the tasks one after another on the calling thread."""
+
+    def map(self, fn, *iterables):
+        return map(fn, *iterables)
 
 
 class _TimedPool:
