@@ -250,10 +250,10 @@ def _store_cases(variant: str, waves, threads: dict, stages: list[str], tmp: Pat
     ex, n = FeatureExtractor(params), len(waves)
     with torch.inference_mode():
         feats = torch.cat([ex(torch.from_numpy(waves[i : i + 256])) for i in range(0, n, 256)]).numpy()
-    rows = fmt.default_chunk_rows(params)
+    rows, codec = fmt.default_chunk_rows(params), fmt.default_codec(variant, params.store_dtype)
     array = zarr.open_group(store=zarr.storage.MemoryStore(), mode="w").create_array(
         variant, shape=feats.shape, chunks=(rows, *feats.shape[1:]), dtype=feats.dtype, fill_value=0,
-        compressors=fmt.checksummed(fmt.make_codec(fmt.default_codec(variant))), config=fmt.ARRAY_CONFIG,
+        compressors=fmt.checksummed(fmt.make_codec(codec)), config=fmt.ARRAY_CONFIG,
     ).with_config(fmt.ARRAY_CONFIG)  # fmt: skip
     chunks = range(-(-n // rows))
     encoded = [encode_chunk(array, c, feats[c * rows : (c + 1) * rows])[1].to_bytes() for c in chunks]
@@ -272,7 +272,7 @@ def _store_cases(variant: str, waves, threads: dict, stages: list[str], tmp: Pat
     cases = {}
     for w, pool in threads.items():
         if "encode" in stages:
-            cases[("encode", variant, f"{fmt.default_codec(variant)} + crc32c, per chunk", w)] = _clock(encode, pool)
+            cases[("encode", variant, f"{codec} + crc32c, per chunk", w)] = _clock(encode, pool)
         if "write" in stages:
             cases[("write", variant, "encoded chunks to new files", w)] = _clock(write, pool)
     return cases

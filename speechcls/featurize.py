@@ -108,7 +108,7 @@ def resolve_root(root: str | Path | None, version: str) -> Path:
     return root
 
 
-def codec_for(loc: Location, variant: str, overwrite: bool) -> str:
+def codec_for(loc: Location, params: FeatureParams, overwrite: bool) -> str:
     """The codec when --codec is not given: the one of a store already at `loc` (so a store made with an
     earlier default is found present, resumed or repaired, not "made with other settings"), else the
     variant's default (format.default_codec); with `overwrite`, the default."""
@@ -122,7 +122,7 @@ def codec_for(loc: Location, variant: str, overwrite: bool) -> str:
             return old
         except ValueError:
             pass  # a damaged record: plan() reports the store
-    return fmt.default_codec(variant)
+    return fmt.default_codec(params.variant, params.store_dtype)
 
 
 def featurize(
@@ -172,7 +172,7 @@ def featurize(
     loc = to_location(out) if out is not None else fmt.default_location(index.name, params)
     engine = {"backend": backend, "device": device}
     if codec is None:
-        codec = dist.from_main(rank, lambda: codec_for(loc, params.variant, overwrite))
+        codec = dist.from_main(rank, lambda: codec_for(loc, params, overwrite))
     mine = [b for b in range(layout.n_blocks) if b * rank.world // layout.n_blocks == rank.rank]  # contiguous
     run_device, progress = dist.local_device(device, rank), progress or Progress()
     setup_s = time.perf_counter() - t_start
@@ -274,6 +274,7 @@ class _Stage:
 
     def __init__(self, name: str):
         self.name, self.spans, self.cpu_s, self._lock = name, [], 0.0, threading.Lock()
+        self.native_cpu_s = 0.0  # CPU of threads outside Python working for the stage (DALI's)
 
     def run(self, fn, *args):
         t, c = time.perf_counter(), time.thread_time()
@@ -337,8 +338,8 @@ class Profile:
             f"the store opened in its first {self.open_s:.2f} s), {self.finish_s:.2f} s completing the store"
         )
         out.append(
-            f"CPU outside the stages' tasks {self.other_cpu_s:.2f} s (opening the store, zarr's file-writing threads, "
-            f"DALI's threads); bound by {self.bound}"
+            f"CPU outside the stages' tasks {self.other_cpu_s:.2f} s (opening the store, zarr's file-writing threads); "
+            f"bound by {self.bound}"
         )
         return out
 
@@ -362,10 +363,15 @@ def _transform(params: FeatureParams, backend: str, device: str, block_rows: int
         from speechcls.audio import dali
 
         if params.variant in dali.DALI_VARIANTS:  # complex and waveform always go through torch
+            before = _native_threads()
             engine = dali.DaliEngine(params, batch_size=block_rows, workers=workers)
+            # DALI computes on threads of its own: their CPU is the features stage's, not "outside the stages"
+            engine_threads = _native_threads() - before - {t.native_id for t in threading.enumerate()}
+            cpu0 = _threads_cpu_s(engine_threads)
 
             def dali_transform(wave: np.ndarray):
                 features = stage.run(engine.transform, wave).astype(params.store_dtype, copy=False)
+                stage.native_cpu_s = _threads_cpu_s(engine_threads) - cpu0
                 return features, stage.run(finite, features)
 
             return dali_transform
@@ -556,8 +562,10 @@ class _Pipeline:
     def profile(self, clips: int, setup_s: float, opened_s: float, read_s: float) -> "Profile":
         """The breakdown of the run so far (call once `run` is through)."""
         pipeline_s = time.perf_counter() - self.t0
-        cpu = time.process_time() - self.cpu0 - sum(st.cpu_s for st in self.stages.values())
-        stages = {name: {"busy_s": st.busy_s(), "cpu_s": st.cpu_s} for name, st in self.stages.items()}
+        stages = {
+            name: {"busy_s": st.busy_s(), "cpu_s": st.cpu_s + st.native_cpu_s} for name, st in self.stages.items()
+        }
+        cpu = time.process_time() - self.cpu0 - sum(st["cpu_s"] for st in stages.values())
         stages["decode"]["read_s"] = read_s
         return Profile(clips, self.workers, setup_s, opened_s, pipeline_s, 0.0, stages, max(0.0, cpu))
 
@@ -585,6 +593,27 @@ def _finish(writer, rank, computed: int, seconds: float) -> dict | None:
                    "bytes_on_disk": dir_bytes(writer.loc), "compression_ratio": ratio}  # fmt: skip
     dist.barrier(rank)  # rank 0 has marked it complete
     return summary
+
+
+def _native_threads() -> set[int]:
+    """This process's thread ids (Linux; elsewhere none)."""
+    try:
+        return {int(t) for t in os.listdir("/proc/self/task")}
+    except OSError:
+        return set()
+
+
+def _threads_cpu_s(tids: set[int]) -> float:
+    """CPU seconds the threads `tids` have used (from /proc, in clock ticks: ~10 ms resolution each)."""
+    ticks = 0
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that ended
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 class _Serial:

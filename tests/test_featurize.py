@@ -319,15 +319,18 @@ def test_complete_store_is_reused_and_other_settings_refused(tmp_path, mini_root
 
 
 def test_default_codec_per_variant_and_a_store_keeps_its_own(tmp_path, mini_root):
-    """Without --codec: complex is stored raw (format.default_codec), the rest with blosc; a store already
-    at --out keeps its codec (a complex store made with blosc before the default changed is present, not
-    "made with other settings"); --overwrite takes the default."""
+    """Without --codec: float32 spectra are stored raw (format.default_codec), waveform and float16 with
+    blosc; a store already at --out keeps its codec (a complex store made with blosc before the default
+    changed is present, not "made with other settings"); --overwrite takes the default."""
     from speechcls.store import DEFAULT_CODEC
 
     tree = copy_tree(mini_root, tmp_path / "t", per_word=1)
-    for variant, codec in (("complex", "none"), ("mel", DEFAULT_CODEC)):
-        r = featurize(FeatureParams(variant), tree, out=tmp_path / f"{variant}.zarr", device="cpu")
-        assert read_store(r.store)["attrs"]["codec"] == codec, variant
+    for params, codec in (
+        (FeatureParams("complex"), "none"), (FeatureParams("mel"), "none"), (FeatureParams("spectrogram"), "none"),
+        (FeatureParams("mel", dtype="float16"), DEFAULT_CODEC), (FeatureParams("waveform"), DEFAULT_CODEC),
+    ):  # fmt: skip
+        r = featurize(params, tree, out=tmp_path / f"{params.variant}-{params.dtype}.zarr", device="cpu")
+        assert read_store(r.store)["attrs"]["codec"] == codec, params
     out = tmp_path / "old.zarr"
     featurize(FeatureParams("complex"), tree, out=out, device="cpu", codec=DEFAULT_CODEC)
     assert featurize(FeatureParams("complex"), tree, out=out, device="cpu").status == "present"
@@ -336,7 +339,7 @@ def test_default_codec_per_variant_and_a_store_keeps_its_own(tmp_path, mini_root
     assert featurize(FeatureParams("complex"), tree, out=out, device="cpu", overwrite=True).status == "written"
     stored = read_store(out)
     assert stored["attrs"]["codec"] == "none"
-    np.testing.assert_array_equal(stored["features"], read_store(tmp_path / "complex.zarr")["features"])
+    np.testing.assert_array_equal(stored["features"], read_store(tmp_path / "complex-float32.zarr")["features"])
 
 
 # --- what --overwrite may replace ------------------------------------------------------------------

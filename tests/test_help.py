@@ -49,7 +49,13 @@ def test_help_reads_cleanly(cmd):
 def test_codec_choices_complete():
     flat = " ".join(_help(["featurize"]).replace("│", " ").split())
     assert "none | zstd-LEVEL | blosc-CNAME-LEVEL-SHUFFLE" in flat
-    for word in ("lz4", "blosclz", "bitshuffle", "none for complex", "blosc-lz4-5-bitshuffle for the others]"):
+    for word in (
+        "lz4",
+        "blosclz",
+        "bitshuffle",
+        "none for float32 spectra (spectrogram, mel, complex)",
+        "blosc-lz4-5-bitshuffle for waveform and float16]",
+    ):
         assert word in flat
 
 

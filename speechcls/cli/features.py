@@ -60,8 +60,8 @@ def featurize(
         str,
         typer.Option(
             help="none | zstd-LEVEL | blosc-CNAME-LEVEL-SHUFFLE, CNAME one of lz4 | zstd | blosclz, SHUFFLE one "
-            "of shuffle | bitshuffle | none. \\[default: a store's own at --out; else none for complex, "
-            "blosc-lz4-5-bitshuffle for the others]",
+            "of shuffle | bitshuffle | none. \\[default: a store's own at --out; else none for float32 spectra "
+            "(spectrogram, mel, complex), blosc-lz4-5-bitshuffle for waveform and float16]",
             show_default=False,
         ),
     ] = "",

@@ -52,15 +52,18 @@ FORMAT_VERSION = 4
 # shuffle gets within a few percent of the best zstd ratio while writing 800-1,150 MB/s and reading
 # 2.3-3.8 GB/s on 2 cores, 1.5-3x zstd's speeds: featurize and streaming are not held up by the codec.
 DEFAULT_CODEC = "blosc-lz4-5-bitshuffle"
-# ... except complex float32: it compresses least (1.11x) and is the largest (207,656 bytes a clip), so
-# blosc costs ~140 us of a core per clip (benchmarks/featurize.py's encode stage: 0.78 CPU s for 4,020
-# clips with it, 0.21 s raw) for 10 % of the disk: stored raw, featurize beats one peer epoch on 2 cores
-CODEC_BY_VARIANT = {"complex": "none"}
+# ... except float32 spectra (spectrogram, mel, complex), stored raw: on real speech they compress 1.14x,
+# 1.16x and 1.11x, and blosc costs more than it saves. Writing: ~80 / 55 / 140 us of a core per clip
+# (benchmarks/featurize.py's encode stage; complex: 0.78 CPU s for 4,020 clips with blosc, 0.21 s raw); a
+# whole featurize on 2 cores, blosc -> raw, median of 5 alternating runs: spectrogram 1.10 -> 0.99 s
+# (torch), 1.07 -> 0.90 s (DALI); mel 1.31 -> 1.12 s, 1.02 -> 0.96 s. Reading: 2.8 -> 8.2 GB/s
+# (spectrogram), 2.7 -> 7.5 GB/s (mel). Waveform int16 (1.53x) and float16 spectra (1.96x) keep blosc.
+RAW_VARIANTS = ("spectrogram", "mel", "complex")
 
 
-def default_codec(variant: str) -> str:
-    """The codec a store of `variant` gets when --codec is not given."""
-    return CODEC_BY_VARIANT.get(variant, DEFAULT_CODEC)
+def default_codec(variant: str, dtype: str = "float32") -> str:
+    """The codec a store of `variant` with features of `dtype` gets when --codec is not given."""
+    return "none" if variant in RAW_VARIANTS and dtype == "float32" else DEFAULT_CODEC
 
 
 DEFAULT_CHUNK_BYTES = 16 << 20  # ~16 MB of raw features per chunk: few objects, whole-chunk reads stay cheap
