@@ -176,8 +176,9 @@ def featurize(
     mine = [b for b in range(layout.n_blocks) if b * rank.world // layout.n_blocks == rank.rank]  # contiguous
     run_device, progress = dist.local_device(device, rank), progress or Progress()
     setup_s = time.perf_counter() - t_start
-    # the first blocks decode while the tree is fingerprinted and the store planned and opened
-    with _Pipeline(index.root, rows["path"], params, layout, mine, workers, run_device) as pipeline:
+    # the first blocks decode and their features are computed while the tree is fingerprinted and the store
+    # planned and opened
+    with _Pipeline(index.root, rows["path"], params, layout, mine, workers, backend, run_device) as pipeline:
         request = fmt.request(params, rows, row_seed, codec, chunk_rows, fmt.tree_fingerprint(index))
         with _lock(rank, loc, root):  # one featurize at a time writes a local store
             # rank 0 alone decides what to do with the location (store/writer.py's plan; never the tree), every
@@ -192,7 +193,7 @@ def featurize(
 
             try:
                 writer = _open_writer(rank, status, loc, rows, create)
-                computed, opened_s, read_s = pipeline.run(writer, backend, run_device, progress)
+                computed, opened_s, read_s = pipeline.run(writer, progress)
                 profile = pipeline.profile(computed, setup_s, opened_s, read_s)
                 summary = _finish(writer, rank, computed, time.perf_counter() - t_start)
             except OSError as e:
@@ -307,7 +308,7 @@ class Profile:
     clips: int
     workers: int
     setup_s: float  # before the stages start: the tree's index, the row order
-    open_s: float  # the tree's fingerprint, the store's plan and creation, while the first blocks decode
+    open_s: float  # the tree's fingerprint, the store's plan and creation, while the first blocks are computed
     pipeline_s: float  # the stages' start to the last block's done flag (open_s included)
     finish_s: float  # completion: the store's listing, its attributes
     stages: dict[str, dict]  # name -> {"busy_s", "cpu_s"}; decode also "read_s"
@@ -466,15 +467,19 @@ def _stage_thread(fn, inbox: queue.Queue, outbox: queue.Queue, stop: threading.E
 class _Pipeline:
     """One run's stages, each arrow a bounded queue, so all run at once on different blocks:
 
-        decode (pool) -> features (pool sub-batches | CUDA | DALI) -> encode (pool, one task a chunk)
+        decode (one thread) -> features (pool sub-batches | CUDA | DALI) -> encode (pool, one task a chunk)
             -> write (the caller's thread, in block order: a block's chunk objects, then its done flag)
 
     The compression and file writes release the GIL, and so do torch's ops and the file reads. Decoding
-    starts here, on the first of this rank's `blocks`: it needs only the tree's index, so it overlaps
-    what the caller does next (the tree's fingerprint, the store's plan and creation); `run` then takes
-    the blocks the store still lacks (a resumed store's done blocks decoded ahead are dropped)."""
+    and features start here, on the first of this rank's `blocks`: they need only the tree's index, so
+    they overlap what the caller does next (the tree's fingerprint, the store's plan and creation); the
+    features stage then waits for `run`, which brings the store and the blocks it still lacks (a resumed
+    store's done blocks decoded ahead are dropped)."""
 
-    def __init__(self, root: Path, paths, params: FeatureParams, layout, blocks: list[int], workers: int, device):
+    def __init__(
+        self, root: Path, paths, params: FeatureParams, layout, blocks: list[int], workers: int, backend: str,
+        device: str,
+    ):  # fmt: skip
         import torch
 
         from speechcls.audio import decode
@@ -487,6 +492,7 @@ class _Pipeline:
             torch.set_num_threads(1)  # one torch thread per pool thread: SUB_BATCH calls run side by side
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="featurize")
         self.stop = threading.Event()
+        self.writer, self.needed, self.opened = None, None, threading.Event()  # set by run
         # the decode stage's own thread reads and decodes (DECODE_THREADS)
         timed = _TimedPool(_Serial() if DECODE_THREADS == 1 else self.pool, self.stages["decode"])
 
@@ -495,10 +501,20 @@ class _Pipeline:
             return b, rels, decode.decode_batch(root, rels, params.sample_rate, params.clip_samples, timed)
 
         self.fed = blocks[: QUEUE_BLOCKS + 1]  # decoded before the store says which blocks it lacks
-        self.todo, self.decoded = queue.Queue(), queue.Queue(QUEUE_BLOCKS)
+        self.todo, self.decoded, self.ready = queue.Queue(), queue.Queue(QUEUE_BLOCKS), queue.Queue(QUEUE_BLOCKS)
         for b in self.fed:
             self.todo.put(b)
-        self.threads = [_stage_thread(decode_block, self.todo, self.decoded, self.stop)]
+        try:
+            self.transform = _transform(params, backend, device, layout.block_rows, workers, self.pool,
+                                        self.stages["features"])  # fmt: skip
+        except BaseException:
+            self.pool.shutdown()
+            torch.set_num_threads(self.torch_threads)
+            raise
+        self.threads = [
+            _stage_thread(decode_block, self.todo, self.decoded, self.stop),
+            _stage_thread(self._features_block, self.decoded, self.ready, self.stop),
+        ]
 
     def __enter__(self) -> "_Pipeline":
         return self
@@ -514,38 +530,41 @@ class _Pipeline:
             thread.join()
         torch.set_num_threads(self.torch_threads)
 
-    def run(self, writer, backend: str, device: str, progress: Progress) -> tuple[int, float, float]:
-        """Featurize this rank's blocks that `writer`'s store lacks; (clips, seconds the store took to
-        open, seconds reading files)."""
+    def _features_block(self, item):
+        """A decoded block's features, then (once the store is open) its chunks handed to the encoders;
+        (b, None) for a block the store has already."""
         from speechcls.store.writer import encode_chunk
 
+        b, rels, batch = item
+        if self.needed is not None and b not in self.needed:
+            return b, None  # decoded ahead, but the store has it already
+        features, finite = self.transform(batch.wave)
+        _refuse_nonfinite(finite, batch, rels)
+        while not self.opened.wait(0.05):  # the first blocks' features are ready before the store
+            if self.stop.is_set():
+                return b, None
+        if b not in self.needed:
+            return b, None
+        jobs = self.writer.block_chunks(b, features, batch, rels)
+        encoding = [self.pool.submit(self.stages["encode"].run, encode_chunk, *job) for job in jobs]
+        return b, (rels, batch, features, encoding)
+
+    def run(self, writer, progress: Progress) -> tuple[int, float, float]:
+        """Featurize this rank's blocks that `writer`'s store lacks; (clips, seconds the store took to
+        open, seconds reading files)."""
         opened_s = time.perf_counter() - self.t0
         layout, stages = self.layout, self.stages
         todo = sorted(set(writer.todo()) & set(self.blocks))
         size = lambda blocks: sum(layout.block(b).stop - layout.block(b).start for b in blocks)  # noqa: E731
         progress.start(f"featurize {self.params.variant}", size(self.blocks), size(self.blocks) - size(todo))
+        self.writer, self.needed = writer, set(todo)
+        self.opened.set()
         for b in todo:
             if b not in self.fed:
                 self.todo.put(b)
         self.todo.put(None)
-        transform = _transform(self.params, backend, device, layout.block_rows, self.workers, self.pool,
-                               stages["features"])  # fmt: skip
-        needed = set(todo)
-
-        def features_block(item):
-            b, rels, batch = item
-            if b not in needed:
-                return b, None  # decoded ahead, but the store has it already
-            features, finite = transform(batch.wave)
-            _refuse_nonfinite(finite, batch, rels)
-            jobs = writer.block_chunks(b, features, batch, rels)
-            encoding = [self.pool.submit(stages["encode"].run, encode_chunk, *job) for job in jobs]
-            return b, (rels, batch, features, encoding)
-
-        ready = queue.Queue(QUEUE_BLOCKS)
-        self.threads.append(_stage_thread(features_block, self.decoded, ready, self.stop))
         computed, read_s = 0, 0.0
-        while (item := ready.get()) is not None:
+        while (item := self.ready.get()) is not None:
             if isinstance(item, _Failed):
                 raise item.error
             b, block = item
