@@ -145,8 +145,8 @@ def featurize(
     A complete store with the same settings is left as it is; an incomplete one is resumed; one with
     other settings is an error unless `overwrite`. `codec` None: the store's own when one is at `out`,
     else the variant's default (store/format.py's default_codec). Unreadable clips are skipped and recorded. `workers`:
-    threads that decode, compute features on the CPU and encode (default: every core); the stored bytes
-    do not depend on it.
+    threads that compute features on the CPU and encode (default: every core; decoding has a thread of its
+    own, DECODE_THREADS); the stored bytes do not depend on it.
     """
     t_start = time.perf_counter()
     params.validate()
