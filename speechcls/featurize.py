@@ -144,9 +144,9 @@ def featurize(
 
     A complete store with the same settings is left as it is; an incomplete one is resumed; one with
     other settings is an error unless `overwrite`. `codec` None: the store's own when one is at `out`,
-    else the variant's default (store/format.py's default_codec). Unreadable clips are skipped and recorded. `workers`:
-    threads that compute features on the CPU and encode (default: every core; decoding has a thread of its
-    own, DECODE_THREADS); the stored bytes do not depend on it.
+    else the variant's default (store/format.py's default_codec). Unreadable clips are skipped and
+    recorded. `workers`: threads that compute features on the CPU and encode (default: every core;
+    decoding has a thread of its own, reading files max(2, workers)); the stored bytes do not depend on it.
     """
     t_start = time.perf_counter()
     params.validate()
@@ -250,13 +250,10 @@ def _open_writer(rank, status: str | None, loc: Location, rows: dict, create) ->
 # 3,672 / 4,835 / 4,036 / 3,544 / 2,975. From 8 to 64 clips a call's STFT frames stay in the caches; 256
 # (53 MB of complex frames) do not. The stored numbers do not depend on it (tests/test_featurize_pipeline.py).
 SUB_BATCH = 32
-# Threads that read and decode. A plain WAV's read and decode is Python between short GIL releases (open,
-# read, close, the CRC, the scaling): two threads hand the GIL to each other at each and decode slower
-# than one. decode_batch over the 4,020-clip benchmark tree on this 2-core machine: 29 us a clip on one
-# thread; 44 us a clip of wall time and 58 us of CPU on two (the CPU the encoder and the features lack);
-# whole featurize runs (median of 6), two decode threads -> one: waveform 0.50 -> 0.46 s, mel 1.37 -> 1.26 s.
-# libsndfile's files gained 5 % from a second thread (`benchmarks/featurize.py --scaling`): not worth it.
-DECODE_THREADS = 1
+# files read slower than this on average count as read from storage too (a network file system, whose
+# reads /proc/self/io may not count, takes a round trip a file); page-cache reads take 40-110 us here,
+# GIL waits included, and reads from this machine's disk 190-370 us (counted by /proc/self/io)
+SLOW_READ_S = 1e-3
 QUEUE_BLOCKS = 2  # blocks waiting between two stages: enough to ride out one slow block, bounded memory
 
 
@@ -467,7 +464,8 @@ def _stage_thread(fn, inbox: queue.Queue, outbox: queue.Queue, stop: threading.E
 class _Pipeline:
     """One run's stages, each arrow a bounded queue, so all run at once on different blocks:
 
-        decode (one thread) -> features (pool sub-batches | CUDA | DALI) -> encode (pool, one task a chunk)
+        decode (reads on threads, decoding on one) -> features (pool sub-batches | CUDA | DALI)
+            -> encode (pool, one task a chunk)
             -> write (the caller's thread, in block order: a block's chunk objects, then its done flag)
 
     The compression and file writes release the GIL, and so do torch's ops and the file reads. Decoding
@@ -493,12 +491,26 @@ class _Pipeline:
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="featurize")
         self.stop = threading.Event()
         self.writer, self.needed, self.opened = None, None, threading.Event()  # set by run
-        # the decode stage's own thread reads and decodes (DECODE_THREADS)
-        timed = _TimedPool(_Serial() if DECODE_THREADS == 1 else self.pool, self.stages["decode"])
+        # files are decoded on the decode stage's thread (one: audio/decode.py's decode_batch says why) and
+        # read on one thread beside it while they come from the page cache, on max(2, workers) once a block
+        # came from storage (a cold disk, a network file system: their waits overlap). 4,020 clips, 2 cores,
+        # waveform, median of 7 runs (warm) and 3 (after dropping the page cache), 1 / 2 / 4 reading threads:
+        # warm 0.39-0.43 / 0.40-0.46 / 0.48-0.50 s, cold 0.75 / 0.62-0.65 / 0.58-0.60 s.
+        self.reader = ThreadPoolExecutor(1, thread_name_prefix="featurize-read")
+        self.readers = ThreadPoolExecutor(max(2, workers), thread_name_prefix="featurize-reads")
+        self.from_storage = False
+        stage = self.stages["decode"]
+        reads = {False: _TimedPool(self.reader, stage), True: _TimedPool(self.readers, stage)}
 
         def decode_block(b: int):  # soundfile for both backends: the same skip rules and resampler
-            rels = list(paths[layout.block(b)])
-            return b, rels, decode.decode_batch(root, rels, params.sample_rate, params.clip_samples, timed)
+            rels, fetched = list(paths[layout.block(b)]), _storage_read_bytes()
+            batch = stage.run(decode.decode_batch, root, rels, params.sample_rate, params.clip_samples,
+                              reads[self.from_storage])  # fmt: skip
+            if not self.from_storage and batch.read_bytes:
+                fetched = _storage_read_bytes() - fetched if fetched is not None else None
+                slow = batch.read_s / len(rels) > SLOW_READ_S
+                self.from_storage = (fetched is not None and fetched > batch.read_bytes / 2) or slow
+            return b, rels, batch
 
         self.fed = blocks[: QUEUE_BLOCKS + 1]  # decoded before the store says which blocks it lacks
         self.todo, self.decoded, self.ready = queue.Queue(), queue.Queue(QUEUE_BLOCKS), queue.Queue(QUEUE_BLOCKS)
@@ -509,6 +521,8 @@ class _Pipeline:
                                         self.stages["features"])  # fmt: skip
         except BaseException:
             self.pool.shutdown()
+            self.reader.shutdown()
+            self.readers.shutdown()
             torch.set_num_threads(self.torch_threads)
             raise
         self.threads = [
@@ -526,6 +540,8 @@ class _Pipeline:
 
         self.stop.set()
         self.pool.shutdown(wait=True, cancel_futures=True)
+        self.reader.shutdown(wait=True, cancel_futures=True)
+        self.readers.shutdown(wait=True, cancel_futures=True)
         for thread in self.threads:
             thread.join()
         torch.set_num_threads(self.torch_threads)
@@ -614,6 +630,16 @@ def _finish(writer, rank, computed: int, seconds: float) -> dict | None:
     return summary
 
 
+def _storage_read_bytes() -> int | None:
+    """Bytes this process has had fetched from storage, not the page cache (/proc/self/io's read_bytes;
+    None where the kernel does not say)."""
+    try:
+        with open("/proc/self/io") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("read_bytes:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+
+
 def _native_threads() -> set[int]:
     """This process's thread ids (Linux; elsewhere none)."""
     try:
@@ -633,13 +659,6 @@ def _threads_cpu_s(tids: set[int]) -> float:
         except (OSError, IndexError, ValueError):
             continue  # a thread that ended
     return ticks / os.sysconf("SC_CLK_TCK")
-
-
-class _Serial:
-    """A pool of no threads: map runs the tasks one after another on the calling thread."""
-
-    def map(self, fn, *iterables):
-        return map(fn, *iterables)
 
 
 class _TimedPool:

@@ -229,64 +229,71 @@ class Batch:
     resampled: int
     crc32c: np.ndarray | None = None  # (B,) int64: CRC-32C of each file's bytes, -1 where it could not be read
     read_s: float = 0.0  # seconds spent reading the files (and their CRC), summed over threads
+    read_bytes: int = 0  # bytes of the files read
 
 
 def decode_batch(
-    root: Path, paths: list[str], sample_rate: int, samples: int, pool: ThreadPoolExecutor, group: int = 32
+    root: Path, paths: list[str], sample_rate: int, samples: int, readers: ThreadPoolExecutor, group: int = 32
 ) -> Batch:
-    """Read and decode `paths` on a thread pool (`pool`: anything with `map`), each file read once: its
-    bytes give the CRC and the samples. Tasks of `group` files: a task per file costs more in scheduling
-    than a plain WAV takes to decode. A thread pool, not a process pool: the samples would have to be
-    pickled back from a process (64 KB a clip), and `benchmarks/featurize.py --scaling` measured processes
-    slower than threads at 1 and 2 workers here, for plain WAVs and for libsndfile alike."""
-    import google_crc32c
+    """Read `paths` on `readers` (anything with an ordered `map`; tasks of `group` files) and decode them
+    on the calling thread, each file read once: its bytes give the CRC and the samples.
 
+    Reads on several threads wait on the disk with the GIL released, so a cold disk's or a network file
+    system's latencies overlap; files in the page cache are read fastest by one thread beside the
+    decoding one (featurize chooses: `readers`). Decoding on one thread: a plain WAV's decode is Python
+    between short GIL releases, and two threads decoding hand the GIL back and forth and go slower than
+    one (`benchmarks/featurize.py --scaling`: 21,763 clips/s on one thread, 13,129 on two; libsndfile's
+    files 8,243 and 4,640). Not a process pool: the samples would be pickled back (64 KB a clip), and
+    processes decoded at 27-76 % of one thread's rate at 1 and 2 workers."""
     n = len(paths)
     wave = np.zeros((n, samples), dtype=np.float32)
     decoded = np.zeros(n, dtype=bool)
     crcs = np.full(n, -1, dtype=np.int64)
-
-    base = os.fspath(root)
-
-    def some(start: int):
-        read_s, skipped, resampled = 0.0, {}, 0
-        for i in range(start, min(start + group, n)):
-            path = os.path.join(base, paths[i])  # a string: a Path a file costs ~5 us of the ~60 a clip takes
-            t = time.perf_counter()
-            try:
-                with open(path, "rb") as f:
-                    data = f.read()
-                crcs[i] = google_crc32c.value(data)
-            except OSError as e:  # a folder, a broken link, no permission: skipped like a bad file
-                skipped[paths[i]] = _reason(e, path)
-                continue
-            finally:
-                read_s += time.perf_counter() - t
-            plain = pcm16_layout(data)
-            if plain is not None and plain[1] == 1 and plain[2] == sample_rate:  # every Speech Commands clip
-                m = min(samples, plain[0].shape[0])  # straight into the row: pcm16_wav's numbers
-                pcm16_float(plain[0][:m], 1, out=wave[i, :m])
-                decoded[i] = True
-                continue
-            try:
-                audio, rate = audio_from_bytes(data, path)
-                if rate != sample_rate:
-                    audio, resampled = resample(audio, rate, sample_rate), resampled + 1
-            except BadAudio as e:
-                skipped[paths[i]] = str(e)
-                continue
-            m = min(samples, audio.shape[0])
-            wave[i, :m] = audio[:m]  # fit_length in place: zero-padded / truncated
-            decoded[i] = True
-        return skipped, resampled, read_s
-
     batch = Batch(wave, decoded, {}, 0, crcs)
-    for skipped, resampled, read_s in pool.map(some, range(0, n, group)):
-        batch.skipped.update(skipped)
-        batch.resampled += resampled
+    base = os.fspath(root)
+    groups = [paths[start : start + group] for start in range(0, n, group)]
+    read = (file for files in readers.map(lambda rels: _read_files(base, rels), groups) for file in files)
+    for i, (data, crc, read_s) in enumerate(read):  # in order, as each group's reads are done
         batch.read_s += read_s
+        path = os.path.join(base, paths[i])  # a string: a Path a file costs ~5 us
+        if isinstance(data, OSError):  # a folder, a broken link, no permission: skipped like a bad file
+            batch.skipped[paths[i]] = _reason(data, path)
+            continue
+        crcs[i], batch.read_bytes = crc, batch.read_bytes + len(data)
+        plain = pcm16_layout(data)
+        if plain is not None and plain[1] == 1 and plain[2] == sample_rate:  # every Speech Commands clip
+            m = min(samples, plain[0].shape[0])  # straight into the row: pcm16_wav's numbers
+            pcm16_float(plain[0][:m], 1, out=wave[i, :m])
+            decoded[i] = True
+            continue
+        try:
+            audio, rate = audio_from_bytes(data, path)
+            if rate != sample_rate:
+                audio, batch.resampled = resample(audio, rate, sample_rate), batch.resampled + 1
+        except BadAudio as e:
+            batch.skipped[paths[i]] = str(e)
+            continue
+        m = min(samples, audio.shape[0])
+        wave[i, :m] = audio[:m]  # fit_length in place: zero-padded / truncated
+        decoded[i] = True
     batch.skipped = {p: batch.skipped[p] for p in paths if p in batch.skipped}  # in row order
     return batch
+
+
+def _read_files(base: str, rels: list[str]) -> list[tuple[bytes | OSError, int, float]]:
+    """(bytes or the OSError reading raised, CRC-32C of the bytes, seconds) of each file, in order."""
+    import google_crc32c
+
+    out = []
+    for rel in rels:
+        t = time.perf_counter()
+        try:
+            with open(os.path.join(base, rel), "rb", buffering=0) as f:  # unbuffered: one read of the whole file
+                data = f.read()
+            out.append((data, google_crc32c.value(data), time.perf_counter() - t))
+        except OSError as e:
+            out.append((e, -1, time.perf_counter() - t))
+    return out
 
 
 def file_crc32c(path: Path) -> int:

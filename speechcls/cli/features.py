@@ -69,8 +69,8 @@ def featurize(
     workers: Annotated[
         Optional[int],
         typer.Option(
-            help="Threads that compute CPU features and compress (decoding has one thread of its own); the "
-            "stored bytes do not depend on it. \\[default: every core]",
+            help="Threads that compute CPU features, compress and read files (decoding has one thread of its "
+            "own); the stored bytes do not depend on it. \\[default: every core]",
             min=1,
             metavar="N",
             show_default=False,
