@@ -492,15 +492,15 @@ class _Pipeline:
         self.stop = threading.Event()
         self.writer, self.needed, self.opened = None, None, threading.Event()  # set by run
         # files are decoded on the decode stage's thread (one: audio/decode.py's decode_batch says why) and
-        # read on one thread beside it while they come from the page cache, on max(2, workers) once a block
-        # came from storage (a cold disk, a network file system: their waits overlap). 4,020 clips, 2 cores,
-        # waveform, median of 7 runs (warm) and 3 (after dropping the page cache), 1 / 2 / 4 reading threads:
-        # warm 0.39-0.43 / 0.40-0.46 / 0.48-0.50 s, cold 0.75 / 0.62-0.65 / 0.58-0.60 s.
-        self.reader = ThreadPoolExecutor(1, thread_name_prefix="featurize-read")
-        self.readers = ThreadPoolExecutor(max(2, workers), thread_name_prefix="featurize-reads")
+        # read there too while they come from the page cache; on max(2, workers) threads once a block came
+        # from storage (a cold disk, a network file system: their waits overlap). 4,020 clips, 2 cores,
+        # waveform, median of 7 runs (page cache) and 3 (after dropping it), reading on the decoding thread:
+        # 0.38-0.44 s, 0.80-0.84 s; on one thread beside it: 0.39-0.43 s, 0.75 s; on 2: 0.40-0.46 s,
+        # 0.62-0.65 s; on 4: 0.48-0.50 s, 0.58-0.60 s.
+        self.readers = ThreadPoolExecutor(max(2, workers), thread_name_prefix="featurize-read")
         self.from_storage = False
         stage = self.stages["decode"]
-        reads = {False: _TimedPool(self.reader, stage), True: _TimedPool(self.readers, stage)}
+        reads = {False: _Serial(), True: _TimedPool(self.readers, stage)}  # the serial reads are decode's time
 
         def decode_block(b: int):  # soundfile for both backends: the same skip rules and resampler
             rels, fetched = list(paths[layout.block(b)]), _storage_read_bytes()
@@ -521,7 +521,6 @@ class _Pipeline:
                                         self.stages["features"])  # fmt: skip
         except BaseException:
             self.pool.shutdown()
-            self.reader.shutdown()
             self.readers.shutdown()
             torch.set_num_threads(self.torch_threads)
             raise
@@ -540,7 +539,6 @@ class _Pipeline:
 
         self.stop.set()
         self.pool.shutdown(wait=True, cancel_futures=True)
-        self.reader.shutdown(wait=True, cancel_futures=True)
         self.readers.shutdown(wait=True, cancel_futures=True)
         for thread in self.threads:
             thread.join()
@@ -659,6 +657,13 @@ def _threads_cpu_s(tids: set[int]) -> float:
         except (OSError, IndexError, ValueError):
             continue  # a thread that ended
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+class _Serial:
+    """A pool of no threads: map runs the tasks one after another on the calling thread."""
+
+    def map(self, fn, *iterables):
+        return map(fn, *iterables)
 
 
 class _TimedPool:
