@@ -251,8 +251,8 @@ def _open_writer(rank, status: str | None, loc: Location, rows: dict, create) ->
 # (53 MB of complex frames) do not. The stored numbers do not depend on it (tests/test_featurize_pipeline.py).
 SUB_BATCH = 32
 # files read slower than this on average count as read from storage too (a network file system, whose
-# reads /proc/self/io may not count, takes a round trip a file); page-cache reads take 40-110 us here,
-# GIL waits included, and reads from this machine's disk 190-370 us (counted by /proc/self/io)
+# reads /proc/thread-self/io may not count, takes a round trip a file); page-cache reads take 40-110 us
+# here, GIL waits included, and reads from this machine's disk 190-370 us (counted there)
 SLOW_READ_S = 1e-3
 QUEUE_BLOCKS = 2  # blocks waiting between two stages: enough to ride out one slow block, bounded memory
 
@@ -629,10 +629,11 @@ def _finish(writer, rank, computed: int, seconds: float) -> dict | None:
 
 
 def _storage_read_bytes() -> int | None:
-    """Bytes this process has had fetched from storage, not the page cache (/proc/self/io's read_bytes;
+    """Bytes the calling thread has had fetched from storage, not the page cache (read_bytes of Linux's
+    /proc/thread-self/io: not another thread's reads, nor the library pages its first calls fault in;
     None where the kernel does not say)."""
     try:
-        with open("/proc/self/io") as f:
+        with open("/proc/thread-self/io") as f:
             return next(int(line.split()[1]) for line in f if line.startswith("read_bytes:"))
     except (OSError, StopIteration, ValueError, IndexError):
         return None

@@ -216,7 +216,7 @@ def test_stores_are_byte_identical_whatever_the_workers_and_sub_batch(tree_with_
 def test_files_from_storage_are_read_on_more_threads_with_the_same_bytes(tree_with_a_bad_file, tmp_path,
                                                                           monkeypatch):  # fmt: skip
     """Files read from the page cache are read on the decoding thread; once a block's bytes came from storage
-    (/proc/self/io's read_bytes grew by more than half of them, or its reads took over SLOW_READ_S a
+    (/proc/thread-self/io's read_bytes grew by more than half of them, or its reads took over SLOW_READ_S a
     file), the next blocks are read on max(2, workers) threads. The store is the same either way."""
     import threading
 
@@ -240,12 +240,12 @@ def test_files_from_storage_are_read_on_more_threads_with_the_same_bytes(tree_wi
     featurize(FeatureParams("waveform"), tree_with_a_bad_file, out=tmp_path / "storage.zarr", **kw)
     decoding = readers[0]  # the first block on the decoding thread, the rest on the readers
     assert readers[:2] == [decoding] * 2 and not decoding.startswith("featurize-read")
-    assert len(set(readers[2:])) > 1 and all(r.startswith("featurize-read_") for r in readers[2:])
+    assert readers[2:] and all(r.startswith("featurize-read_") for r in readers[2:])  # the reader pool's
     monkeypatch.setattr(fz, "_storage_read_bytes", lambda: 0)  # slow reads, not counted by the kernel
     monkeypatch.setattr(fz, "SLOW_READ_S", 0.0)
     readers.clear()
     featurize(FeatureParams("waveform"), tree_with_a_bad_file, out=tmp_path / "slow.zarr", **kw)
-    assert readers[:2] == [decoding] * 2 and len(set(readers[2:])) > 1
+    assert readers[:2] == [decoding] * 2 and readers[2:] and all(r.startswith("featurize-read_") for r in readers[2:])
     first = objects(tmp_path / "cached.zarr")
     for name in ("storage", "slow"):
         got = objects(tmp_path / f"{name}.zarr")
