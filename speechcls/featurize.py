@@ -304,7 +304,7 @@ class Profile:
 
     clips: int
     workers: int
-    setup_s: float  # before the stages start: the tree's index, the row order
+    setup_s: float  # before the stages start: DALI and zarr loaded on first use, the tree's index, the row order
     open_s: float  # the tree's fingerprint, the store's plan and creation, while the first blocks are computed
     pipeline_s: float  # the stages' start to the last block's done flag (open_s included)
     finish_s: float  # completion: the store's listing, its attributes
@@ -331,7 +331,8 @@ class Profile:
             out.append(f"{name:9s} {busy:7.2f} {busy / self.pipeline_s:12.0%} {rate:9,.0f} {st['cpu_s']:7.2f}{note}")
         total = self.setup_s + self.pipeline_s + self.finish_s
         out.append(
-            f"{self.clips:,} clips in {total:.2f} s: {self.setup_s:.2f} s before the stages (index, row order), "
+            f"{self.clips:,} clips in {total:.2f} s: {self.setup_s:.2f} s before the stages (libraries loaded, index, "
+            f"row order), "
             f"{self.pipeline_s:.2f} s pipeline ({self.clips / self.pipeline_s:,.0f} clips/s on {self.workers} workers; "
             f"the store opened in its first {self.open_s:.2f} s), {self.finish_s:.2f} s completing the store"
         )
