@@ -43,6 +43,8 @@ demo: setup
 test: setup-test
 	$(BIN)/python -m pytest -q --durations=15
 	$(MAKE) --no-print-directory lint
+	@# a plain `pip install .` (no extras) in a fresh venv runs --help and featurizes the mini tree
+	@bash tools/plain_install_check.sh
 
 # The inner loop: everything but the slow and multi-process tests (under 2 minutes on 2 cores).
 test-fast: setup-test

@@ -3,7 +3,6 @@ run argument, no type placeholder beside a flag, --release for the dataset relea
 
 import re
 
-import click
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -15,7 +14,7 @@ runner = CliRunner()
 ENV = {"COLUMNS": "80", "TERMINAL_WIDTH": "80"}
 
 
-def _paths(command: click.Command, prefix=()):
+def _paths(command, prefix=()):  # a typer command or group (typer carries its own click)
     yield list(prefix)
     for name, sub in sorted(getattr(command, "commands", {}).items()):
         yield from _paths(sub, (*prefix, name))
@@ -95,3 +94,28 @@ def test_release_is_checked_under_both_spellings(spelling):
 def test_app_version_still_prints_the_version():
     r = runner.invoke(app, ["--version"], env=ENV)
     assert r.exit_code == 0 and r.output.strip() == f"speechcls {__version__}"
+
+
+def test_top_level_help_lists_the_commands_in_workflow_order():
+    out = _help([])
+    order = ["download", "synth", "data", "featurize", "info", "verify", "train", "lr-find", "evaluate",
+             "predict", "export", "listen", "plot", "report", "bench"]  # fmt: skip
+    at = [re.search(rf"^│ {re.escape(name)} ", out, re.M) for name in order]
+    assert all(at), out
+    assert [m.start() for m in at] == sorted(m.start() for m in at), out
+
+
+def test_command_descriptions_reflow_at_any_width():
+    """A hard-wrapped docstring broke mid-sentence at the source's line ends (export's description ended a
+    line at "by default from a"): every command's help paragraph is one line, for rich to wrap."""
+    stack, seen = [typer.main.get_command(app)], 0
+    while stack:
+        cmd = stack.pop()
+        stack.extend(getattr(cmd, "commands", {}).values())
+        for text in (cmd.help, cmd.short_help):
+            for para in (text or "").split("\n\n"):
+                assert "\n" not in para.replace("\n- ", " ").replace("\n* ", " "), (cmd.name, para)
+        seen += 1
+    assert seen >= len(COMMANDS)
+    out = _help([])
+    assert "by default from a\n" not in out and "window every --hop-ms," in out

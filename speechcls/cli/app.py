@@ -12,12 +12,55 @@ import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
 
 from speechcls import __version__, config
 
+# `--help` lists the commands in the order of the workflow, not of the modules' import
+WORKFLOW_ORDER = (
+    "download", "synth", "data", "featurize", "info", "verify", "train", "lr-find", "evaluate", "predict",
+    "export", "listen", "plot", "report", "bench",
+)  # fmt: skip
+
+
+def _reflow(text: str | None) -> str | None:
+    """A docstring's paragraphs as one line each, so that rich wraps them at the terminal's width instead
+    of breaking at the source's line ends; a line that starts a list item (`- `, `* `) keeps its break."""
+    if not text:
+        return text
+    paragraphs = []
+    for para in text.strip().split("\n\n"):
+        lines = [ln.strip() for ln in para.splitlines() if ln.strip()]
+        out: list[str] = []
+        for ln in lines:
+            if out and not ln.startswith(("- ", "* ", "\b")) and not out[-1] == "\b":
+                out[-1] += " " + ln
+            else:
+                out.append(ln)
+        paragraphs.append("\n".join(out))
+    return "\n\n".join(paragraphs)
+
+
+class WorkflowGroup(typer.core.TyperGroup):
+    """The top-level group: commands in WORKFLOW_ORDER (others after, as registered), and every command's
+    help reflowed (see _reflow)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        stack = list(self.commands.values())
+        while stack:
+            cmd = stack.pop()
+            cmd.help, cmd.short_help = _reflow(cmd.help), _reflow(cmd.short_help)
+            stack.extend(getattr(cmd, "commands", {}).values())
+
+    def list_commands(self, ctx) -> list[str]:
+        names = super().list_commands(ctx)
+        rank = {name: i for i, name in enumerate(WORKFLOW_ORDER)}
+        return sorted(names, key=lambda n: (rank.get(n, len(rank)), names.index(n)))
+
+
 app = typer.Typer(
+    cls=WorkflowGroup,
     help="Train spoken-word classifiers on Speech Commands: download or synthesize data, featurize into "
     "a Zarr cache, train, benchmark.",
     no_args_is_help=True,
@@ -128,7 +171,7 @@ def user_errors(fn):
             with warnings.catch_warnings():
                 warnings.showwarning = _print_warning
                 return fn(*args, **kwargs)
-        except (typer.Exit, click.exceptions.Exit, click.exceptions.Abort):  # RuntimeErrors too: they pass
+        except (typer.Exit, typer.Abort):  # RuntimeErrors too: they pass (typer's own API: click is not a dependency)
             raise
         except (ValueError, OSError, RuntimeError, KeyError, EOFError) as e:
             if _debug():
