@@ -25,15 +25,18 @@ WORKFLOW_ORDER = (
 
 def _reflow(text: str | None) -> str | None:
     """A docstring's paragraphs as one line each, so that rich wraps them at the terminal's width instead
-    of breaking at the source's line ends; a line that starts a list item (`- `, `* `) keeps its break."""
+    of breaking at the source's line ends; a line that starts a list item (`- `, `* `) keeps its break, and
+    a paragraph that starts with click's no-rewrap mark `\\b` is kept as written."""
     if not text:
         return text
     paragraphs = []
     for para in text.strip().split("\n\n"):
-        lines = [ln.strip() for ln in para.splitlines() if ln.strip()]
+        if para.lstrip().startswith("\b"):
+            paragraphs.append(para)
+            continue
         out: list[str] = []
-        for ln in lines:
-            if out and not ln.startswith(("- ", "* ", "\b")) and not out[-1] == "\b":
+        for ln in (ln.strip() for ln in para.splitlines() if ln.strip()):
+            if out and not ln.startswith(("- ", "* ")):
                 out[-1] += " " + ln
             else:
                 out.append(ln)
@@ -54,9 +57,8 @@ class WorkflowGroup(typer.core.TyperGroup):
             stack.extend(getattr(cmd, "commands", {}).values())
 
     def list_commands(self, ctx) -> list[str]:
-        names = super().list_commands(ctx)
         rank = {name: i for i, name in enumerate(WORKFLOW_ORDER)}
-        return sorted(names, key=lambda n: (rank.get(n, len(rank)), names.index(n)))
+        return sorted(super().list_commands(ctx), key=lambda n: rank.get(n, len(rank)))  # stable: others as registered
 
 
 app = typer.Typer(
