@@ -13,31 +13,11 @@ setup:
 setup-test:
 	@SPEECHCLS_WITH_CHROMIUM=1 bash tools/setup.sh
 
-# The main job end to end on offline demo data: synthesize a Speech Commands-style tree, featurize it
-# (mel) into the Zarr cache, train the chapter's CNN a few epochs on CPU, evaluate, predict one clip,
-# draw the figures and the HTML report.
-# Every step is a no-op when its output is already there.
-DEMO_TREE := data/synth_commands
-DEMO_RUN := runs/demo
+# The main job end to end on offline demo data: tools/demo.sh (synthesize a Speech Commands-style tree,
+# featurize it, train the recipes, evaluate, export, listen, figures, report). Every step is a no-op when
+# its output is already there.
 demo: setup
-	$(BIN)/speechcls synth --voices 40 --noise 0.05
-	$(BIN)/speechcls data info --root $(DEMO_TREE)
-	$(BIN)/speechcls featurize --variant mel --root $(DEMO_TREE)
-	$(BIN)/speechcls info cache/synth_commands/mel-*.zarr
-	@if [ -f $(DEMO_RUN)/metrics.json ]; then echo "$(DEMO_RUN): already trained"; \
-	elif [ -f $(DEMO_RUN)/last.pt ]; then $(BIN)/speechcls train --resume $(DEMO_RUN); else \
-		$(BIN)/speechcls train --variant mel --epochs 16 --min-epochs 16 --out $(DEMO_RUN); fi
-	$(BIN)/speechcls evaluate $(DEMO_RUN)
-	$(BIN)/speechcls predict $(DEMO_RUN) $(DEMO_TREE)/$$(head -n 1 $(DEMO_TREE)/testing_list.txt)
-	$(BIN)/speechcls export $(DEMO_RUN)
-	$(BIN)/speechcls listen $(DEMO_RUN)/best.onnx $(DEMO_TREE)/_background_noise_/white_noise.wav
-	$(BIN)/speechcls plot spectrogram $(DEMO_TREE)/$$(head -n 1 $(DEMO_TREE)/testing_list.txt) --out $(DEMO_RUN)/spectrogram.png
-	$(BIN)/speechcls plot curves $(DEMO_RUN) --out $(DEMO_RUN)/curves.png
-	$(BIN)/speechcls plot confusion $(DEMO_RUN) --out $(DEMO_RUN)/confusion.png
-	$(BIN)/speechcls report $(DEMO_RUN) --out $(DEMO_RUN)/report.html
-	@# the training summary again (the last one in train.log) and the page to open
-	@grep -h -A1 '^summary: ' $(DEMO_RUN)/train.log 2>/dev/null | tail -n 2 || true
-	@echo "open $(DEMO_RUN)/report.html"
+	@bash tools/demo.sh
 
 # The whole suite (what CI runs), the 15 slowest tests listed at the end, then the linters.
 test: setup-test
