@@ -122,3 +122,18 @@ class Progress:
     def note(self, kind: str, **info) -> None:
         """A fact for the front end to show, outside any task (fit: kind "header" before training, what is
         trained on what and how)."""
+
+
+def require_extra(what: str, extra: str, *modules: str) -> None:
+    """ValueError in one line when a module of an optional extra is missing, naming the extra to install
+    (checked before any work, so a missing package never costs a run or leaves a half-written file):
+    `speechcls export needs onnxscript, which is not installed: pip install 'speechcls[export]'`."""
+    import importlib.util
+
+    for module in modules:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # a parent package missing, or a module set to None in sys.modules
+            found = False
+        if not found:
+            raise ValueError(f"{what} needs {module}, which is not installed: pip install 'speechcls[{extra}]'")

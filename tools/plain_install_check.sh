@@ -20,3 +20,27 @@ if [ -d "$mini" ]; then
 else
     echo "plain install: $mini absent, featurize check skipped"
 fi
+# without extras, a command that needs one says which, in one line (and exits 1)
+expect_extra() {  # extra, command...
+    local extra=$1
+    shift
+    local out
+    if out=$("$@" 2>&1); then
+        echo "plain install: '$*' succeeded without its extra" >&2
+        exit 1
+    fi
+    if [ "$(printf '%s\n' "$out" | grep -c .)" != 1 ] || ! grep -qF "pip install 'speechcls[$extra]'" <<<"$out"; then
+        printf "plain install: '%s' should name speechcls[%s] in one line, said:\n%s\n" "$*" "$extra" "$out" >&2
+        exit 1
+    fi
+}
+mkdir -p "$tmp/run"
+printf 'x' >"$tmp/m.onnx"
+expect_extra export "$tmp/venv/bin/speechcls" export "$tmp/run"
+expect_extra export "$tmp/venv/bin/speechcls" listen "$tmp/m.onnx" "$tmp/m.onnx"
+echo "plain install: export and listen to an .onnx name their extra"
+if [ -d "$mini" ]; then
+    expect_extra s3 "$tmp/venv/bin/speechcls" featurize --root "$mini" --out s3://bucket/x.zarr
+    expect_extra tb "$tmp/venv/bin/speechcls" train --store "$tmp/mini-mel.zarr" --tensorboard --out "$tmp/tb-run"
+    echo "plain install: s3:// and --tensorboard name their extras"
+fi

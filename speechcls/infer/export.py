@@ -35,7 +35,7 @@ import torch
 
 from speechcls import __version__
 from speechcls.infer.predict import RunModel, load_run
-from speechcls.runtime import atomic_write
+from speechcls.runtime import atomic_write, require_extra
 
 FORMATS = ("onnx", "torchscript")
 QUANTIZE = ("int8",)
@@ -101,6 +101,8 @@ def export(
         raise ValueError(f"--quantize {quantize!r}: choose int8 (or leave it out for float32)")
     if quantize is not None and fmt != "onnx":
         raise ValueError("--quantize int8 goes through onnxruntime's quantization tools: use it with --format onnx")
+    if fmt == "onnx":  # the exporter needs onnx + onnxscript; the check, metadata and int8 need onnxruntime
+        require_extra("speechcls export --format onnx", "export", "onnx", "onnxscript", "onnxruntime")
     run = Path(run)
     m = load_run(run, "cpu")
     out = Path(out) if out is not None else default_out(run, fmt, frontend, quantize)

@@ -40,6 +40,7 @@ from typing import Protocol
 import numpy as np
 
 from speechcls.config import SILENCE, UNKNOWN
+from speechcls.runtime import require_extra
 
 NOT_REPORTED = (SILENCE, UNKNOWN)  # never reported: they are what keeps the keywords quiet
 
@@ -103,10 +104,9 @@ class OnnxScorer:
     """A file from `speechcls export --format onnx` (with its front end), run by onnxruntime."""
 
     def __init__(self, path: Path, threads: int = 0, device: str = "auto"):
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise ValueError(f"{path}: an ONNX file runs on onnxruntime: pip install 'speechcls[export]'") from None
+        require_extra(f"{path}: an ONNX file", "export", "onnxruntime")
+        import onnxruntime as ort
+
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads  # 0: onnxruntime's choice (every core)
         providers = ["CPUExecutionProvider"]

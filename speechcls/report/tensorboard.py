@@ -5,16 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-MISSING = "--tensorboard needs the tensorboard package: pip install 'speechcls[tb]'"
+from speechcls.runtime import require_extra
 
 
 def check_available() -> None:
     """ValueError with the install line when torch's SummaryWriter cannot be imported; called before
     training, so a missing package never costs a run."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (raises without tensorboard)
-    except ImportError as e:
-        raise ValueError(MISSING) from e
+    require_extra("speechcls train --tensorboard", "tb", "tensorboard")
 
 
 class EpochScalars:

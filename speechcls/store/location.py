@@ -27,7 +27,12 @@ def _fs(url: str):
     try:
         fs, root = fsspec.core.url_to_fs(url)
     except ImportError as e:  # e.g. gs:// without gcsfs
-        raise ValueError(f"{url}: {e} (pip install speechcls[s3] or speechcls[gcs])") from e
+        protocol = url.split("://", 1)[0]
+        extra = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}.get(protocol)
+        if extra is None:  # fsspec's own message names the package of any other protocol
+            raise ValueError(f"{url}: {' '.join(str(e).split())}") from None
+        package = {"s3": "s3fs", "gcs": "gcsfs"}[extra]
+        raise ValueError(f"{url} needs {package}, which is not installed: pip install 'speechcls[{extra}]'") from None
     # fsspec caches listings per file-system instance; another process (a rank, a rerun) may have
     # written since, and a stale "absent" would make featurize start a store over
     fs.invalidate_cache()
