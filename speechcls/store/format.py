@@ -84,6 +84,21 @@ PROTECTED_ATTRS = (
 )  # fmt: skip
 
 
+# Every array names its dimensions (zarr v3's dimension_names), so labelled-array readers see one table
+# of clips: `xarray.open_zarr(store, consolidated=False)` gives features (clip, channel, freq|mel, time)
+# beside label, split, speaker, path, ... on `clip`, and the per-block records on `block`. Stores made
+# before the names were recorded read the same in speechcls (the reader does not use them).
+PER_BLOCK = ("done", "resampled")
+
+
+def dimension_names(variant: str) -> dict[str, tuple[str, ...]]:
+    """Each array's dimension names for a store of `variant`."""
+    features = {"waveform": ("clip", "channel", "sample"), "mel": ("clip", "channel", "mel", "time")}.get(
+        variant, ("clip", "channel", "freq", "time")
+    )
+    return {name: features if name == "features" else ("block",) if name in PER_BLOCK else ("clip",) for name in ARRAYS}
+
+
 class IncompleteStore(ValueError):
     """A store not (yet) marked complete: the featurize command that made it finishes it."""
 

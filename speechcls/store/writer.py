@@ -24,6 +24,7 @@ from speechcls.store.format import (
     Layout,
     attr_digests,
     checksummed,
+    dimension_names,
     make_codec,
     record_codecs,
 )
@@ -167,7 +168,9 @@ class StoreWriter:
             name: {"shape": values.shape, "chunks": (max(len(values), 1),), "dtype": _row_dtype(values)}
             for name, values in rows.items()
         }  # fmt: skip
-        arrays = _create_arrays(group, {name: {"compressors": records} | spec for name, spec in specs.items()})
+        dims = dimension_names(params.variant)
+        specs = {name: {"compressors": records, "dimension_names": dims[name]} | spec for name, spec in specs.items()}
+        arrays = _create_arrays(group, specs)
         _put([encode_chunk(arrays[name], 0, values) for name, values in rows.items() if len(values)])
         group.attrs["created"] = True  # the last write of creation
         return cls(loc, group, layout, arrays)
