@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export VENV
 
-.PHONY: setup setup-test demo test test-fast lint clean
+.PHONY: setup setup-test demo test test-fast lint docs docs-serve clean
 
 # espeak-ng and .venv: what the demo needs
 setup:
@@ -19,10 +19,11 @@ setup-test:
 demo: setup
 	@bash tools/demo.sh
 
-# The whole suite (what CI runs), the 15 slowest tests listed at the end, then the linters.
+# The whole suite (what CI runs), the 15 slowest tests listed at the end, then the linters and the docs site.
 test: setup-test
 	$(BIN)/python -m pytest -q --durations=15
 	$(MAKE) --no-print-directory lint
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 	@# a plain `pip install .` (no extras) in a fresh venv runs --help and featurizes the mini tree
 	@bash tools/plain_install_check.sh
 
@@ -31,8 +32,17 @@ test-fast: setup-test
 	$(BIN)/python -m pytest -q -m "not slow and not dist"
 
 lint: setup
-	$(BIN)/ruff check speechcls tests benchmarks tools
-	$(BIN)/ruff format --check speechcls tests benchmarks tools
+	$(BIN)/ruff check speechcls tests benchmarks tools docs
+	$(BIN)/ruff format --check speechcls tests benchmarks tools docs
+
+# The docs site into site/ (git-ignored); --strict: a broken link or anchor, or a page not in the nav, fails
+# it. setup installs the test extra, which holds the docs extra's packages.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+# The same site at http://127.0.0.1:8000, rebuilt on every change.
+docs-serve: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 clean:
 	rm -rf data/synth_commands cache/*/ runs/

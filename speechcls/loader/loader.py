@@ -1,12 +1,14 @@
 """Cache -> device: `(x, y)` batches of one split of a feature store, on the training device.
 
 Three modes, one batch order:
+
 - device: the split is read once into device memory; each epoch is a permutation indexed on the
   device (no host round trip per batch).
 - host: the split is read once into (pinned) host memory; batches are gathered there and copied with
   `non_blocking=True` on a side CUDA stream (timm's PrefetchLoader pattern).
 - stream: for stores larger than memory (loader/stream.py): whole chunks read by background threads,
   copied like host batches.
+
 The resident modes share `epoch_permutation`, so they give identical batches for a seed. Every
 example of the split appears exactly once per epoch; a last batch of one joins the batch before it
 (BatchNorm1d cannot train on one example). A waveform store computes the requested variant on the
