@@ -293,19 +293,9 @@ def test_the_file_says_what_it_is(trained, exported):
         assert torch.jit.load(ts_file)(torch.zeros(2, 16_000)).shape == (2, len(ckpt["classes"]))
 
 
-# The README's example, run where torch cannot be imported: the exported file needs onnxruntime alone.
-README_EXAMPLE = """
-import json, numpy as np, onnxruntime as ort, soundfile as sf
-
-session = ort.InferenceSession("{model}")
-meta = session.get_modelmeta().custom_metadata_map
-classes = json.loads(meta["classes"])
-audio, rate = sf.read("{wav}", dtype="float32")  # 16 kHz mono
-wave = np.zeros((1, 16000), dtype=np.float32)
-wave[0, : min(len(audio), 16000)] = audio[:16000]  # zero-padded / truncated to one second
-probs = session.run(None, {{"waveform": wave}})[0][0]
-print(classes[int(probs.argmax())], float(probs.max()))
-"""
+# The docs' example (docs/deploy.md shows this file), run where torch cannot be imported: the exported file
+# needs onnxruntime alone.
+ONNX_EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "examples" / "onnx_predict.py"
 NO_TORCH = (
     "import sys; sys.modules['torch'] = None; sys.modules['speechcls'] = None; sys.modules['torchaudio'] = None\n"
 )
@@ -318,7 +308,8 @@ def test_the_exported_file_runs_with_onnxruntime_alone(trained, exported, clips,
     ckpt = checkpoint.load(trained / "best.pt")
     for rel, p in zip(rels[:3], want):
         code = NO_TORCH + "import importlib.util; assert importlib.util.find_spec('onnxruntime')\n"
-        code += README_EXAMPLE.format(model=model, wav=root / rel)
+        code += f"sys.argv = ['onnx_predict.py', {str(model)!r}, {str(root / rel)!r}]\n"
+        code += ONNX_EXAMPLE.read_text()
         code += "assert 'torch' not in [m.split('.')[0] for m in sys.modules if sys.modules[m] is not None]\n"
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
