@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import posixpath
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -123,11 +124,37 @@ def _read_list(root: Path, name: str) -> list[str] | None:
             "tree without it"
         ) from None
     entries = []
-    for line in text.splitlines():
-        line = line.strip().replace("\\", "/")
-        if line:
-            entries.append(line.removeprefix("./"))
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            entries.append(list_entry(line, path, number))
     return entries
+
+
+def list_entry(line: str, path: Path, number: int) -> str:
+    """A list line as the relative path it names, in the one spelling the index uses (`yes/x.wav`).
+
+    Every spelling of the same path is the same entry: surrounding whitespace, backslashes, `./`, `//`
+    and `/./` go (posixpath.normpath), so `./yes/x.wav`, `yes//x.wav`, `yes/./x.wav` and `yes\\x.wav` all
+    name `yes/x.wav`. Refused, ValueError naming the list file and line: an entry that leaves the tree
+    (absolute, a drive letter, any `..` component, even one that lexically comes back, as in
+    `dog/../yes/x.wav`: through a linked folder the file system would not come back to the same place,
+    and the release never writes one) and one that is not `<word>/<file>.wav`."""
+    entry = line.strip().replace("\\", "/")
+    where = f"{path}:{number}: {line.strip()!r}"
+    if entry.startswith("/") or re.match(r"^[A-Za-z]:", entry):
+        why = "is an absolute path"
+    elif ".." in entry.split("/"):
+        why = "has a '..' component"
+    else:
+        entry = posixpath.normpath(entry)
+        parts = entry.split("/")
+        if len(parts) == 2 and parts[0] not in (".", "") and parts[1].lower().endswith(".wav") and parts[1] != ".wav":
+            return entry
+        why = "is not a <word>/<file>.wav path"
+    raise ValueError(
+        f"{where} {why}; every line of the list names one clip relative to the tree, as <word>/<file>.wav "
+        "(e.g. yes/0a7c2a8d_nohash_0.wav): fix or remove the line"
+    )
 
 
 def _is_file(entry: os.DirEntry) -> bool:
@@ -155,8 +182,9 @@ def _unusable(path: Path) -> str:
 
 def index_tree(root: str | Path) -> DatasetIndex:
     """Index a tree in the official layout. Raises ValueError naming the path for a tree without word
-    folders, a clip whose name lacks `_nohash_` or a list file that is not UTF-8 text. List entries naming
-    absent files are only counted; `*.wav` entries that are no readable file go to `unusable`."""
+    folders, a clip whose name lacks `_nohash_`, a list file that is not UTF-8 text or a list line that is no
+    clip path of the tree (`list_entry`). List entries naming absent files are only counted; `*.wav` entries
+    that are no readable file go to `unusable`."""
     root = Path(root)
     if not root.is_dir():
         raise ValueError(
