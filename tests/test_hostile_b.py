@@ -77,3 +77,71 @@ def test_an_entry_that_escapes_the_tree_or_is_no_clip_path_is_refused_with_its_l
     assert f"{tmp_path / config.TESTING_LIST}:3:" in message and repr(entry) in message and why in message
     r = runner.invoke(app, ["data", "info", "--root", str(tmp_path), "--no-check-audio"])
     assert f"{config.TESTING_LIST}:3:" in _one_error_line(r)
+
+
+# --- item 6: a WAV with a streaming header is read to the end of the file -----------------------------
+def _streaming(wav: bytes) -> bytes:
+    """`wav` with the sizes a writer to a pipe leaves (ffmpeg, sox): RIFF and data 0xFFFFFFFF."""
+    out, pos = bytearray(wav), 12
+    out[4:8] = b"\xff\xff\xff\xff"
+    while out[pos : pos + 4] != b"data":
+        pos += 8 + int.from_bytes(out[pos + 4 : pos + 8], "little")
+    out[pos + 4 : pos + 8] = b"\xff\xff\xff\xff"
+    return bytes(out)
+
+
+def _wav_bytes(x, rate: int, subtype: str) -> bytes:
+    import io
+
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, x, rate, subtype=subtype, format="WAV")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("subtype, channels", [("PCM_16", 1), ("PCM_16", 2), ("PCM_24", 1), ("FLOAT", 1)])
+def test_a_wav_with_a_streaming_header_reads_as_libsndfile_and_wave_read_it(subtype, channels, tmp_path):
+    import io
+    import wave
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    import soundfile as sf
+
+    from speechcls.audio.decode import decode_batch, read_audio
+
+    rng = np.random.default_rng(0)
+    x = (0.3 * rng.standard_normal((12_345, channels))).clip(-1, 1).astype(np.float32)
+    data = _streaming(_wav_bytes(x, 16_000, subtype))
+    path = tmp_path / "yes" / "pipe_nohash_0.wav"
+    path.parent.mkdir()
+    path.write_bytes(data + (b"\x00" if subtype == "PCM_16" and channels == 2 else b""))  # half a frame: dropped
+    # the references: libsndfile (soundfile) and, for 16-bit PCM, Python's wave
+    expected, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    assert rate == 16_000 and expected.shape == (12_345, channels)
+    if subtype == "PCM_16":
+        with wave.open(io.BytesIO(data)) as w:
+            pcm = np.frombuffer(w.readframes(1 << 30), dtype="<i2").reshape(-1, channels)
+        np.testing.assert_array_equal(pcm.astype(np.float32) / 32768, expected)
+    mono = expected.mean(axis=1, dtype=np.float32)
+    audio, rate = read_audio(path)
+    assert rate == 16_000
+    np.testing.assert_array_equal(audio, mono)
+    with ThreadPoolExecutor(1) as pool:
+        batch = decode_batch(tmp_path, ["yes/pipe_nohash_0.wav"], 16_000, 16_000, pool)
+    assert batch.skipped == {} and batch.decoded.all()
+    np.testing.assert_array_equal(batch.wave[0, :12_345], mono)
+    assert not batch.wave[0, 12_345:].any()
+
+
+def test_a_truncated_wav_is_still_skipped(tmp_path):
+    import numpy as np
+
+    from speechcls.audio.decode import BadAudio, read_audio
+
+    for subtype in ("PCM_16", "FLOAT"):
+        path = tmp_path / f"{subtype}.wav"
+        path.write_bytes(_wav_bytes(np.zeros(1000, np.float32), 16_000, subtype)[:-100])
+        with pytest.raises(BadAudio, match="truncated"):
+            read_audio(path)
