@@ -145,3 +145,97 @@ def test_a_truncated_wav_is_still_skipped(tmp_path):
         path.write_bytes(_wav_bytes(np.zeros(1000, np.float32), 16_000, subtype)[:-100])
         with pytest.raises(BadAudio, match="truncated"):
             read_audio(path)
+
+
+# --- item 4: every path, class name and file-derived string is printed literally -----------------------
+# rich markup as folder names (a style, a lone tag) and an emoji code; a closing tag holds a "/" and an
+# escaped bracket a backslash (a list's separator too), so they are in the paths (tree, store, run) instead
+HOSTILE_WORDS = ("[red]x", "[bold]", ":smile:")
+
+
+@pytest.fixture(scope="module")
+def hostile_tree(mini_root, tmp_path_factory):
+    """Real clips under word folders named like rich markup, official lists naming them, and one
+    unreadable clip whose name is markup too; the store and run folders' names hold brackets as well."""
+    import shutil
+
+    base = tmp_path_factory.mktemp("hostile")
+    tree = base / "tree[/]"
+    lists: dict[str, list[str]] = {config.VALIDATION_LIST: [], config.TESTING_LIST: []}
+    for word, src in zip(HOSTILE_WORDS, ("bed", "cat", "dog")):
+        (tree / word).mkdir(parents=True)
+        for i, wav in enumerate(sorted((mini_root / src).glob("*.wav"))[:12]):
+            shutil.copy(wav, tree / word / wav.name)
+            if i >= 6:  # 6 train, 2 validation, 2 test clips a word (the mini tree has 10)
+                lists[config.VALIDATION_LIST if i < 8 else config.TESTING_LIST].append(f"{word}/{wav.name}")
+    (tree / "[red]x" / "[blue]bad_nohash_0.wav").write_bytes(b"not audio at all")
+    for name, entries in lists.items():
+        (tree / name).write_text("\n".join(entries) + "\n")
+    return base, tree
+
+
+def _literal(output: str, *names: str) -> None:
+    for name in names:
+        assert name in output, (name, output)
+
+
+def test_every_command_prints_names_and_paths_literally(hostile_tree):
+    base, tree = hostile_tree
+    store, run = base / "s[/]x\\[red].zarr", base / "r[bold]un[/]"
+    r = runner.invoke(app, ["data", "info", "--root", str(tree)])
+    assert r.exit_code == 0, r.output
+    _literal(r.output, *HOSTILE_WORDS, "[red]x/[blue]bad_nohash_0.wav", str(tree))
+    mel = ["--variant", "mel", "--n-mels", "80", "--hop-length", "200", "--device", "cpu", "--backend", "torch"]
+    r = runner.invoke(app, ["featurize", "--root", str(tree), "--out", str(store), *mel])
+    assert r.exit_code == 0, r.output
+    _literal(r.output, "skipped [red]x/[blue]bad_nohash_0.wav", str(store))
+    r = runner.invoke(app, ["info", str(store)])
+    assert r.exit_code == 0, r.output
+    _literal(r.output, f"{store}: mel store, complete", ", ".join(sorted(HOSTILE_WORDS)), str(tree.resolve()))
+    _literal(r.output, "[red]x/[blue]bad_nohash_0.wav")
+    r = runner.invoke(app, ["verify", str(store)])
+    assert r.exit_code == 0 and f"{store}: ok" in r.output, r.output
+    r = runner.invoke(app, ["train", "--store", str(store), "--out", str(run), "--device", "cpu", "--epochs", "1"])
+    assert r.exit_code == 0, r.output
+    _literal(r.output, str(store), str(run))
+    r = runner.invoke(app, ["evaluate", str(run), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    _literal(r.output, *(f"│ {w} " for w in HOSTILE_WORDS), str(run))  # the per-class table's rows
+    clip = next((tree / ":smile:").glob("*.wav"))
+    r = runner.invoke(app, ["predict", str(run), str(clip), "--device", "cpu"])
+    assert r.exit_code == 0 and str(clip) in r.output, r.output
+    r = runner.invoke(app, ["listen", str(run), str(clip), "--device", "cpu", "--threshold", "0"])
+    assert r.exit_code == 0 and str(clip) in r.output, r.output
+    r = runner.invoke(app, ["export", str(run), "--format", "torchscript", "--out", str(base / "m[/].pt")])
+    assert r.exit_code == 0 and str(base / "m[/].pt") in r.output, r.output
+
+
+@pytest.mark.parametrize("name", ["x[/].zarr", "[red]z.zarr", ":smile:.zarr", "[link=file:///etc]y.zarr"])
+def test_an_error_about_a_path_prints_it_literally(name, tmp_path):
+    (tmp_path / name).mkdir(parents=True)
+    for args in (["info", str(tmp_path / name)], ["verify", str(tmp_path / name)]):
+        assert str(tmp_path / name) in _one_error_line(runner.invoke(app, args))
+    line = _one_error_line(runner.invoke(app, ["data", "info", "--root", str(tmp_path / name)]))
+    assert str(tmp_path / name) in line
+
+
+def test_the_progress_bar_prints_descriptions_and_lines_literally():
+    import io
+
+    from rich.console import Console
+
+    from speechcls.cli.progress import RichProgress
+
+    for terminal in (True, False):
+        out = io.StringIO()
+        bar = RichProgress(Console(file=out, force_terminal=terminal, width=120, markup=False), unit="clips")
+        with bar:
+            bar.start("featurize [red]x[/]", total=10)
+            bar.advance(10)
+            bar.bar.refresh()
+            bar.say("line [bold]y[/] :smile:")
+            bar.end()
+        text = out.getvalue()
+        assert "line [bold]y[/] :smile:" in text, text
+        if terminal:
+            assert "featurize [red]x[/]" in text and "[progress.description]" not in text, text

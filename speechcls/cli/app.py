@@ -93,10 +93,15 @@ if hasattr(typer.core.TyperOption, "display_type_rich"):
 
 def console(stderr: bool = False):
     """The rich console of the commands. Off a terminal (CI, nohup, a pipe) rich would assume 80 columns
-    and wrap longer lines into a log; there, lines are never wrapped and tables get room."""
+    and wrap longer lines into a log; there, lines are never wrapped and tables get room.
+
+    It reads no markup and no emoji codes: every string printed through it, a table cell or a title, is
+    shown as it is, so a path, a class name or any text from a file that holds `[red]`, `[/]` or `:smile:`
+    is printed literally (rich would drop it, style by it, or fail on an unmatched `[/]`). Styles are given
+    as rich Text objects (`Text.assemble(("error:", "bold red"), " ", line)`), never as markup."""
     from rich.console import Console
 
-    out = Console(stderr=stderr, highlight=False)
+    out = Console(stderr=stderr, highlight=False, markup=False, emoji=False)
     if not out.is_terminal:
         out.soft_wrap, out.width = True, max(out.width, 200)
     return out
@@ -163,7 +168,7 @@ def _print_warning(message, category, filename, lineno, file=None, line=None) ->
 def user_errors(fn):
     """Every expected failure becomes `error: <what, which file, what to do>` on stderr and exit status 1,
     not a traceback (`--debug` or SPEECHCLS_DEBUG=1 shows the traceback instead); warnings print as one
-    `warning:` line. Messages are printed as plain text: a path holding `[red]` stays as it is."""
+    `warning:` line. Messages are printed as plain text (see `console`): a path holding `[red]` stays as it is."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):

@@ -100,7 +100,7 @@ def featurize(
         return
     err = console(stderr=True)
     for rel, reason in sorted(result.skipped.items())[:20]:
-        err.print(f"skipped {rel}: {reason}", markup=False)
+        err.print(f"skipped {rel}: {reason}")
     if len(result.skipped) > 20:
         err.print(f"... {len(result.skipped) - 20} more skipped (all listed in the store's attrs)")
     typer.echo(result.line())

@@ -40,16 +40,18 @@ class RichProgress(Progress):
         )
         from rich.progress import Progress as Bar
 
+        # the text columns read no markup (nor does the CLI's console): a description is shown as it is
         counts = (
             [DownloadColumn(), TransferSpeedColumn()]
             if transfer
-            else [MofNCompleteColumn(), TextColumn("{task.fields[stats]}")]
+            else [MofNCompleteColumn(), TextColumn("{task.fields[stats]}", markup=False)]
         )
         self.console, self.unit, self.transfer, self.on_end, self.on_note = console, unit, transfer, on_end, on_note
         self.log, self.disable = log, disable
         self.plain = not console.is_terminal
         self.bar = Bar(
-            "[progress.description]{task.description}", BarColumn(), *counts, TimeRemainingColumn(),
+            TextColumn("{task.description}", style="progress.description", markup=False), BarColumn(), *counts,
+            TimeRemainingColumn(),
             console=console, transient=True, disable=disable or self.plain,
         )  # fmt: skip
         self.task, self.overall, self.t0, self.seen, self.with_loss = None, None, 0.0, 0, False
@@ -68,8 +70,7 @@ class RichProgress(Progress):
             return
         from rich.text import Text
 
-        # a Text, not markup=False: that option would also reach the live bars drawn with it and show their
-        # style tags as text
+        # a Text: literal whatever the console's markup setting (the CLI's reads none)
         self.console.print(Text(text), soft_wrap=True)
         if self.log is not None:
             with open(self.log, "a") as f:

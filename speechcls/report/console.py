@@ -1,5 +1,8 @@
 """Tables for people: what a tree holds (`speechcls data info`), what a store holds (`speechcls info`),
-an evaluation (`speechcls evaluate`)."""
+an evaluation (`speechcls evaluate`).
+
+Printed on the CLI's console, which reads no markup (cli/app.py's `console`): class names, paths and
+reasons from files are passed as they are, and the few styled words are rich Text."""
 
 from __future__ import annotations
 
@@ -11,13 +14,12 @@ from speechcls.data.tree import DatasetIndex, speakers_by_split, split_counts
 
 
 def print_index(index: DatasetIndex, seed: int, survey: AudioSurvey | None, console) -> None:
-    from rich.markup import escape
     from rich.table import Table
     from rich.text import Text
 
     official = index.official
     rand = index.split("random", seed)
-    console.print(f"[bold]{escape(index.name)}[/]  ({escape(str(index.root))})")
+    console.print(Text.assemble((index.name, "bold"), f"  ({index.root})"))
     console.print(
         f"{len(index.classes)} classes, {len(index.clips)} clips, "
         f"{len(set(index.speakers))} speakers, {len(index.background)} background noise files"
@@ -35,7 +37,7 @@ def print_index(index: DatasetIndex, seed: int, survey: AudioSurvey | None, cons
         Counter((c.label, int(s)) for c, s in zip(index.clips, official)) if official is not None else None
     )
     for label, name in enumerate(index.classes):
-        row = [str(label), Text(name), str(per_class[label])]
+        row = [str(label), name, str(per_class[label])]
         if per_class_split is not None:
             row += [str(per_class_split[label, i]) for i in range(len(config.SPLITS))]
         table.add_row(*row)
@@ -67,7 +69,7 @@ def print_index(index: DatasetIndex, seed: int, survey: AudioSurvey | None, cons
     if index.unusable:
         console.print(f"unusable entries (not clips, left out): {len(index.unusable)}")
         for path, reason in sorted(index.unusable.items())[:20]:
-            console.print(f"  {path}: {reason}", markup=False)
+            console.print(f"  {path}: {reason}")
         if len(index.unusable) > 20:
             console.print(f"  ... and {len(index.unusable) - 20} more")
     if survey is not None:
@@ -76,7 +78,7 @@ def print_index(index: DatasetIndex, seed: int, survey: AudioSurvey | None, cons
         console.print(f"audio: {rates or '-'}; {chans or '-'}; {survey.short} shorter than 1 s, {survey.long} longer")
         console.print(f"unreadable files: {len(survey.unreadable)}")
         for path, reason in sorted(survey.unreadable.items())[:20]:
-            console.print(f"  {path}: {reason}", markup=False)
+            console.print(f"  {path}: {reason}")
         if len(survey.unreadable) > 20:
             console.print(f"  ... and {len(survey.unreadable) - 20} more")
 
@@ -95,17 +97,22 @@ def _print_untrained(index: DatasetIndex, official, rand, seed: int, console) ->
             if label not in trained:
                 console.print(
                     f"class {name!r}: no training clips in the {kind} split; a model trained on this tree cannot "
-                    f"learn it ({hint})",
-                    markup=False,
+                    f"learn it ({hint})"
                 )
 
 
 def print_store(info: dict, console) -> None:
-    state = "complete" if info["complete"] else "[bold red]INCOMPLETE[/] (run the featurize command again to finish)"
+    from rich.text import Text
+
+    state = (
+        ("complete",)
+        if info["complete"]
+        else (("INCOMPLETE", "bold red"), " (run the featurize command again to finish)")
+    )
     if info.get("lost_chunks"):
         lost = ", ".join(f"{k} {n} of {of}" for k, (n, of) in sorted(info["lost_chunks"].items()))
-        state = f"[bold red]DAMAGED[/]: lost chunk objects ({lost}); run the featurize command again to repair"
-    console.print(f"[bold]{info['path']}[/]: {info['variant']} store, {state}")
+        state = (("DAMAGED", "bold red"), f": lost chunk objects ({lost}); run the featurize command again to repair")
+    console.print(Text.assemble((info["path"], "bold"), f": {info['variant']} store, ", *state))
     console.print(
         f"features {tuple(info['shape'])} {info['dtype']}, chunks {tuple(info['chunks'])}, codec {info['codec']}"
     )
@@ -114,23 +121,26 @@ def print_store(info: dict, console) -> None:
         f"compression {info['compression_ratio']:.2f}x"
     )
     params = ", ".join(f"{k}={v}" for k, v in info["params"].items() if k != "variant")
-    console.print(f"parameters: {params}", markup=False)
+    console.print(f"parameters: {params}")
     ds = info.get("dataset", {})
-    console.print(f"dataset: {ds.get('name')} from {ds.get('source_root')}", markup=False)
-    console.print(f"{len(info['classes'])} classes: {', '.join(info['classes'])}", markup=False)
+    console.print(f"dataset: {ds.get('name')} from {ds.get('source_root')}")
+    console.print(f"{len(info['classes'])} classes: {', '.join(info['classes'])}")
     console.print(
         f"decoded clips: {info['decoded']} of {info['shape'][0]}; "
         + ", ".join(f"{k} {v}" for k, v in info["per_split"].items())
     )
     console.print(f"skipped files: {len(info['skipped'])}")
     for path, reason in sorted(info["skipped"].items())[:20]:
-        console.print(f"  {path}: {reason}", markup=False)
+        console.print(f"  {path}: {reason}")
 
 
 def print_evaluation(r: dict, console) -> None:
     from rich.table import Table
+    from rich.text import Text
 
-    console.print(f"[bold]{r['split']}[/]: {r['n']} clips, loss {r['loss']:.4f}, accuracy {r['acc']:.4f}")
+    console.print(
+        Text.assemble((r["split"], "bold"), f": {r['n']} clips, loss {r['loss']:.4f}, accuracy {r['acc']:.4f}")
+    )
     table = Table(title="per-class accuracy", title_justify="left")
     table.add_column("class")
     table.add_column("acc", justify="right")
