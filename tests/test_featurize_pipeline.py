@@ -16,11 +16,10 @@ import torch
 import zarr
 from typer.testing import CliRunner
 
-from speechcls import featurize as fz
 from speechcls.audio import decode
 from speechcls.cli import app
 from speechcls.config import FeatureParams
-from speechcls.featurize import featurize
+from speechcls.featurize import featurize, profile, stages
 from speechcls.store import IncompleteStore, reader
 from speechcls.store import format as fmt
 from speechcls.store.writer import encode_chunk
@@ -144,7 +143,7 @@ def test_each_file_is_read_once_and_its_crc_is_of_those_bytes(tmp_path, mini_roo
         return real_open(path, *args, **kwargs)
 
     monkeypatch.setattr(decode, "open", counting_open, raising=False)
-    with fz.ThreadPoolExecutor(2) as pool:
+    with stages.ThreadPoolExecutor(2) as pool:
         batch = decode.decode_batch(tree, rels, 16000, 16000, pool)
     assert sorted(opened) == sorted(tree / r for r in rels)  # once each
     assert batch.crc32c.tolist() == [google_crc32c.value((tree / r).read_bytes()) for r in rels]
@@ -201,7 +200,7 @@ def test_stores_are_byte_identical_whatever_the_workers_and_sub_batch(tree_with_
     kw = dict(backend="torch", device="cpu", chunk_rows=16, batch_size=48)
     runs = {}
     for workers, sub in ((1, 32), (2, 32), (2, 7), (3, 64)):
-        monkeypatch.setattr(fz, "SUB_BATCH", sub)
+        monkeypatch.setattr(stages, "SUB_BATCH", sub)
         out = tmp_path / f"w{workers}-s{sub}.zarr"
         r = featurize(FeatureParams(variant), tree_with_a_bad_file, out=out, workers=workers, **kw)
         assert r.clips == 121 and list(r.skipped) == ["no/deadbeef_nohash_0.wav"]
@@ -230,19 +229,19 @@ def test_files_from_storage_are_read_on_more_threads_with_the_same_bytes(tree_wi
         return real(base, rels)
 
     monkeypatch.setattr(decode, "_read_files", reading)
-    monkeypatch.setattr(fz, "_storage_read_bytes", lambda: 0)  # every file from the page cache
-    monkeypatch.setattr(fz, "SLOW_READ_S", float("inf"))  # however loaded this machine is
+    monkeypatch.setattr(stages, "_storage_read_bytes", lambda: 0)  # every file from the page cache
+    monkeypatch.setattr(stages, "SLOW_READ_S", float("inf"))  # however loaded this machine is
     featurize(FeatureParams("waveform"), tree_with_a_bad_file, out=tmp_path / "cached.zarr", **kw)
     assert len(set(readers)) == 1 and not readers[0].startswith("featurize-read")
     fetched = iter(range(0, 10**15, 10**9))  # every block read from storage
-    monkeypatch.setattr(fz, "_storage_read_bytes", lambda: next(fetched))
+    monkeypatch.setattr(stages, "_storage_read_bytes", lambda: next(fetched))
     readers.clear()
     featurize(FeatureParams("waveform"), tree_with_a_bad_file, out=tmp_path / "storage.zarr", **kw)
     decoding = readers[0]  # the first block on the decoding thread, the rest on the readers
     assert readers[:2] == [decoding] * 2 and not decoding.startswith("featurize-read")
     assert readers[2:] and all(r.startswith("featurize-read_") for r in readers[2:])  # the reader pool's
-    monkeypatch.setattr(fz, "_storage_read_bytes", lambda: 0)  # slow reads, not counted by the kernel
-    monkeypatch.setattr(fz, "SLOW_READ_S", 0.0)
+    monkeypatch.setattr(stages, "_storage_read_bytes", lambda: 0)  # slow reads, not counted by the kernel
+    monkeypatch.setattr(stages, "SLOW_READ_S", 0.0)
     readers.clear()
     featurize(FeatureParams("waveform"), tree_with_a_bad_file, out=tmp_path / "slow.zarr", **kw)
     assert readers[:2] == [decoding] * 2 and readers[2:] and all(r.startswith("featurize-read_") for r in readers[2:])
@@ -271,7 +270,7 @@ def test_profile_accounts_for_the_run(tree_with_a_bad_file, tmp_path):
 
 
 def test_busy_time_counts_overlapping_tasks_once():
-    stage = fz._Stage("x")
+    stage = profile._Stage("x")
     stage.spans = [(0.0, 2.0), (1.0, 3.0), (5.0, 6.0), (5.5, 5.7)]
     assert stage.busy_s() == pytest.approx(4.0)
 
@@ -305,7 +304,7 @@ def test_a_failure_in_any_stage_stops_the_run_and_the_same_command_finishes_it(
     # each fails on block 3 (16 rows a block and a chunk): decode_batch and _refuse_nonfinite run once
     # a block, in order, on the stage threads; encode_chunk on the pool, its error comes from a future
     calls = {"n": 0}
-    targets = {"decode": (decode, "decode_batch"), "features": (fz, "_refuse_nonfinite"),
+    targets = {"decode": (decode, "decode_batch"), "features": (stages, "_refuse_nonfinite"),
                "encode": (store_writer, "encode_chunk")}  # fmt: skip
     owner, name = targets[where]
     original = getattr(owner, name)
@@ -362,5 +361,5 @@ def test_the_benchmark_times_worker_counts_and_each_stage_alone(tree_with_a_bad_
     ways = [f"{d}, {k}" for d in ("riff", "libsndfile") for k in ("threads", "processes")]
     assert decode_ways == {(way, w) for way in ways for w in (1, 2)}
     assert {r["stage"] for r in rows} == {"decode", "features", "encode", "write"}
-    assert f"sub-batch {fz.SUB_BATCH}, 1 torch thread each" in {r["way"] for r in rows if r["stage"] == "features"}
+    assert f"sub-batch {stages.SUB_BATCH}, 1 torch thread each" in {r["way"] for r in rows if r["stage"] == "features"}
     assert all(r["clips_per_s"] > 0 and r["per_worker"] == pytest.approx(r["clips_per_s"] / r["workers"]) for r in rows)
