@@ -2,6 +2,7 @@
 
     python benchmarks/accuracy.py [--fsdd DIR] [--rows seed:chapter,bcresnet-8:kws,bcresnet-8:kws:--cmn] [--epochs 30]
                                   [--options '--cmn'] [--seeds 0,1,2] [--tag NAME] [--quick]
+                                  [--protocols speaker,utterance,mini,synth] [--selection] [--epochs-by mini:100]
 
 FSDD (../shared/data/fsdd: 3,000 recordings of the digits, 6 speakers, 8 kHz) is arranged twice as a
 Speech Commands tree with official lists (the clips resampled to 16 kHz by featurize):
@@ -14,6 +15,14 @@ ran), once per seed of `--seeds` (a summary gives each row's mean and range over
 is 500 clips, and seeds move its accuracy by several points). Every number comes from the run's
 metrics.json, and the final weights' test accuracy from `evaluate` of last.pt. Also printed: the kws12
 task's counts per split on the Speech Commands mini tree and on a synthetic tree.
+
+Two more protocols, for `--protocols`: *mini* (the Speech Commands mini tree of ../shared, task words
+with its official lists; no background recordings, so no noise mixing) and *synth* (`speechcls synth
+--voices 40 --noise 0.05`, the demo's tree, made in the work folder; its official lists; the kws
+recipe's noise mixing from its _background_noise_). `--selection`: every run's test (and validation)
+accuracy of every selection rule (metrics.json's test_acc_by: best validation accuracy, best
+validation loss, final weights, EMA, average of the last epochs), one training giving all of them, and
+a summary per rule of mean (min-max) over the seeds.
 """
 
 from __future__ import annotations
@@ -38,7 +47,10 @@ DIGITS = "zero one two three four five six seven eight nine".split()
 PROTOCOLS = {
     "speaker": "test speaker theo, validation speaker nicolas, 4 speakers train",
     "utterance": "FSDD's split: index 0-4 test, 5-9 validation, 10-49 train",
+    "mini": "the Speech Commands v0.01 mini tree, task words, its official lists",
+    "synth": "speechcls synth --voices 40 --noise 0.05, task words, its official lists",
 }
+RULES = ("acc", "loss", "last", "ema", "swa")  # metrics.json's test_acc_by keys, in this order
 
 
 def fsdd_tree(fsdd: Path, dst: Path, protocol: str) -> Path:
@@ -68,12 +80,21 @@ def speechcls(*args: str) -> str:
     return shlex.join(["speechcls", *args])
 
 
-def train_row(store: Path, model: str, recipe: str, epochs: int, out: Path, extra: list[str], seed: int = 0) -> dict:
+def train_row(
+    store: Path, model: str, recipe: str, epochs: int, out: Path, extra: list[str], seed: int = 0, reuse: bool = False
+) -> dict:
+    """One `speechcls train` and its numbers. `reuse`: a finished run already in `out` (a metrics.json) is
+    read instead of trained again (an interrupted benchmark continues; its wall_s is then None)."""
     args = ["train", "--store", str(store), "--model", model, "--recipe", recipe, "--epochs", str(epochs)]
     args += ["--device", "cpu", "--out", str(out), *extra, "--seed", str(seed)]
-    t = time.perf_counter()
-    command = speechcls(*args)
-    wall = time.perf_counter() - t
+    wall = None
+    if reuse and (out / "metrics.json").is_file():
+        command = shlex.join(["speechcls", *args])
+    else:
+        shutil.rmtree(out, ignore_errors=True)
+        t = time.perf_counter()
+        command = speechcls(*args)
+        wall = time.perf_counter() - t
     m = json.loads((out / "metrics.json").read_text())
     # the final weights too (`speechcls evaluate <run>/last.pt`): with one validation speaker the
     # best-by-validation epoch is chosen on a speaker unlike the test one, and `--best-by last` keeps these
@@ -85,7 +106,54 @@ def train_row(store: Path, model: str, recipe: str, epochs: int, out: Path, extr
         "best_epoch": m["best_epoch"], "test_acc": m["test_acc"], "last_test_acc": last,
         "best_valid_acc": m.get("best_valid_acc"), "parameters": m.get("parameters"),
         "macs": m.get("macs"), "train_samples_per_s": m["train_samples_per_s"], "wall_s": wall, "command": command,
+        "kept_by": m.get("kept_by"), "test_acc_by": m.get("test_acc_by"), "valid_acc_by": m.get("valid_acc_by"),
+        "epoch_by": m.get("epoch_by"), "swa_epochs": m.get("swa_epochs"), "ema_decay": m.get("ema_decay"),
+        "test_samples": m.get("test_samples"),
     }  # fmt: skip
+
+
+def _stat(v: list[float]) -> str:
+    return f"{sum(v) / len(v):.3f} ({min(v):.3f}-{max(v):.3f})"
+
+
+def selection_summary(results: list[dict]) -> list[dict]:
+    """Per (data, model, recipe, options): every rule's test accuracy, mean (min-max) over the seeds, and
+    the best rule's name (highest mean)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["data"], r["model"], r["recipe"], r["options"], r["epochs"]), []).append(r)
+    out = []
+    for (data, model, recipe, options, epochs), rs in groups.items():
+        row = {"data": data, "model": model, "options": options, "epochs": epochs, "seeds": len(rs)}
+        means = {}
+        for rule in RULES:
+            v = [r["test_acc_by"][rule] for r in rs if r["test_acc_by"].get(rule) is not None]
+            row[rule] = _stat(v) if v else ""
+            means[rule] = sum(v) / len(v) if v else -1
+        row["best rule"] = max(means, key=means.get)
+        out.append(row)
+    return out
+
+
+def rule_means(results: list[dict]) -> list[dict]:
+    """Per rule: the mean over every (data, model) group of its mean over seeds, and how many groups it
+    ties or beats the final weights on (mean over seeds)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["data"], r["model"], r["options"], r["epochs"]), []).append(r)
+    per = {
+        key: {rule: sum(r["test_acc_by"][rule] for r in rs) / len(rs) for rule in RULES} for key, rs in groups.items()
+    }
+    out = []
+    for rule in RULES:
+        means = [p[rule] for p in per.values()]
+        beats = sum(p[rule] >= p["last"] - 1e-12 for p in per.values())
+        worst = min(p[rule] - p["last"] for p in per.values())
+        out.append({
+            "rule": rule, "mean over groups": f"{sum(means) / len(means):.4f}",
+            ">= final weights": f"{beats} of {len(per)}", "worst vs final": f"{worst:+.3f}",
+        })  # fmt: skip
+    return out
 
 
 SUMMARY_COLS = ["data", "model", "recipe", "options", "epochs", "seeds", "test_acc", "last_test_acc"]
@@ -117,6 +185,9 @@ def main() -> None:
     ap.add_argument("--seeds", default="0", help="train every row once per seed (comma-separated)")
     ap.add_argument("--tag", default="", help="results as accuracy-<tag>-<machine>.md (another set of rows)")
     ap.add_argument("--quick", action="store_true", help="2 epochs, one row, one protocol: a smoke run")
+    ap.add_argument("--selection", action="store_true", help="every selection rule's accuracy (test_acc_by)")
+    ap.add_argument("--reuse", action="store_true", help="read finished runs in --work instead of training again")
+    ap.add_argument("--epochs-by", default="", help="per-protocol epochs, e.g. mini:100 (else --epochs)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--work", type=Path, default=None, help="keep trees, stores and runs here")
     args = ap.parse_args()
@@ -126,27 +197,37 @@ def main() -> None:
     seeds = [int(x) for x in args.seeds.split(",")]
     if args.quick:
         rows_spec, protocols, args.epochs, seeds = rows_spec[:1], protocols[:1], 2, seeds[:1]
+    epochs_by = dict(kv.split(":") for kv in args.epochs_by.split(",") if kv)
     work = args.work or Path(tempfile.mkdtemp(prefix="speechcls-accuracy-"))
     results = []
     try:
         for protocol in protocols:
-            tree = fsdd_tree(args.fsdd, work / f"fsdd-{protocol}", protocol)
+            if protocol == "mini":
+                tree, data = args.mini, "mini/words"  # read-only: featurize only reads it
+            elif protocol == "synth":
+                tree, data = work / "synth-40", "synth/words"
+                if not tree.exists():
+                    speechcls("synth", "--out", str(tree), "--voices", "40", "--noise", "0.05")
+            else:
+                tree, data = fsdd_tree(args.fsdd, work / f"fsdd-{protocol}", protocol), f"fsdd/{protocol}"
             stores = {}
             for variant in ("waveform", "mel"):
-                stores[variant] = work / f"fsdd-{protocol}-{variant}.zarr"
+                stores[variant] = work / f"{data.split('/')[0]}-{protocol}-{variant}.zarr"
                 if not stores[variant].exists():
                     speechcls("featurize", "--variant", variant, "--root", str(tree), "--out", str(stores[variant]))
+            epochs = int(epochs_by.get(protocol, args.epochs))
             for (model, recipe, options), seed in ((r, s) for r in rows_spec for s in seeds):
                 store = stores["mel"] if recipe == "chapter" else stores["waveform"]
                 extra = ["--features", "mel"] if recipe == "kws" else []
-                if recipe == "kws":  # FSDD has no background recordings: no noise mixing (shift and masks stay)
-                    extra += ["--noise-prob", "0", *shlex.split(args.options)]
+                if recipe == "kws":
+                    if protocol != "synth":  # no background recordings: no noise mixing (shift and masks stay)
+                        extra += ["--noise-prob", "0"]
+                    extra += shlex.split(args.options)
                 extra += shlex.split(options)
                 tag = "".join(c for c in options if c.isalnum() or c in "-.")
                 out = work / "runs" / f"{protocol}-{model}-{recipe}{tag}-seed{seed}"
-                shutil.rmtree(out, ignore_errors=True)
-                row = {"data": f"fsdd/{protocol}", "seed": seed}
-                row |= train_row(store, model, recipe, args.epochs, out, extra, seed)
+                row = {"data": data, "seed": seed}
+                row |= train_row(store, model, recipe, epochs, out, extra, seed, reuse=args.reuse)
                 results.append(row)
                 print(json.dumps(row), flush=True)
         try:
@@ -161,16 +242,41 @@ def main() -> None:
         "data", "model", "recipe", "options", "seed", "epochs", "best_epoch", "test_acc", "last_test_acc", "parameters",
         "macs", "train_samples_per_s",
     ]  # fmt: skip
+    if args.selection:
+        cols = ["data", "model", "seed", "epochs", "test_samples", "kept_by"]
+        for r in results:
+            for rule in RULES:
+                r[f"test {rule}"] = r["test_acc_by"].get(rule)
+                r[f"valid {rule}"] = r["valid_acc_by"].get(rule)
+            r["epoch acc/loss"] = f"{r['epoch_by']['acc']}/{r['epoch_by']['loss']}"
+        cols += [f"test {rule}" for rule in RULES] + [f"valid {rule}" for rule in RULES] + ["epoch acc/loss"]
+        cols += ["swa_epochs", "ema_decay", "train_samples_per_s"]
     md = (
         md_table(results, cols)
+        + (
+            f"\n\nTest accuracy per rule, mean (min-max) over the seeds {args.seeds}:\n\n"
+            + md_table(selection_summary(results), ["data", "model", "options", "epochs", "seeds", *RULES, "best rule"])
+            + "\n\nPer rule over every (data, model) group (mean of the groups' means over seeds), and on how many "
+            "groups its mean over seeds ties or beats the final weights':\n\n"
+            + md_table(rule_means(results), ["rule", "mean over groups", ">= final weights", "worst vs final"])
+            if args.selection
+            else ""
+        )
         + (f"\n\nOver the seeds {args.seeds}:\n\n{md_table(summary(results), SUMMARY_COLS)}" if len(seeds) > 1 else "")
         + "\n\n"
         + "\n".join(f"- {r['data']} {r['model']} {r['recipe']} seed {r['seed']}: `{r['command']}`" for r in results)
     )
     md += (
-        "\n\ntest_acc: the checkpoint with the best validation accuracy (the kws recipe's); last_test_acc: the final "
-        "weights (`--best-by last`)"
+        "\n\ntest_acc: the kept weights (`--best-by`, the kws recipe's default unless a row's options set it); "
+        "last_test_acc: the final weights (`speechcls evaluate <run>/last.pt`)"
     )
+    if args.selection:
+        md += (
+            "\n\nRules (metrics.json's test_acc_by / valid_acc_by, all from one training): acc = the epoch of best "
+            "validation accuracy; loss = of lowest validation loss; last = the final weights; ema = the exponential "
+            "average of the weights, updated every step (decay `ema_decay`); swa = the equal average of the last "
+            "`swa_epochs` epochs' weights, BatchNorm statistics recomputed over the training split without augmentation"
+        )
     md += "\n\nProtocols: " + "; ".join(f"{k}: {v}" for k, v in PROTOCOLS.items()) + "\n\n" + counts
     print(md)
     name = "accuracy" + (f"-{args.tag}" if args.tag else "")

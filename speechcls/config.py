@@ -3,6 +3,8 @@ before any command runs, and `speechcls --help` must stay instant."""
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,6 +161,37 @@ BATCH_SIZE = 256  # clips per batched feature call (rounded up to whole chunks)
 
 
 # --- training (the chapter's recipe as the defaults) -------------------------------------------------
+def check_range(option: str, value, low: str, high: str, whole: bool = False) -> None:
+    """ValueError naming `option` unless `value` is a finite number (a whole one where `whole`) in the
+    range from `low` to `high`, each written as its bracket and bound: "[0" (0 included), "(0" (excluded),
+    "inf)" (no upper bound), "1)" (1 excluded), "1]" (included)."""
+    lo, hi = float(low[1:]), float(high[:-1])
+    if whole:
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > lo if low[0] == "(" else value >= lo) and (value < hi if high[-1] == ")" else value <= hi)
+    if not ok:
+        kind = "a whole number" if whole else "a finite number"
+        raise ValueError(f"{option} must be {kind} in {low}, {high}, got {value!r}")
+
+
+# Every number of a TrainConfig: (field, lower bound, upper bound, whole), as check_range reads them. The
+# CLI option is the field's name with dashes; a NaN, an infinity or a bound crossed is refused there, so
+# nothing (torch's optimizer, numpy's seeding) meets a value it cannot take and says so without the name.
+_RANGES = (
+    ("epochs", "[1", "inf)", True), ("batch_size", "[1", "inf)", True), ("workers", "[1", "inf)", True),
+    ("split_seed", "[0", "inf)", True), ("seed", "[0", f"{2**32 - 1}]", True),  # numpy's global seed: 32 bits
+    ("patience", "[1", "inf)", True), ("min_epochs", "[0", "inf)", True), ("n_mels", "[0", "inf)", True),
+    ("max_lr", "(0", "inf)", False), ("warmup_epochs", "[0", "inf)", False), ("weight_decay", "[0", "inf)", False),
+    ("label_smoothing", "[0", "1)", False), ("ema", "[0", "1)", False), ("dropout", "[0", "1)", False),
+    ("dropout2d", "[0", "1)", False), ("speed", "[0", "0.5)", False), ("shift_ms", "[0", "inf)", False),
+    ("noise_prob", "[0", "1]", False), ("noise_volume", "[0", "inf)", False), ("mixup", "[0", "inf)", False),
+    ("freq_masks", "[0", "inf)", True), ("freq_width", "[0", "inf)", True), ("time_masks", "[0", "inf)", True),
+    ("time_width", "[0", "inf)", True),
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything a run needs, saved as config.json and inside every checkpoint, so a run can be rebuilt."""
@@ -198,9 +231,12 @@ class TrainConfig:
     label_smoothing: float = 0.0
     early_stopping: bool = True  # the chapter's; off in kws (long cosine schedules plateau before they end)
     # the kept checkpoint: lowest validation loss (the chapter's) | highest validation accuracy (acc) | the
-    # final weights (last: for when the validation split is too small or unlike the test to choose by)
+    # final weights (last: for when the validation split is too small or unlike the test to choose by) |
+    # the weights' exponential average (ema) | the average of the last swa_epochs epochs' weights (swa).
+    # Every rule is tracked and tested in every run (metrics.json's test_acc_by); this one is best.pt.
     best_by: str = "loss"
     ema: float = 0.0  # decay of an exponential moving average of the weights (0 = off); evaluated and kept
+    swa_epochs: int = 0  # epochs at the end whose weights the swa rule averages (0 = a quarter of --epochs, >= 1)
     # augmentation of the training split on the device (speechcls/audio/augment.py); all off in chapter
     speed: float = 0.0  # speed perturbation: factors in [1 - speed, 1 + speed] (waveform stores)
     shift_ms: float = 0.0  # random time shift in [-shift_ms, +shift_ms], zero filled (waveform stores)
@@ -221,36 +257,30 @@ class TrainConfig:
             raise ValueError(f"--loader {self.loader!r}: choose auto, device, host or stream")
         if self.features not in ("", "spectrogram", "mel", "complex"):
             raise ValueError(f"--features {self.features!r}: choose spectrogram, mel or complex")
-        for name in ("epochs", "batch_size", "workers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name, low, high, whole in _RANGES:  # every number, before anything else reads it
+            check_range(f"--{name.replace('_', '-')}", getattr(self, name), low, high, whole)
         if self.batch_size < 2:
             raise ValueError("--batch-size must be at least 2 (BatchNorm1d cannot train on one example)")
-        if not self.max_lr > 0:
-            raise ValueError(f"--max-lr must be positive, got {self.max_lr}")
-        if self.patience < 1 or self.min_epochs < 0:
-            raise ValueError(f"--patience must be >= 1 and --min-epochs >= 0, got {self.patience}, {self.min_epochs}")
         choices = {
             "recipe": ("chapter", "kws"), "task": TASKS, "optimizer": ("adam", "adamw", "sgd"),
-            "schedule": ("onecycle", "cosine"), "best_by": ("loss", "acc", "last"),
+            "schedule": ("onecycle", "cosine"), "best_by": ("loss", "acc", "last", "ema", "swa"),
         }  # fmt: skip
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: choose {' or '.join(allowed)}")
-        if self.n_mels < 0 or self.warmup_epochs < 0 or self.weight_decay < 0:
-            raise ValueError("--n-mels, --warmup-epochs and --weight-decay must be >= 0")
-        if not 0 <= self.label_smoothing < 1 or not 0 <= self.ema < 1:
-            raise ValueError(f"--label-smoothing and --ema must be in [0, 1), got {self.label_smoothing}, {self.ema}")
         if self.cmn and not self.log:
             raise ValueError(
                 "--cmn subtracts each example's mean in log units (where a channel's colouring is a constant per bin): "
                 "add --log (power features: spectrogram or mel)"
             )
-        if self.best_by == "last" and self.early_stopping:
+        if self.best_by in ("last", "ema", "swa") and self.early_stopping:
+            what = {"last": "the final weights", "ema": "the weights' average", "swa": "the last epochs' average"}
             raise ValueError(
-                "--best-by last keeps the final weights, and early stopping stops when the validation score stops "
-                "improving: choose one (add --no-early-stopping, or --best-by loss | acc)"
+                f"--best-by {self.best_by} keeps {what[self.best_by]}, and early stopping stops when the validation "
+                "score stops improving: choose one (add --no-early-stopping, or --best-by loss | acc)"
             )
+        if self.swa_epochs < 0 or self.swa_epochs > self.epochs:
+            raise ValueError(f"--swa-epochs must be in [0, --epochs {self.epochs}], got {self.swa_epochs}")
         if self.warmup_epochs > self.epochs:
             raise ValueError(f"--warmup-epochs {self.warmup_epochs} is longer than --epochs {self.epochs}")
         return self

@@ -96,9 +96,16 @@ def train(
     patience: Annotated[Optional[int], _opt("Epochs without a better validation score before stopping.")] = None,
     min_epochs: Annotated[int, typer.Option(help="Early stopping does not count before this epoch.")] = 0,
     best_by: Annotated[
-        Optional[str], _opt("The kept checkpoint: loss (lowest validation loss) | acc | last (the final weights).")
+        Optional[str],
+        _opt(
+            "The kept weights (best.pt): loss (lowest validation loss) | acc | last (the final weights) | ema (the "
+            "weights' exponential average) | swa (the average of the last --swa-epochs epochs). Every rule is tested."
+        ),
     ] = None,
     ema: Annotated[Optional[float], _opt("Decay of an average of the weights, validated and kept (0: off).")] = None,
+    swa_epochs: Annotated[
+        Optional[int], _opt("--best-by swa averages the weights of this many last epochs (0: a quarter of --epochs).")
+    ] = None,
     speed: Annotated[
         Optional[float],
         _opt("Speed perturbation: each clip resampled by a factor in [1 - this, 1 + this].", panel=AUGMENT),
@@ -155,7 +162,8 @@ def train(
         features=features, n_mels=n_mels, log=log, normalize=normalize, cmn=cmn, epochs=epochs, batch_size=batch_size,
         optimizer=optimizer, schedule=schedule, max_lr=max_lr, warmup_epochs=warmup_epochs,
         weight_decay=weight_decay, label_smoothing=label_smoothing, early_stopping=early_stopping,
-        patience=patience, best_by=best_by, ema=ema, speed=speed, shift_ms=shift_ms, noise_prob=noise_prob,
+        patience=patience, best_by=best_by, ema=ema, swa_epochs=swa_epochs, speed=speed, shift_ms=shift_ms,
+        noise_prob=noise_prob,
         noise_volume=noise_volume, freq_masks=freq_masks, freq_width=freq_width, time_masks=time_masks,
         time_width=time_width, mixup=mixup,
     )  # fmt: skip
@@ -244,13 +252,21 @@ def _schedule(h: dict) -> str:
     return text
 
 
+_KEPT = {
+    "loss": "lowest validation loss", "acc": "best validation accuracy", "last": "the final weights",
+    "ema": "the weights' moving average", "swa": "the last epochs' average",
+}  # fmt: skip
+
+
 def _summary_lines(m: dict, run: Path, wall_s: float) -> list[str]:
     """What the run came to (metrics.json) and where to look next."""
     sps = m.get("train_samples_per_s")
     chance = 1 / len(m["classes"])
     lines = [
         f"summary: test loss {m['test_loss']:.4f} acc {m['test_acc']:.4f} (chance {chance:.4f}, "
-        f"{len(m['classes'])} classes); best epoch {m['best_epoch']} of {m['epochs_run']}; wall time "
+        f"{len(m['classes'])} classes) of the kept weights ({_KEPT[m.get('kept_by', 'loss')]}), "
+        + (f"final weights acc {final:.4f}; " if (final := m.get("test_acc_by", {}).get("last")) is not None else "")
+        + f"best epoch {m['best_epoch']} of {m['epochs_run']}; wall time "
         f"{_duration(wall_s)}; "
         + (f"{sps:,.0f} train samples/s" if sps else "no epoch trained")
         + f"; {m['loader_mode']} loader on {m['device']}",
@@ -283,16 +299,27 @@ def lr_find(
     end_lr: Annotated[float, typer.Option(help="Last learning rate.")] = 1.0,
     seed: Annotated[int, typer.Option(help="Model init and batch order.")] = 0,
     device: DeviceOpt = "auto",
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an lr_find.csv or lr_find.png in --out that lr-find did not write.")
+    ] = False,
 ) -> None:
     """Learning-rate range test: loss against an exponentially growing LR; suggests a max LR."""
-    from speechcls.engine.lr_find import lr_find as sweep
-    from speechcls.report.plots import lr_figure, save
+    import math
 
-    if not 0 < start_lr < end_lr:
-        raise typer.BadParameter(f"need 0 < --start-lr < --end-lr, got {start_lr}, {end_lr}")
+    from speechcls.engine.lr_find import lr_find as sweep
+    from speechcls.report import plots
+    from speechcls.report.plots import lr_figure, save
+    from speechcls.runtime import check_out, check_out_dir, marked
+
+    if not (math.isfinite(start_lr) and math.isfinite(end_lr) and 0 < start_lr < end_lr):
+        raise typer.BadParameter(f"need 0 < --start-lr < --end-lr, both finite, got {start_lr}, {end_lr}")
     if steps < 2:
         raise typer.BadParameter(f"--steps must be at least 2, got {steps}")
     cfg = _train_config(store=store, features=features, batch_size=batch_size, seed=seed, device=device)
+    # before the sweep: the folder, and the two files it writes there (its own earlier ones are rewritten)
+    check_out_dir(out, command="lr-find")
+    check_out(out / "lr_find.csv", own=marked(b"lr,loss", at_start=True), overwrite=overwrite, command="lr-find")
+    plots.check_out(out / "lr_find.png", overwrite=overwrite, command="lr-find")
     r = sweep(cfg, out, variant, start_lr, end_lr, steps)
     save(lr_figure(r["lr"], r["loss"], r["smoothed"], r["suggested_max_lr"]), out / "lr_find.png")
     typer.echo(

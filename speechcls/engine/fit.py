@@ -2,14 +2,17 @@
 TrainConfig and calls `fit`.
 
 Adam, one-cycle LR (stepped per batch), early stopping on the validation loss, the best checkpoint kept
-and tested. Under torchrun, fit() is DistributedDataParallel: each rank steps on its share of every
-global batch (loader/sharding.py), the loss is weighted so the averaged gradient is the global batch's
-mean, metrics are all-reduced, and rank 0 alone reads and writes the run folder (the others get its
-checkpoints by broadcast, so only rank 0's machine needs the folder).
+and tested; every other selection rule (best validation accuracy or loss, final weights, EMA, SWA) is
+tracked in the same run and tested too (metrics.json's test_acc_by). Under torchrun, fit() is
+DistributedDataParallel: each rank steps on its share of every global batch (loader/sharding.py), the
+loss is weighted so the averaged gradient is the global batch's mean, metrics are all-reduced, and rank
+0 alone reads and writes the run folder (the others get its checkpoints by broadcast, so only rank 0's
+machine needs the folder).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import socket
 import time
@@ -27,7 +30,7 @@ from speechcls.config import TrainConfig
 from speechcls.engine import checkpoint
 from speechcls.engine.run_dir import RunDir
 from speechcls.engine.setup import Setup, build, data_parallel, make_loader
-from speechcls.engine.steps import evaluate_model, per_class, train_step
+from speechcls.engine.steps import autocast, evaluate_model, per_class, prep, train_step
 from speechcls.runtime import Progress, package_versions, resolve_device, source_commit
 
 __all__ = ["EarlyStopping", "Setup", "Trainer", "build", "fit", "make_loader"]
@@ -52,7 +55,7 @@ class EarlyStopping:
     def update(self, loss: float, epoch: int, acc: float | None = None) -> bool:
         """Record an epoch's validation loss (and accuracy); True when it is the best so far (ties in
         accuracy go to the lower loss)."""
-        if self.best_by == "last":  # the final weights are kept: every epoch replaces the one before
+        if self.best_by in ("last", "ema", "swa"):  # kept at the end: every epoch replaces the one before
             better = True
         elif self.best_by == "acc":
             better = acc > self.best_acc or (acc == self.best_acc and loss < self.best_loss)
@@ -105,46 +108,146 @@ def make_schedule(cfg: TrainConfig, optimizer, steps_per_epoch: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+RULES = ("acc", "loss", "last", "ema", "swa")  # every selection rule, tracked and tested in every run
+
+
+def swa_window(cfg: TrainConfig) -> int:
+    """Epochs at the end whose weights the swa rule averages: --swa-epochs, else a quarter of the run."""
+    return cfg.swa_epochs or max(1, cfg.epochs // 4)
+
+
+def ema_decay(cfg: TrainConfig, steps_per_epoch: int) -> float:
+    """The EMA's decay per step: --ema, else 0.999 (time constant 1,000 steps), shortened to the swa window
+    (1 - 1 / its steps) on a run too short for that: 30 FSDD epochs are only ~500 steps, and an average
+    longer than the run would keep the first epochs' weights."""
+    return cfg.ema or min(0.999, 1 - 1 / max(swa_window(cfg) * steps_per_epoch, 2))
+
+
+def _copy(module: torch.nn.Module) -> dict:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+@dataclass
+class Snapshots:
+    """The weights of the best validation epoch by accuracy and by loss, whichever rule keeps best.pt, so
+    every rule is tested at the end; in memory and in last.pt (a resumed run tests the same ones). Each is
+    {"epoch", "loss", "acc", "model"} or None before the first epoch."""
+
+    acc: dict | None = None
+    loss: dict | None = None
+
+    def update(self, row: dict, module: torch.nn.Module) -> None:
+        epoch, loss, acc = row["epoch"], row["loss"], row["acc"]
+        if self.acc is None or acc > self.acc["acc"] or (acc == self.acc["acc"] and loss < self.acc["loss"]):
+            self.acc = {"epoch": epoch, "loss": loss, "acc": acc, "model": _copy(module)}
+        if self.loss is None or loss < self.loss["loss"]:
+            self.loss = {"epoch": epoch, "loss": loss, "acc": acc, "model": _copy(module)}
+
+
 @dataclass
 class Trainer:
-    """The optimizer, LR schedule, scaler and weight average of a run (the state last.pt keeps besides
-    the model)."""
+    """The optimizer, LR schedule, scaler, weight averages and best-epoch snapshots of a run (the state
+    last.pt keeps besides the model).
+
+    Both averages are kept in every run, whatever --best-by says, so every rule is tested: the EMA is
+    updated after every step (one foreach lerp over the parameters and buffers), the SWA average at the end
+    of each of the last `swa_window` epochs."""
 
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
-    ema: torch.optim.swa_utils.AveragedModel | None = None  # --ema: validated, tested and kept instead
+    ema: torch.optim.swa_utils.AveragedModel  # --ema DECAY: also the weights validated each epoch
+    swa: torch.optim.swa_utils.AveragedModel  # equal-weight average; BatchNorm statistics recomputed at the end
+    validate_ema: bool = False
+    snapshots: Snapshots = None
 
     @classmethod
     def for_setup(cls, s: Setup) -> "Trainer":
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
         optimizer = make_optimizer(s.cfg, s.model)
         scheduler = make_schedule(s.cfg, optimizer, len(s.loaders["train"]))
-        ema = None
-        if s.cfg.ema:
-            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-            # use_buffers: the average's BatchNorm statistics follow the model's (no extra pass over the data)
-            ema = AveragedModel(s.model, multi_avg_fn=get_ema_multi_avg_fn(s.cfg.ema), use_buffers=True)
-        return cls(optimizer, scheduler, torch.amp.GradScaler(s.device.type, enabled=s.cfg.precision == "fp16"), ema)
+        decay = ema_decay(s.cfg, len(s.loaders["train"]))
+        # use_buffers: the EMA's BatchNorm statistics follow the model's (no extra pass over the data)
+        ema = AveragedModel(s.model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        swa = AveragedModel(s.model)  # its buffers are recomputed over the training split (recompute_bn)
+        scaler = torch.amp.GradScaler(s.device.type, enabled=s.cfg.precision == "fp16")
+        return cls(optimizer, scheduler, scaler, ema, swa, bool(s.cfg.ema), Snapshots())
 
     def evaluated(self, s: Setup) -> torch.nn.Module:
-        """The weights validated, checkpointed as best and tested: the average under --ema, else the model."""
-        return self.ema.module if self.ema is not None else s.model
+        """The weights validated each epoch (and kept by acc | loss): the average under --ema, else the model."""
+        return self.ema.module if self.validate_ema else s.model
+
+    def end_epoch(self, s: Setup, epoch: int) -> None:
+        """The SWA average takes the weights of each of the last swa_window epochs (of the schedule's)."""
+        if epoch > s.cfg.epochs - swa_window(s.cfg):
+            self.swa.update_parameters(s.model)
 
     def state(self) -> dict:
-        state = {
+        return {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict(),
+            "swa": self.swa.state_dict(),
+            "selection": {"acc": self.snapshots.acc, "loss": self.snapshots.loss},
         }
-        return state | ({"ema": self.ema.state_dict()} if self.ema is not None else {})
 
     def load(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        if self.ema is not None:
+        # a last.pt from before every rule was tracked lacks the averages: they restart from here
+        if "ema" in state:
             self.ema.load_state_dict(state["ema"])
+        if "swa" in state:
+            self.swa.load_state_dict(state["swa"])
+        if "selection" in state:
+            self.snapshots = Snapshots(**state["selection"])
+
+
+@torch.no_grad()
+def recompute_bn(s: Setup, model: torch.nn.Module) -> None:
+    """`model`'s BatchNorm running statistics, recomputed as the exact mean and (unbiased) variance of
+    each layer's input over the whole training split, through the plain pipeline validation uses (no
+    augmentation). Only the BatchNorm layers are in training mode (normalizing by their batch, as in
+    torch's update_bn); dropout is off, so no RNG is drawn and the inputs are those an eval forward makes.
+    Under torchrun the per-rank sums are all-reduced, so every rank ends with the same statistics.
+    (torch's update_bn takes a loader of inputs and averages per-batch statistics; ours yields (x, y).)"""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    sums: dict[torch.nn.Module, list[torch.Tensor]] = {}
+
+    def record(module, args):  # the layer's input (B, C, ...): per-channel count, sum, sum of squares
+        x = args[0].detach().double()
+        dims = [0, *range(2, x.dim())]
+        got = torch.stack([torch.full_like(x.sum(dims), x.numel() / x.shape[1]), x.sum(dims), (x * x).sum(dims)])
+        sums[module] = sums[module] + got if module in sums else got
+
+    hooks = [m.register_forward_pre_hook(record) for m in bns]
+    loader = s.loaders["train"]
+    saved, was = loader.pipeline, model.training
+    loader.pipeline = s.loaders["validation"].pipeline  # the plain one: no augmentation
+    loader.set_epoch(0)
+    model.eval()
+    for m in bns:
+        m.train()
+    try:
+        for x, _ in loader:
+            with autocast(s.cfg, s.device):
+                model(prep(x, s.cfg))
+    finally:
+        loader.pipeline = saved
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    for m in bns:
+        n, total, squares = dist.all_reduce_sum(s.rank, sums[m]).unbind()  # (C,) each
+        mean = total / n
+        var = (squares - n * mean * mean) / (n - 1).clamp(min=1)
+        m.running_mean.copy_(mean.to(m.running_mean.dtype))
+        m.running_var.copy_(var.clamp(min=0).to(m.running_var.dtype))
 
 
 def _sync(device: torch.device) -> None:
@@ -178,8 +281,7 @@ def train_one_epoch(s: Setup, step_model, t: Trainer, epoch: int, progress: Prog
             x, _y_a, y_b, lam = mixup(x, y, s.cfg.mixup, loader.pipeline.mixup_rng(epoch, positions[steps]))
             mix["mix"] = (y_b, lam)
         loss, logits = train_step(step_model, t.optimizer, t.scheduler, t.scaler, s.cfg, device, x, y, weight, **mix)
-        if t.ema is not None:
-            t.ema.update_parameters(s.model)
+        t.ema.update_parameters(s.model)
         losses[steps] = loss.detach()
         total_loss += loss.detach() * len(y)  # stays on the device: no sync per batch
         correct += (logits.argmax(1) == y).sum()
@@ -279,20 +381,23 @@ def fit(
         ep = train_one_epoch(s, step_model, t, epoch, progress)
         clock["time"] += ep["seconds"]
         clock["seen"] += ep["n"]
+        t.end_epoch(s, epoch)
         evaluated = t.evaluated(s)
         valid_row = validate(s, epoch, evaluated)
         rows += [ep["row"], valid_row]
         improved = stop.update(valid_row["loss"], epoch, valid_row["acc"])
+        t.snapshots.update(valid_row, evaluated)
         # one verdict for all ranks (their all-reduced numbers agree; this makes it certain)
         stopped = dist.broadcast(rank, stop.should_stop(epoch))
         rngs = dist.gather(rank, checkpoint.rng_state())
         if rank.main:
             run.write_log(rows)
-            if improved:
+            if improved and s.cfg.best_by in ("acc", "loss", "last"):  # ema, swa: written at the end (_test)
+                kept = s.model if s.cfg.best_by == "last" else evaluated
                 checkpoint.save(
                     run.best, {
-                        **meta, "model": evaluated.state_dict(), "epoch": epoch, "valid_loss": valid_row["loss"],
-                        "valid_acc": valid_row["acc"],
+                        **meta, "model": kept.state_dict(), "epoch": epoch, "valid_loss": valid_row["loss"],
+                        "valid_acc": valid_row["acc"], "kept_by": s.cfg.best_by,
                     },
                 )  # fmt: skip
             checkpoint.save(run.last, {
@@ -302,7 +407,7 @@ def fit(
                 "finished": stopped or epoch == s.cfg.epochs,
             })  # fmt: skip
         progress.end(train=ep["row"], valid=valid_row, samples_per_s=ep["row"]["samples_per_s"], best=improved)
-    metrics = _test(s, run, rows, stop, clock)
+    metrics = _test(s, run, rows, stop, clock, t, meta)
     if rank.main:
         run.write_config(record | {"end": _now()})
     return metrics
@@ -321,6 +426,7 @@ def _load_resume(run: RunDir, rank: dist.Rank) -> dict:
             raise ValueError(f"{run.path}: no last.pt to resume from; start the run without --resume")
         state = checkpoint.load(run.last)
         state["log"] = run.read_log() if run.has_log() else []
+        run.remove_temps()  # a kill during a checkpoint's write left its temporary file: never kept
         return state
 
     return dist.from_main(rank, load)
@@ -354,16 +460,58 @@ def _restore(state: dict, s: Setup, t: Trainer, stop: EarlyStopping) -> tuple[in
     return start, rows, {"time": state["train_time"], "seen": state["train_seen"]}, finished
 
 
-def _test(s: Setup, run: RunDir, rows: list[dict], stop: EarlyStopping, clock: dict) -> dict:
-    """The best checkpoint on the test split: metrics.json and confusion.csv."""
+def candidates(s: Setup, t: Trainer):
+    """(rule, module) for every rule with weights to test: the best validation epochs' snapshots (acc,
+    loss), the final weights (last), the EMA, and the SWA average with its BatchNorm statistics recomputed
+    (none before its window's first epoch: a run stopped early). The model itself is loaded last: it holds
+    the final weights until then."""
+    scratch = copy.deepcopy(s.model)
+    yield "last", s.model
+    yield "ema", t.ema.module
+    if t.swa.n_averaged.item() > 0:
+        recompute_bn(s, t.swa.module)
+        yield "swa", t.swa.module
+    for rule in ("acc", "loss"):
+        snap = getattr(t.snapshots, rule)
+        if snap is not None:
+            scratch.load_state_dict(snap["model"])
+            yield rule, scratch
+
+
+def _test(s: Setup, run: RunDir, rows: list[dict], stop: EarlyStopping, clock: dict, t: Trainer, meta: dict) -> dict:
+    """Every rule's weights on the validation and test splits; the kept ones (--best-by: best.pt, written
+    here for ema and swa) give metrics.json's test metrics and confusion.csv, and test_acc_by /
+    valid_acc_by give every rule's accuracy."""
     rank, train_loader = s.rank, s.loaders["train"]
-    best = dist.broadcast(rank, checkpoint.load(run.best)["model"] if rank.main else None)
-    s.model.load_state_dict(best)
-    test = evaluate_model(s.model, s.loaders["test"], s.cfg, s.device)
     epochs_run = max((r["epoch"] for r in rows), default=0)
+    test_by, valid_by, test = {}, {}, None
+    for rule, module in candidates(s, t):
+        if not s.cfg.sync_bn:
+            dist.broadcast_buffers(rank, module)  # rank 0's running statistics, as validate() does
+        v = evaluate_model(module, s.loaders["validation"], s.cfg, s.device)
+        r = evaluate_model(module, s.loaders["test"], s.cfg, s.device)
+        test_by[rule], valid_by[rule] = r["acc"], v["acc"]
+        if rule == s.cfg.best_by:
+            test = r
+            if rank.main and rule in ("ema", "swa"):
+                checkpoint.save(run.best, {
+                    **meta, "model": module.state_dict(), "epoch": epochs_run, "valid_loss": v["loss"],
+                    "valid_acc": v["acc"], "kept_by": rule,
+                })  # fmt: skip
+    assert test is not None, f"no weights for --best-by {s.cfg.best_by}"
     metrics = {
         "test_loss": test["loss"],
         "test_acc": test["acc"],
+        "kept_by": s.cfg.best_by,
+        "test_acc_by": {rule: test_by[rule] for rule in RULES if rule in test_by},
+        "valid_acc_by": {rule: valid_by[rule] for rule in RULES if rule in valid_by},
+        "epoch_by": {
+            "acc": t.snapshots.acc and t.snapshots.acc["epoch"],
+            "loss": t.snapshots.loss and t.snapshots.loss["epoch"],
+            "last": epochs_run,
+        },
+        "swa_epochs": int(t.swa.n_averaged.item()),
+        "ema_decay": ema_decay(s.cfg, len(train_loader)),
         "per_class_acc": per_class(test["confusion"], s.classes),
         "confusion": test["confusion"].tolist(),
         "classes": s.classes,
