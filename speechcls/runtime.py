@@ -4,6 +4,7 @@ need it, so the CLI can import this module and still answer `--help` at once."""
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import tempfile
@@ -37,20 +38,60 @@ def seed_everything(seed: int) -> None:
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call `write(tmp)` on a temporary file beside `path`, fsync it, rename it over `path` and fsync the
     folder: a kill or a power loss at any point leaves the old file or the new one, never half of one
-    (timm's checkpoint saver writes and renames the same way)."""
+    (timm's checkpoint saver writes and renames the same way). The temporary file is `.<name>.<random>.tmp`:
+    removed on any error; one left by a kill is removed by the next run of the command that owns the folder
+    (engine/run_dir.py's RunDir.remove_temps for a run).
+
+    Errors name what the user knows, never the temporary file: a folder that cannot take a new file
+    (read-only, permission denied) is an OSError naming the folder; a write that fails for want of space
+    (ENOSPC, EDQUOT: also a RuntimeError of torch's C++ writer, which loses the errno) is an OSError
+    naming `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:  # the folder takes no new file: say which folder, not the random name tried
+        raise OSError(e.errno, e.strerror, str(path.parent)) from e
     os.close(fd)
     try:
-        write(Path(tmp))
-        _fsync(tmp)  # the bytes are on disk before the name points at them
-        os.replace(tmp, path)
+        try:
+            write(Path(tmp))
+            _fsync(tmp)  # the bytes are on disk before the name points at them
+            os.replace(tmp, path)
+        except OSError as e:
+            if e.errno in _FULL or e.filename in (None, tmp):
+                raise OSError(e.errno, e.strerror, str(path)) from e
+            raise
+        except RuntimeError as e:  # torch's writers: "unexpected pos 704 vs 598", no errno
+            if _out_of_space(Path(tmp)):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from e
+            raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync(path.parent, directory=True)  # and the rename itself survives a power loss
     return path
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _out_of_space(tmp: Path) -> bool:
+    """Whether a failed write failed for want of space: 64 KiB more on the same file fail with ENOSPC or
+    EDQUOT, or the file system has under 1 MiB free."""
+    try:
+        with open(tmp, "ab") as f:
+            f.write(bytes(1 << 16))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        if e.errno in _FULL:
+            return True
+    try:
+        st = os.statvfs(tmp.parent)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 1 << 20
 
 
 def _fsync(path, directory: bool = False) -> None:
@@ -63,6 +104,150 @@ def _fsync(path, directory: bool = False) -> None:
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+# --- files a command writes where the user names them (--out): the one rule ---------------------------
+# A Zarr hierarchy (a feature store, or any other) has one of these in every group and array folder.
+_ZARR_FILES = ("zarr.json", ".zgroup", ".zarray")
+
+
+def check_out(
+    path: str | Path,
+    *,
+    reads: tuple = (),
+    own: Callable[[Path], bool] | None = None,
+    overwrite: bool = False,
+    option: str = "--out",
+    command: str = "this command",
+) -> Path:
+    """Where a command may write a file the user names, checked before any work (then the command writes
+    it with atomic_write). The rule, the same for every command (docs/reliability.md, "No command
+    overwrites its input"):
+
+    - never a folder, and never a file inside a Zarr store (only featurize writes a store): refused,
+      --overwrite or not;
+    - an existing file that the command reads (`reads`; the same file by inode: another spelling, a
+      symbolic or a hard link count), a checkpoint, a file of a Speech Commands tree or any other file that
+      `own` does not recognise as this command's own earlier output: refused unless `overwrite`;
+    - an absent file, or the command's own earlier output (`own(path)`: e.g. a file carrying the mark
+      its writer puts in every file, see `marked`): written.
+
+    ValueError in one line naming the file, what it is and what to do."""
+    path = Path(path)
+    store = zarr_root(path)
+    if store is not None:
+        where = "is a Zarr store" if store == path else f"is inside the Zarr store {store}"
+        raise ValueError(
+            f"{option} {path} {where}: only featurize writes a store, and {command} never writes into one; "
+            f"choose another {option}"
+        )
+    if path.is_dir():
+        raise ValueError(f"{option} {path} is a folder; give the name of a file to write")
+    if not (path.exists() or path.is_symlink()):
+        return path
+    read = next((r for r in reads if _same_file(path, Path(r))), None)
+    if read is None and own is not None and path.is_file() and own(path):
+        return path
+    if overwrite:
+        return path
+    if read is not None:
+        what = f"is the input {command} reads ({read})"
+    else:
+        what = f"is {_what_it_is(path)}, which {command} did not write"
+    raise ValueError(
+        f"{option} {path} {what}: {command} never writes over it unless told to; choose another {option}, or "
+        "add --overwrite to replace it"
+    )
+
+
+def check_out_dir(path: str | Path, *, option: str = "--out", command: str = "this command") -> Path:
+    """A folder a command writes named files into (lr-find, bench), checked before any work: never a
+    file, a Zarr store or a folder inside one, nor a Speech Commands tree. Each file it then writes there
+    is checked with check_out."""
+    path = Path(path)
+    store = zarr_root(path)
+    if store is not None:
+        where = "is a Zarr store" if store == path else f"is inside the Zarr store {store}"
+        raise ValueError(f"{option} {path} {where}: {command} never writes into a store; choose another {option}")
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{option} {path} is a file, not a folder; choose another {option}")
+    tree = tree_root(path / "x")
+    if tree is not None:
+        raise ValueError(
+            f"{option} {path} is inside the Speech Commands tree {tree}: {command} keeps its files out of the "
+            f"data; choose another {option}"
+        )
+    return path
+
+
+def marked(mark: bytes, *, at_start: bool = False) -> Callable[[Path], bool]:
+    """`own` for check_out: whether a file holds `mark` (at its start, or anywhere: read through mmap, so a
+    large file costs no memory), the mark its writer puts in every file it writes."""
+    import mmap
+
+    def holds(path: Path) -> bool:
+        try:
+            with open(path, "rb") as f:
+                if at_start:
+                    return f.read(len(mark)) == mark
+                if os.fstat(f.fileno()).st_size < len(mark):
+                    return False
+                with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+                    return m.find(mark) >= 0
+        except (OSError, ValueError):
+            return False
+
+    return holds
+
+
+def zarr_root(path: str | Path) -> Path | None:
+    """The outermost folder of the Zarr hierarchy that `path` is, or is inside; None if none."""
+    found, path = None, Path(path).resolve()
+    for folder in (path, *path.parents):
+        try:
+            if folder.is_dir() and any((folder / name).is_file() for name in _ZARR_FILES):
+                found = folder
+            elif found is not None:
+                break
+        except OSError:
+            break
+    return found
+
+
+def tree_root(path: str | Path) -> Path | None:
+    """The Speech Commands tree (a folder with the release's lists or _background_noise_) that `path`'s
+    folder is, or is inside; None if none."""
+    from speechcls import config
+
+    for folder in Path(path).resolve().parents:
+        try:
+            if any((folder / n).exists() for n in (config.VALIDATION_LIST, config.TESTING_LIST, config.BACKGROUND_DIR)):
+                return folder
+        except OSError:
+            return None
+    return None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _what_it_is(path: Path) -> str:
+    """What an existing file is, for check_out's refusal."""
+    import zipfile
+
+    tree = tree_root(path)
+    if tree is not None:
+        return f"a file of the Speech Commands tree {tree}"
+    try:
+        if zipfile.is_zipfile(path) and any(n.endswith("/data.pkl") for n in zipfile.ZipFile(path).namelist()):
+            return "a checkpoint (a torch .pt file)"
+    except (OSError, zipfile.BadZipFile):
+        pass
+    return "an existing file"
 
 
 def package_versions() -> dict[str, str]:

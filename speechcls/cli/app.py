@@ -231,6 +231,9 @@ StoreOpt = Annotated[
 ]
 VariantOpt = Annotated[Optional[str], typer.Option(help="Narrow the store search to this variant.")]
 OutFile = Annotated[Path, typer.Option("--out", "-o", help="Figure file: .png, .svg or .pdf.")]
+OverwriteOpt = Annotated[
+    bool, typer.Option(help="Replace an existing --out this command did not write (never a folder or a store's file).")
+]
 
 
 def check_version(version: str) -> str:

@@ -13,7 +13,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from speechcls.cli.app import app, console, user_errors
+from speechcls.cli.app import OverwriteOpt, app, console, user_errors
+from speechcls.runtime import check_out, check_out_dir, marked
 
 SCRIPTS = {
     "featurize": "featurize.py",
@@ -22,6 +23,10 @@ SCRIPTS = {
     "store": "store_codecs.py",
     "ranks": "stream_ranks.py",
 }
+
+
+# what every result file holds (benchmarks/common.py's write_results): how bench knows its own earlier results
+_RESULT_MARKS = {".json": b'"results"', ".md": b"made by `"}
 
 
 def benchmarks_dir() -> Path:
@@ -35,18 +40,32 @@ def benchmarks_dir() -> Path:
 
 
 def run(
-    which: list[str], quick: bool = False, root: Path | None = None, out: Path | None = None, extra: list[str] = ()
+    which: list[str],
+    quick: bool = False,
+    root: Path | None = None,
+    out: Path | None = None,
+    extra: list[str] = (),
+    overwrite: bool = False,
 ) -> list[Path]:
     """Run each benchmark in a fresh process (timings are not disturbed by the others' threads and
     memory); returns the JSON result files written. Without `out`, a full run writes benchmarks/results/
-    (the committed numbers) and a quick one benchmarks/results/quick/ (git-ignored), as the scripts do."""
+    (the committed numbers) and a quick one benchmarks/results/quick/ (git-ignored), as the scripts do.
+    Before any work, `out` is checked (runtime.check_out_dir) and so is every file a benchmark would
+    replace there: only earlier results are, unless `overwrite`."""
     folder = benchmarks_dir()
     results = folder / "results"
-    out = Path(out) if out else results / "quick" if quick else results
-    written = []
     for name in which:
         if name not in SCRIPTS:
             raise ValueError(f"unknown benchmark {name!r}: choose {', '.join(SCRIPTS)} or all")
+    if out is not None:
+        check_out_dir(out, command="bench")
+    out = Path(out) if out else results / "quick" if quick else results
+    for name in which:  # <script>-<machine>.json and .md: the machine's name is the script's to make
+        stem = Path(SCRIPTS[name]).stem
+        for path, mark in ((p, _RESULT_MARKS[p.suffix]) for p in out.glob(f"{stem}-*") if p.suffix in _RESULT_MARKS):
+            check_out(path, own=marked(mark), overwrite=overwrite, command="bench")
+    written = []
+    for name in which:
         cmd = [sys.executable, str(folder / SCRIPTS[name]), "--out", str(out), *extra]
         if quick:
             cmd.append("--quick")
@@ -111,12 +130,13 @@ def bench(
             show_default=False,
         ),
     ] = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Benchmarks: the on-the-fly peer and speechcls side by side, ratios printed last."""
     from rich.table import Table
 
     names = list(SCRIPTS) if not which or "all" in which else which
-    files = run(names, quick, root, out)
+    files = run(names, quick, root, out, overwrite=overwrite)
     table = Table(title="speechcls bench", title_justify="left")
     for col in ("benchmark", "variant", "way", "result"):
         table.add_column(col)

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from speechcls.cli.app import DeviceOpt, app, user_errors
+from speechcls.cli.app import DeviceOpt, OverwriteOpt, app, user_errors
 
 RunArg = Annotated[
     Path, typer.Argument(metavar="RUN_DIR|CHECKPOINT", help="A run folder (best.pt) or a .pt checkpoint.")
@@ -39,13 +39,14 @@ def export(
             show_default=False,
         ),
     ] = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Write a run's model as one ONNX or TorchScript file that runs without speechcls: by default from a
     float32 waveform to the class probabilities (STFT, mel, log and standardization as in training, the
     model, softmax); the classes and feature parameters are in the file's metadata."""
     from speechcls.infer.export import export as write
 
-    r = write(run, format, out, frontend, quantize)
+    r = write(run, format, out, frontend, quantize, overwrite=overwrite)
     inp, outp = r["input"], r["output"]
     typer.echo(
         f"{r['path']}: {r['format']}{', int8' if r['quantization'] != 'none' else ''}, {r['bytes'] / 1e6:.2f} MB; "

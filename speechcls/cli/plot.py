@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from speechcls.cli.app import OutFile, app, plot_app, user_errors
+from speechcls.cli.app import OutFile, OverwriteOpt, app, plot_app, user_errors
 
 Wav = Annotated[Path, typer.Argument(metavar="FILE.wav", help="An audio file.")]
 RunArg = Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A `speechcls train` run folder.")]
@@ -19,19 +19,21 @@ def _plotted(path: Path) -> None:
 
 @plot_app.command("wave")
 @user_errors
-def plot_wave(file: Wav, out: OutFile = Path("wave.png")) -> None:
+def plot_wave(file: Wav, out: OutFile = Path("wave.png"), overwrite: OverwriteOpt = False) -> None:
     """The sound wave (fig. 22.1)."""
     from speechcls.report import plots
 
+    plots.check_out(out, (file,), overwrite)
     _plotted(plots.wave(file, out))
 
 
 @plot_app.command("dft")
 @user_errors
-def plot_dft(file: Wav, out: OutFile = Path("dft.png")) -> None:
+def plot_dft(file: Wav, out: OutFile = Path("dft.png"), overwrite: OverwriteOpt = False) -> None:
     """Magnitude of the discrete Fourier transform, first half (fig. 22.2)."""
     from speechcls.report import plots
 
+    plots.check_out(out, (file,), overwrite)
     _plotted(plots.dft(file, out))
 
 
@@ -41,10 +43,12 @@ def plot_spectrogram(
     file: Wav,
     out: OutFile = Path("spectrogram.png"),
     variant: Annotated[str, typer.Option(help="spectrogram | mel | complex (two panels).")] = "spectrogram",
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """The spectrogram as an image: log-frequency axis, time in seconds, sqrt magnitude (fig. 22.3)."""
     from speechcls.report import plots
 
+    plots.check_out(out, (file,), overwrite)
     _plotted(plots.spectrogram(file, out, variant))
 
 
@@ -53,10 +57,12 @@ def plot_spectrogram(
 def plot_melbank(
     out: OutFile = Path("melbank.png"),
     n_mels: Annotated[int, typer.Option(help="Filters to draw.")] = 16,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """The mel filter bank's triangles over the Fourier bins (fig. 22.7)."""
     from speechcls.report import plots
 
+    plots.check_out(out, (), overwrite)
     _plotted(plots.melbank(out, n_mels))
 
 
@@ -66,10 +72,12 @@ def plot_mel_vs_fourier(
     file: Wav,
     out: OutFile = Path("mel_vs_fourier.png"),
     frame: Annotated[int, typer.Option(help="Frame (time window) to show.")] = 31,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """One frame's Fourier and mel coefficients together (fig. 22.8)."""
     from speechcls.report import plots
 
+    plots.check_out(out, (file,), overwrite)
     _plotted(plots.mel_vs_fourier(file, out, frame))
 
 
@@ -78,19 +86,22 @@ def plot_mel_vs_fourier(
 def plot_lr(
     source: Annotated[Path, typer.Argument(metavar="DIR|CSV", help="lr-find's folder or its lr_find.csv.")],
     out: OutFile = Path("lr_find.png"),
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Loss against learning rate from lr-find (figs. 22.4, 22.9, 22.12)."""
     from speechcls.report import plots
 
+    plots.check_out(out, (source, Path(source) / "lr_find.csv"), overwrite)
     _plotted(plots.lr(source, out))
 
 
 @plot_app.command("curves")
 @user_errors
-def plot_curves(run: RunArg, out: OutFile = Path("curves.png")) -> None:
+def plot_curves(run: RunArg, out: OutFile = Path("curves.png"), overwrite: OverwriteOpt = False) -> None:
     """Train and valid loss and accuracy per epoch (figs. 22.5, 22.10, 22.13)."""
     from speechcls.report import plots
 
+    plots.check_out(out, (), overwrite)
     _plotted(plots.curves(run, out))
 
 
@@ -100,10 +111,12 @@ def plot_confusion(
     run: RunArg,
     out: OutFile = Path("confusion.png"),
     min_share: Annotated[float, typer.Option(help="Hide pairs rarer than this share of the test set.")] = 0.001,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Confusion matrix heatmap and the alluvial view of predictions into targets (figs. 22.6, 22.11, 22.14)."""
     from speechcls.report import plots
 
+    plots.check_out(out, (), overwrite)
     _plotted(plots.confusion(run, out, min_share))
 
 
@@ -112,8 +125,10 @@ def plot_confusion(
 def report(
     runs: Annotated[list[Path], typer.Argument(metavar="RUN_DIR...", help="Run folders to compare.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The HTML page to write.")] = Path("report.html"),
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """One self-contained HTML page comparing runs: the chapter's table, curves, confusion, per-class accuracy."""
-    from speechcls.report.html import html_report
+    from speechcls.report.html import check_out, html_report
 
+    check_out(out, runs, overwrite)
     typer.echo(str(html_report(runs, out)))

@@ -13,6 +13,7 @@ such a run is refused with a message naming the format.
 
 from __future__ import annotations
 
+import io
 import pickle
 import random
 import re
@@ -50,8 +51,12 @@ def set_rng_state(state: dict) -> None:
 
 
 def save(path: str | Path, state: dict) -> Path:
-    """`state` (tensors and plain types) with the format version, atomically."""
-    return atomic_write(path, lambda tmp: torch.save({**state, "format": FORMAT}, tmp))
+    """`state` (tensors and plain types) with the format version, atomically. Serialized in memory and
+    written by Python, so a full disk is an OSError naming the file (torch's own file writer turns it
+    into a RuntimeError without the errno: "unexpected pos")."""
+    buffer = io.BytesIO()
+    torch.save({**state, "format": FORMAT}, buffer)
+    return atomic_write(path, lambda tmp: tmp.write_bytes(buffer.getbuffer()))
 
 
 def load(path: str | Path, map_location="cpu") -> dict:

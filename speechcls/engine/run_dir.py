@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from speechcls import config
-from speechcls.runtime import write_text_atomic
+from speechcls.runtime import check_out_dir, write_text_atomic
 from speechcls.store.location import Location, name
 
 LOG_FIELDS = ("epoch", "set", "loss", "acc")  # the chapter's columns, always first
@@ -76,6 +76,7 @@ class RunDir:
         is refused, `overwrite` or not: it is never emptied."""
         if self.path.exists() and not self.path.is_dir():
             raise ValueError(f"{self.path} is a file, not a run folder; choose another --out")
+        check_out_dir(self.path, command="train")  # never in a store or a tree
         if not self.path.exists() or not any(self.path.iterdir()):
             return
         if not any((self.path / f).is_file() for f in RUN_FILES):
@@ -88,12 +89,24 @@ class RunDir:
                 f"{self.path} already holds a run: `--resume {self.path}` continues it, --overwrite replaces it"
             )
         events = self.path.glob(f"{TENSORBOARD_DIRNAME}/events.out.tfevents.*")  # else two runs' curves in one
-        for path in [*(self.path / f for f in RUN_FILES), *self.path.glob("confusion*.csv"), *events]:
+        own = [*(self.path / f for f in RUN_FILES), *self.path.glob("confusion*.csv"), *self.temps(), *events]
+        for path in own:
             try:
                 if path.is_file():
                     path.unlink()
             except OSError as e:
                 raise ValueError(f"cannot remove {path} to replace the run: {e.strerror or e}") from e
+
+    def temps(self) -> list[Path]:
+        """Temporary files of the run's own files (atomic_write's `.<name>.<random>.tmp`) that a kill during
+        their write left behind; never another file's."""
+        names = (*RUN_FILES, "confusion_*.csv")
+        return sorted({p for n in names for p in self.path.glob(f".{n}.*.tmp") if p.is_file()})
+
+    def remove_temps(self) -> None:
+        """Remove what `temps` finds: a resumed run's first step (claim removes them with the run's files)."""
+        for path in self.temps():
+            path.unlink(missing_ok=True)
 
     # --- config.json, metrics.json ------------------------------------------------------------------
     def write_config(self, cfg: dict) -> None:

@@ -35,11 +35,14 @@ import torch
 
 from speechcls import __version__
 from speechcls.infer.predict import RunModel, load_run
-from speechcls.runtime import atomic_write, require_extra
+from speechcls.runtime import atomic_write, check_out, marked, require_extra
 
 FORMATS = ("onnx", "torchscript")
 QUANTIZE = ("int8",)
 METADATA_FORMAT = "1"  # of the keys below; a reader checks it
+# in every file export writes (an ONNX metadata key; a TorchScript extra file's name): how a rerun knows
+# its own earlier output, which it may rewrite without --overwrite
+OWN_MARK = b"speechcls_metadata"
 WAVE_INPUT, FEATURES_INPUT, OUTPUT = "waveform", "features", "probabilities"
 OPSET = 20  # ONNX's STFT needs 17; 20 is what torch 2.14's exporter writes by default
 CALIBRATION_EXAMPLES = 256  # training examples that calibrate int8 activations (min-max per tensor)
@@ -90,11 +93,13 @@ def export(
     quantize: str | None = None,
     calibration_examples: int = CALIBRATION_EXAMPLES,
     calibration_data: torch.Tensor | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Write the model of `run` (a run folder or a checkpoint) as one `fmt` file; returns what was written:
     path, bytes, format, frontend, quantization, classes, input and output (the metadata's). int8 calibrates
     on `calibration_data` ((N, C, F, T) stored features) where given, else on `calibration_examples` of the
-    run's training split."""
+    run's training split. An existing `out` is replaced only where it is an earlier export (it carries
+    OWN_MARK) or `overwrite` says so, never the checkpoint itself unless `overwrite` (runtime.check_out)."""
     if fmt not in FORMATS:
         raise ValueError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
     if quantize is not None and quantize not in QUANTIZE:
@@ -104,8 +109,11 @@ def export(
     if fmt == "onnx":  # the exporter needs onnx + onnxscript; the check, metadata and int8 need onnxruntime
         require_extra("speechcls export --format onnx", "export", "onnx", "onnxscript", "onnxruntime")
     run = Path(run)
-    m = load_run(run, "cpu")
     out = Path(out) if out is not None else default_out(run, fmt, frontend, quantize)
+    # before any work: never onto the checkpoint it reads, another checkpoint or a file it did not write
+    read = run / "best.pt" if run.is_dir() else run
+    check_out(out, reads=(read,), own=marked(OWN_MARK), overwrite=overwrite, command="export")
+    m = load_run(run, "cpu")
     meta = metadata(m, frontend, quantize, fmt)
     if fmt == "torchscript":
         module = m.end_to_end() if frontend else m.classifier

@@ -7,9 +7,13 @@ import html
 import tempfile
 from pathlib import Path
 
+from speechcls.runtime import write_text_atomic
+
 CHAPTER = {"spectrogram": (32, 0.3776, 0.8898), "mel": (19, 0.5081, 0.8555), "complex": (40, 0.2373, 0.9324)}
 CHAPTER_DATA = "Speech Commands v0.01, random 60/20/20 (the chapter)"
 SYNTHETIC = "synthetic (espeak-ng), not speech"
+# in every page's head: how a rerun knows its own page, which it may rewrite without --overwrite
+MARK = '<meta name="generator" content="speechcls report">'
 
 
 def run_data(metrics: dict, cfg: dict) -> str:
@@ -112,7 +116,7 @@ def html_report(runs: list, out):
             f"<img alt='confusion of {esc(run.name)}' src='{img['confusion']}'></section>"
         )
     page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>speechcls report</title>
+<html lang="en"><head><meta charset="utf-8">{MARK}<title>speechcls report</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
 table {{ border-collapse: collapse; margin: 1em 0; }}
@@ -132,7 +136,14 @@ pipeline works; its accuracy says nothing about recognizing human speech.</p>
 {"".join(sections)}
 </body></html>
 """
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page)
-    return out
+    return write_text_atomic(out, page)
+
+
+def check_out(out, runs: list, overwrite: bool = False) -> Path:
+    """The page's --out, before any work (runtime.check_out): never a file of the runs it reads, a
+    checkpoint or a page it did not write (MARK), unless `overwrite`."""
+    from speechcls import runtime
+    from speechcls.engine.run_dir import RUN_FILES
+
+    reads = tuple(Path(r) / name for r in runs for name in RUN_FILES)
+    return runtime.check_out(out, reads=reads, own=runtime.marked(MARK.encode()), overwrite=overwrite, command="report")

@@ -29,13 +29,35 @@ def _plt():
     return plt
 
 
-def save(fig, out: Path) -> Path:
+FORMATS = (".png", ".svg", ".pdf")
+# in every figure's metadata (PNG text chunk, SVG dc:creator, PDF Creator): how a rerun knows a figure
+# speechcls drew, which a figure command may redraw without --overwrite
+MARK = "speechcls figure"
+
+
+def check_out(out: Path, reads: tuple = (), overwrite: bool = False, command: str = "plot") -> Path:
+    """A figure's --out, before any work: a .png, .svg or .pdf name, and runtime.check_out's rule (an
+    existing file is replaced only where speechcls drew it, or with `overwrite`)."""
+    from speechcls import runtime
+
     out = Path(out)
-    if out.suffix.lower() not in (".png", ".svg", ".pdf"):
+    if out.suffix.lower() not in FORMATS:
         raise ValueError(f"--out {out}: use a .png, .svg or .pdf file name")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=DPI)
-    _plt().close(fig)
+    return runtime.check_out(out, reads=reads, own=runtime.marked(MARK.encode()), overwrite=overwrite, command=command)
+
+
+def save(fig, out: Path) -> Path:
+    """The figure to `out` (format by its suffix), atomically, carrying MARK."""
+    from speechcls.runtime import atomic_write
+
+    out = Path(out)
+    if out.suffix.lower() not in FORMATS:
+        raise ValueError(f"--out {out}: use a .png, .svg or .pdf file name")
+    fmt = out.suffix.lower()[1:]
+    try:
+        atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=DPI, format=fmt, metadata={"Creator": MARK}))
+    finally:
+        _plt().close(fig)
     return out
 
 
