@@ -224,6 +224,49 @@ def test_bench_refuses_an_out_that_is_a_file_or_a_tree(place):
         assert _files(place["root"]) == before
 
 
+# --- item 7: a word is text, never an option; a failed synth leaves no temporary folder -----------------
+@pytest.mark.parametrize("word", ["-x", "--help", "-w/tmp/evil.wav", "--path=/tmp", "-", "-yes"])
+def test_a_synth_word_that_looks_like_an_option_is_refused_and_leaves_nothing(word, tmp_path, monkeypatch, espeak):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    out = tmp_path / "data" / "synth_commands"
+    r = runner.invoke(app, ["synth", "--out", str(out), "--voices", "3", f"--words={word},yes"])
+    line = _one_error_line(r)
+    assert repr(word) in line or word in line, line
+    assert not (tmp_path / "data").exists() or not list((tmp_path / "data").iterdir())
+    assert not list((tmp_path / "tmp").iterdir())
+
+
+def test_synth_never_writes_into_a_store(tmp_path):
+    store = tmp_path / "mel.zarr"
+    store.mkdir()
+    (store / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group"}')
+    for extra in ([], ["--overwrite"]):
+        r = runner.invoke(app, ["synth", "--out", str(store / "tree"), "--voices", "3", "--words", "yes", *extra])
+        assert "inside the Zarr store" in _one_error_line(r)
+    assert [p.name for p in tmp_path.rglob("*")] == ["mel.zarr", "zarr.json"]
+
+
+def test_espeak_reads_a_word_as_text_even_when_it_starts_with_a_dash(tmp_path, espeak):
+    from speechcls.data.synth import Voice, _speak
+
+    audio, rate = _speak(Voice("en-us", "m1", 140, 50), "--version", tmp_path)  # spoken, not an option
+    assert rate > 0 and len(audio) > rate // 10 and np.abs(audio).max() > 0.01
+
+
+def test_a_failed_synth_removes_its_temporary_tree(tmp_path, monkeypatch, espeak):
+    from speechcls.data import synth
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("espeak-ng died")
+
+    monkeypatch.setattr(synth, "make_clip", fail)
+    out = tmp_path / "synth_commands"
+    with pytest.raises(RuntimeError, match="espeak-ng died"):
+        synth.synthesize(out, words=("yes", "no"), voices=3)
+    assert list(tmp_path.iterdir()) == []
+
+
 # --- weak: writing a run's files: disk full, read-only, a kill's temp file ------------------------------
 def _full_temps(monkeypatch, prefixes=(".best.pt.", ".last.pt.")):
     """Temporary files of the given names become links to /dev/full: writing them fails with ENOSPC,

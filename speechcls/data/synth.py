@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from speechcls import config
-from speechcls.runtime import Progress
+from speechcls.runtime import Progress, zarr_root
 
 ESPEAK = "espeak-ng"
 MARKER = ".speechcls-synth.json"  # written last; holds the parameters, so a rerun can tell "done"
@@ -79,6 +79,12 @@ def espeak_version() -> str:
     return out.split("Data at")[0].strip()
 
 
+def is_word(word: str) -> bool:
+    """A word synth speaks and names a folder after: letters and digits, '-' only between them. Never an
+    espeak-ng option (`-x`, `--path=...`, `-w FILE`) nor a hidden or special folder name (`_x`, `.`)."""
+    return all(part.isalnum() for part in word.split("-"))
+
+
 def choose_voices(n: int, seed: int) -> list[Voice]:
     """n distinct voices drawn without replacement from the accent x variant x rate x pitch grid."""
     grid = [Voice(*v) for v in itertools.product(ACCENTS, VARIANTS, RATES, PITCHES)]
@@ -103,6 +109,7 @@ def _speak(voice: Voice, word: str, tmp: Path) -> tuple[np.ndarray, int]:
         str(voice.pitch),
         "-w",
         str(out),
+        "--",  # the end of the options: the word is text to speak, whatever it starts with
         word,
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -239,10 +246,17 @@ def synthesize(
     out = Path(out) if out is not None else config.data_dir() / config.SYNTH_DIRNAME
     words = tuple(dict.fromkeys(w.strip().lower() for w in words if w.strip()))
     for w in words:
-        if not w.replace("-", "").isalnum() or w.startswith(("_", ".")):
-            raise ValueError(f"word {w!r} cannot be a class folder name: use letters, digits and '-' only")
+        if not is_word(w):
+            raise ValueError(
+                f"word {w!r} is neither text to speak nor a class folder name: a word is letters and digits, with '-' "
+                "only between them (e.g. 'yes', 'follow-up'), never an option like '-x'"
+            )
     if not words:
         raise ValueError("--words is empty: give at least one word")
+    if (store := zarr_root(out)) is not None:
+        raise ValueError(
+            f"--out {out} is inside the Zarr store {store}: synth never writes into one; choose another --out"
+        )
     if not noise >= 0:
         raise ValueError(f"--noise {noise}: must be >= 0")
     params = SynthParams(words, voices, seed, float(noise))
@@ -257,8 +271,24 @@ def synthesize(
 
     tmp_tree = out.with_name(f".{out.name}.synth-tmp")
     shutil.rmtree(tmp_tree, ignore_errors=True)
+    try:
+        _build(tmp_tree, params, chosen, record, version, workers, progress)
+        if out.exists():
+            shutil.rmtree(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp_tree.rename(out)
+    finally:  # a failed or interrupted run leaves no half tree behind (a finished one was renamed away)
+        shutil.rmtree(tmp_tree, ignore_errors=True)
+    return out, "written"
+
+
+def _build(
+    tmp_tree: Path, params: SynthParams, chosen: list[Voice], record: dict, version: str, workers, progress
+) -> None:
+    """The whole tree in `tmp_tree`: noise, clips, lists, README and the marker last."""
     import soundfile as sf
 
+    words, seed = params.words, params.seed
     noises = write_noise(tmp_tree / config.BACKGROUND_DIR, seed)
     for w in words:
         (tmp_tree / w).mkdir()
@@ -287,8 +317,3 @@ def synthesize(
         f"({version}).\nNot human speech: for demos and tests of the pipeline only.\n"
     )
     (tmp_tree / MARKER).write_text(json.dumps(record, indent=1) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_tree.rename(out)
-    return out, "written"
