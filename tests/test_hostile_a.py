@@ -9,6 +9,7 @@ import errno
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -355,3 +356,101 @@ def test_a_temp_file_left_by_a_kill_is_removed_when_the_run_resumes_or_is_replac
     r = runner.invoke(app, [*args, "--out", str(run)])
     assert r.exit_code == 0, r.output
     assert not any(p.exists() for p in left) and (run / ".notes.txt.tmp").exists()
+
+
+# --- weak: every numeric training option is checked at the boundary, naming it ----------------------
+BAD_OPTIONS = [
+    (["--max-lr", "inf"], "--max-lr"),
+    (["--max-lr", "nan"], "--max-lr"),
+    (["--max-lr", "0"], "--max-lr"),
+    (["--weight-decay", "nan"], "--weight-decay"),
+    (["--weight-decay", "-1"], "--weight-decay"),
+    (["--warmup-epochs", "nan"], "--warmup-epochs"),
+    (["--warmup-epochs", "inf"], "--warmup-epochs"),
+    (["--label-smoothing", "nan"], "--label-smoothing"),
+    (["--ema", "nan"], "--ema"),
+    (["--split-seed", "-1"], "--split-seed"),
+    (["--seed", "-1"], "--seed"),
+    (["--seed", str(2**40)], "--seed"),
+    (["--freq-masks", "-1"], "--freq-masks"),
+    (["--time-masks", "-2"], "--time-masks"),
+    (["--freq-width", "-1"], "--freq-width"),
+    (["--freq-masks", "2", "--freq-width", "100000"], "--freq-width"),
+    (["--time-masks", "2", "--time-width", "100000"], "--time-width"),
+    (["--freq-masks", "1", "--freq-width", "81"], "--freq-width"),
+    (["--mixup", "inf"], "--mixup"),
+    (["--mixup", "-0.5"], "--mixup"),
+    (["--noise-volume", "nan"], "--noise-volume"),
+    (["--noise-prob", "1.5"], "--noise-prob"),
+    (["--speed", "nan"], "--speed"),
+    (["--shift-ms", "inf"], "--shift-ms"),
+    (["--n-mels", "-3"], "--n-mels"),
+    (["--patience", "0"], "--patience"),
+    (["--min-epochs", "-1"], "--min-epochs"),
+]
+
+
+@pytest.mark.parametrize("extra, option", BAD_OPTIONS, ids=lambda v: " ".join(v) if isinstance(v, list) else v)
+def test_a_bad_numeric_train_option_is_refused_naming_it_before_any_run_file(extra, option, small_store, tmp_path):
+    run = tmp_path / "run"
+    args = ["train", "--store", str(small_store()), "--epochs", "2", "--device", "cpu", "--out", str(run), *extra]
+    line = _one_error_line(runner.invoke(app, args))
+    assert option in line, line
+    assert not run.exists() or not list(run.iterdir())
+
+
+def test_a_mask_as_wide_as_the_features_is_accepted(small_store, tmp_path):
+    """The store's mel features are 80 bins x 81 frames: a width up to those is a valid (if harsh) mask."""
+    from speechcls.config import TrainConfig
+    from speechcls.engine.fit import fit
+
+    cfg = TrainConfig(
+        store=str(small_store()), device="cpu", batch_size=32, epochs=1, freq_masks=1, freq_width=80, time_masks=1,
+        time_width=81,
+    ).validate()  # fmt: skip
+    assert fit(cfg, tmp_path / "run")["epochs_run"] == 1
+
+
+@pytest.mark.parametrize(
+    "args, option",
+    [(["--end-lr", "inf"], "--end-lr"), (["--start-lr", "nan"], "--start-lr"), (["--steps", "1"], "--steps")],
+)
+def test_lr_find_refuses_non_finite_rates(args, option, small_store, tmp_path):
+    r = runner.invoke(app, ["lr-find", "--store", str(small_store()), "--out", str(tmp_path / "lr"), *args])
+    assert r.exit_code != 0 and option in r.output and "Traceback" not in r.output, r.output  # a usage error
+    assert not (tmp_path / "lr").exists()
+
+
+# --- weak: a noise recording out of range is refused with a warning naming it ---------------------------
+@pytest.mark.parametrize("peak", [1e30, 1e4, -50.0])
+def test_a_noise_recording_outside_full_scale_is_skipped_with_a_warning_naming_it(peak, tmp_path):
+    from speechcls.data.noise import load_noise
+
+    rng = np.random.default_rng(0)
+    good = (0.1 * rng.standard_normal(32_000)).astype(np.float32)
+    bad = good.copy()
+    bad[1234] = peak
+    sf.write(tmp_path / "good.wav", good, 16_000, subtype="FLOAT")
+    sf.write(tmp_path / "loud.wav", bad, 16_000, subtype="FLOAT")
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        recordings = load_noise(tmp_path)
+    texts = [str(w.message) for w in said]
+    assert len(recordings) == 1 and np.array_equal(recordings[0], good)
+    assert len(texts) == 1 and str(tmp_path / "loud.wav") in texts[0] and "[-1, 1]" in texts[0], texts
+    (tmp_path / "good.wav").unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match="no usable background-noise"):
+            load_noise(tmp_path)
+
+
+def test_full_scale_noise_is_kept(tmp_path):
+    from speechcls.data.noise import load_noise
+
+    x = np.tile(np.array([1.0, -1.0, 0.5], np.float32), 12_000)
+    sf.write(tmp_path / "edge.wav", x, 16_000, subtype="FLOAT")
+    sf.write(tmp_path / "pcm.wav", (x * 32767).astype(np.int16), 16_000, subtype="PCM_16")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(load_noise(tmp_path)) == 2

@@ -130,6 +130,21 @@ class AugmentConfig:
         return cls(**{k: v for k, v in (d or {}).items() if k in cls.__dataclass_fields__})
 
 
+def check_mask_widths(freq_width: int, time_width: int, shape: tuple) -> None:
+    """SpecAugment's widths against the model input they mask, (C, F, T): a band wider than the bins or the
+    frames is no mask the option's user meant (ValueError naming the option and its range)."""
+    _, bins, frames = shape
+    for option, width, size, what in (
+        ("--freq-width", freq_width, bins, "bins"),
+        ("--time-width", time_width, frames, "frames"),
+    ):
+        if not 0 <= width <= size:
+            raise ValueError(
+                f"{option} {width}: the features have {size} {what}, so a mask is 0 to {size} {what} wide; choose "
+                f"{option} in [0, {size}]"
+            )
+
+
 def batch_rng(seed: int, epoch: int, position: int, stream: str) -> np.random.Generator:
     """The generator of one kind of augmentation (`stream`, a key of STREAMS) for the batch whose first
     example is at `position` of `epoch`'s order: its draws are a function of these four values only."""

@@ -22,6 +22,7 @@ from speechcls import config
 
 # Warden's input_data.py seeds its choices with RANDOM_SEED = 59185; ours is a fixed part of the protocol
 SILENCE_SEED = 59185
+FULL_SCALE = 1.0  # what a recording's samples may reach: PCM decodes into [-1, 1), a float WAV may hold anything
 
 
 def noise_source(store_attrs: dict, noise_dir: str | Path = "") -> Path | None:
@@ -54,14 +55,21 @@ def read_recording(path: Path, sample_rate: int) -> np.ndarray:
     """One recording as float32 mono (the channel mean) at `sample_rate`: soundfile decodes, torchaudio's
     resample converts where the file's rate differs (audio/decode.py's two steps; written out here
     because data/ sits left of audio/ in the layout). Raises what soundfile raises for a file that is
-    not audio (ValueError for a decoded file holding NaN or infinities).
+    not audio (ValueError for a decoded file holding NaN, infinities or a sample outside [-1, 1]: mixed
+    into a clip at --noise-volume, a 1e30 sample would make the loss infinite, not the clip noisy).
     Returns: (L,) float32."""
     import soundfile as sf
 
     audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    mono = audio.mean(axis=1, dtype=np.float32)
-    if not np.isfinite(mono).all():
+    if not np.isfinite(audio).all():
         raise ValueError("samples are NaN or infinite")
+    peak = float(np.abs(audio).max(initial=0.0))
+    if peak > FULL_SCALE:
+        raise ValueError(
+            f"a sample of {peak:.3g} is outside full scale [-1, 1] (a float WAV's range; PCM cannot leave it); "
+            "scale the recording into [-1, 1]"
+        )
+    mono = audio.mean(axis=1, dtype=np.float32)
     if rate != sample_rate:
         import torch
         import torchaudio.functional as AF
@@ -82,8 +90,8 @@ def load_noise(
     for path in noise_files(folder):
         try:
             audio = read_recording(path, sample_rate)
-        except Exception as e:  # LibsndfileError (not audio, a broken header), OSError, non-finite samples
-            warnings.warn(f"background noise {path} skipped: cannot decode it ({e})", stacklevel=2)
+        except Exception as e:  # LibsndfileError (not audio, a broken header), OSError, samples out of range
+            warnings.warn(f"background noise {path} skipped: cannot use it ({e})", stacklevel=2)
             continue
         if len(audio) < clip_samples:
             warnings.warn(

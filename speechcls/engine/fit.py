@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from speechcls import dist
-from speechcls.audio.augment import mixup
+from speechcls.audio.augment import check_mask_widths, mixup
 from speechcls.audio.frontend import InputSpec
 from speechcls.config import TrainConfig
 from speechcls.engine import checkpoint
@@ -359,6 +359,7 @@ def fit(
         cfg = TrainConfig(**state["config"])
         spec = InputSpec.from_dict(state.get("input"))  # the statistics of the first start, not recomputed
     s = build(cfg, variant, rank=rank, input_spec=spec)
+    check_mask_widths(s.cfg.freq_width, s.cfg.time_width, s.params.shape)  # now that the features are known
     meta = s.meta()  # its "config" stays the TrainConfig's fields: TrainConfig(**config) rebuilds it on resume
     record = meta["config"] | s.resolved() | {
         "world": rank.world, "argv": command, "git_commit": source_commit() if rank.main else None,
