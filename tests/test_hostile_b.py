@@ -239,3 +239,254 @@ def test_the_progress_bar_prints_descriptions_and_lines_literally():
         assert "line [bold]y[/] :smile:" in text, text
         if terminal:
             assert "featurize [red]x[/]" in text and "[progress.description]" not in text, text
+
+
+# --- item 5 and the weak ones: a checkpoint is checked on load, the same way for every command ----------
+def _good_checkpoint(path):
+    """A small MatchboxNet checkpoint of 3 classes in the trainer's layout (engine/setup.py's Setup.meta())."""
+    from dataclasses import asdict
+
+    import torch
+
+    from speechcls.audio.frontend import InputSpec
+    from speechcls.config import FeatureParams, TrainConfig
+    from speechcls.engine import checkpoint
+    from speechcls.engine.setup import model_settings
+    from speechcls.models import build_model
+
+    params = FeatureParams("mel", n_mels=40)
+    cfg = TrainConfig(model="matchboxnet-3x1x64")
+    torch.manual_seed(0)
+    model = build_model(cfg.model, params.shape, 3, **model_settings(cfg)).eval()
+    meta = {
+        "config": asdict(cfg) | {"store": ""}, "task": "words", "classes": ["a", "b", "c"], "params": asdict(params),
+        "input": InputSpec().to_dict(), "in_shape": list(params.shape), "n_classes": 3, "model_name": cfg.model,
+        "model_cfg": model_settings(cfg), "complexity": {}, "noise": None,
+    }  # fmt: skip
+    return checkpoint.save(path, {**meta, "model": model.state_dict(), "epoch": 1, "valid_loss": 1.0})
+
+
+def _first_weight(ckpt: dict) -> str:
+    return next(k for k, t in ckpt["model"].items() if k.endswith("weight") and t.dim() > 1)
+
+
+def _nan_weight(c):
+    c["model"][_first_weight(c)].view(-1)[3] = float("nan")
+
+
+def _inf_running_var(c):
+    key = next(k for k in c["model"] if k.endswith("running_var"))
+    c["model"][key][0] = float("inf")
+
+
+def _reshaped_weight(c):
+    key = _first_weight(c)
+    c["model"][key] = c["model"][key][:1].clone()
+
+
+def _drop_weight(c):
+    del c["model"][_first_weight(c)]
+
+
+BAD_CHECKPOINTS = {
+    "hop_length 0": (lambda c: c["params"].update(hop_length=0), "hop_length must be positive"),
+    "sample_rate 0": (lambda c: c["params"].update(sample_rate=0), "sample_rate and clip_samples must be positive"),
+    "unknown parameter": (lambda c: c["params"].update(bogus=1), "bogus"),
+    "params not a dict": (lambda c: c.update(params=[1, 2]), "feature parameters"),
+    "in_shape off": (lambda c: c.update(in_shape=[1, 40, 50]), "in_shape"),
+    "no classes": (lambda c: c.update(classes=[]), "classes"),
+    "repeated class": (lambda c: c.update(classes=["a", "a", "c"]), "classes"),
+    "unknown model": (lambda c: c.update(model_name="resnet-9000"), "resnet-9000"),
+    "weight of another shape": (_reshaped_weight, "shape"),
+    "weight missing": (_drop_weight, "missing"),
+    "NaN weight": (_nan_weight, "not finite"),
+    "inf running_var": (_inf_running_var, "not finite"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CHECKPOINTS))
+def test_a_bad_checkpoint_is_refused_by_every_command_in_one_line_naming_it(case, tmp_path, mini_root):
+    import torch
+
+    edit, words = BAD_CHECKPOINTS[case]
+    ckpt_path = _good_checkpoint(tmp_path / "best.pt")
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    edit(ckpt)
+    torch.save(ckpt, ckpt_path)
+    wav = str(next(mini_root.glob("bed/*.wav")))
+    out = tmp_path / "exported.pt"
+    for args in (
+        ["evaluate", str(ckpt_path), "--device", "cpu"],
+        ["predict", str(ckpt_path), wav, "--device", "cpu"],
+        ["export", str(ckpt_path), "--format", "torchscript", "--out", str(out)],
+        ["listen", str(ckpt_path), wav, "--device", "cpu"],
+        ["evaluate", str(tmp_path), "--device", "cpu"],  # the run folder: its best.pt
+    ):
+        line = _one_error_line(runner.invoke(app, args))
+        assert str(ckpt_path) in line and words in line, (args, line)
+    assert not out.exists()
+
+
+# --- item 5: an ONNX file is checked against its metadata before listen uses it -----------------------
+def _onnx_file(path, graph_in=("batch", 16_000), graph_out=("batch", 3), in_type=None, **meta):
+    """An ONNX file carrying speechcls's metadata keys (export.py's `metadata`) around a tiny graph: the
+    mean of the input, repeated graph_out[1] times, softmaxed (uniform probabilities). `meta` overrides keys;
+    a dict or list value is written as JSON."""
+    import json
+    from dataclasses import asdict
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    from speechcls.config import FeatureParams
+
+    k = graph_out[1] if isinstance(graph_out[1], int) else 3
+    elem = in_type or TensorProto.FLOAT
+    nodes = [
+        helper.make_node("Cast", ["waveform"], ["x"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["x"], ["m"], keepdims=1, axes=[1]),
+        helper.make_node("Concat", ["m"] * k, ["c"], axis=1),
+        helper.make_node("Softmax", ["c"], ["probabilities"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("waveform", elem, list(graph_in))],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, list(graph_out))],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    params = asdict(FeatureParams("mel", n_mels=40))
+    values = {
+        "speechcls_metadata": "1", "format": "onnx", "classes": ["a", "b", "c"], "task": "words",
+        "feature_params": params, "input_transform": {}, "frontend": True, "quantization": "none",
+        "model_name": "matchboxnet-3x1x64", "model_cfg": {},
+    } | meta  # fmt: skip
+    if "feature_params_update" in values:
+        values["feature_params"] = params | values.pop("feature_params_update")
+    text = {key: v if isinstance(v, str) else json.dumps(v) for key, v in values.items()}
+    helper.set_model_props(model, text)
+    onnx.save(model, str(path))
+    return path
+
+
+BAD_ONNX = {
+    "input shorter than clip_samples": (dict(graph_in=("batch", 8_000)), "input"),
+    "input of rank 3": (dict(graph_in=("batch", 1, 16_000)), "input"),
+    "input of int16": (dict(in_type=5), "input"),
+    "fewer classes than outputs": (dict(classes=["a", "b"]), "classes"),
+    "more classes than outputs": (dict(classes=["a", "b", "c", "d"]), "classes"),
+    "clip_samples 10**12": (dict(feature_params_update={"clip_samples": 10**12}), "input"),
+    "sample_rate 0": (dict(feature_params_update={"sample_rate": 0}), "sample_rate"),
+    "sample_rate 10**9": (dict(feature_params_update={"sample_rate": 10**9}), "sample_rate"),
+    "hop_length 0": (dict(feature_params_update={"hop_length": 0}), "hop_length"),
+    "params not JSON": (dict(feature_params="{not json"), "feature_params"),
+    "params not a table": (dict(feature_params=[1, 2]), "feature_params"),
+    "classes not a list": (dict(classes={"a": 1}), "classes"),
+    "classes not JSON": (dict(classes="[a, b"), "classes"),
+    "frontend not JSON": (dict(frontend="yes"), "frontend"),
+    "a window of 10**12 samples": (
+        dict(graph_in=("batch", 10**12), feature_params_update={"clip_samples": 10**12}),
+        "memory",
+    ),
+}
+
+
+def test_an_onnx_file_that_fits_its_metadata_listens(tmp_path, mini_root):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    path = _onnx_file(tmp_path / "good.onnx")
+    r = runner.invoke(app, ["listen", str(path), str(next(mini_root.glob("bed/*.wav"))), "--json"])
+    assert r.exit_code == 0 and '"detections": []' in r.output, r.output
+
+
+@pytest.mark.parametrize("case", sorted(BAD_ONNX))
+def test_an_onnx_file_that_does_not_fit_its_metadata_is_refused_in_one_line(case, tmp_path, mini_root):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    kwargs, words = BAD_ONNX[case]
+    path = _onnx_file(tmp_path / "m.onnx", **kwargs)
+    line = _one_error_line(runner.invoke(app, ["listen", str(path), str(next(mini_root.glob("bed/*.wav")))]))
+    assert str(path) in line and words in line, line
+    if words != "memory":  # the one reader of the metadata: export's refuses the file as listen does
+        from speechcls.infer.export import read_onnx_metadata
+
+        with pytest.raises(ValueError, match=words):
+            read_onnx_metadata(path)
+
+
+# --- item 5: the CLI's error mapping covers running out of memory and the libraries' own errors ---------
+def _library_errors():
+    import json
+    import pickle
+    import tarfile
+
+    import zarr.errors
+
+    errors = [
+        MemoryError("Unable to allocate 3.64 TiB for an array with shape (1000000000000,) and data type float32"),
+        tarfile.ReadError("file could not be opened successfully"),
+        json.JSONDecodeError("Expecting value", "{x", 1),
+        zarr.errors.MetadataValidationError("bad zarr.json"),
+        pickle.UnpicklingError("invalid load key"),
+    ]
+    try:
+        from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument
+
+        errors += [InvalidArgument("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Got invalid dimensions"), Fail("x")]
+    except ImportError:
+        pass
+    return errors
+
+
+@pytest.mark.parametrize("error", _library_errors(), ids=lambda e: type(e).__name__)
+def test_memory_and_library_errors_are_one_line(error, monkeypatch, tmp_path):
+    import speechcls.store
+
+    def fail(store):
+        raise error
+
+    monkeypatch.setattr(speechcls.store, "store_info", fail)
+    line = _one_error_line(runner.invoke(app, ["info", str(tmp_path)]))
+    assert type(error).__name__ in line or "out of memory" in line, line
+    if isinstance(error, MemoryError):
+        assert "3.64 TiB" in line and "available" in line, line
+
+
+# --- item 5: an archive that is no tar.gz is one error naming it, and nothing is extracted ------------
+def _tar_gz(members: dict[str, bytes]) -> bytes:
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["random bytes", "empty", "truncated gzip", "gzip of no tar", "text"])
+def test_an_archive_that_is_no_tar_gz_is_refused_naming_it(kind, tmp_path):
+    import gzip
+    import hashlib
+
+    import numpy as np
+
+    from speechcls.data import download as dl
+
+    payload = {
+        "random bytes": np.random.default_rng(0).bytes(100_000),
+        "empty": b"",
+        "truncated gzip": _tar_gz({f"yes/a{i}_nohash_0.wav": np.random.default_rng(i).bytes(5_000) for i in range(20)})[
+            :-30_000
+        ],  # fmt: skip
+        "gzip of no tar": gzip.compress(b"hello " * 1000),
+        "text": b"<html>404 not found</html>\n",
+    }[kind]
+    root = tmp_path / "speech_commands_v0.01"
+    archive = dl.archive_path(root)
+    archive.write_bytes(payload)
+    sha = hashlib.sha256(payload).hexdigest()
+    line = _one_error_line(runner.invoke(app, ["download", "--root", str(root), "--sha256", sha]))
+    assert str(archive) in line and "nothing was extracted" in line, line
+    assert not root.exists() and sorted(p.name for p in tmp_path.iterdir()) == [archive.name]

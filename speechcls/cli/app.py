@@ -139,15 +139,43 @@ def _os_error_line(e: OSError) -> str:
     return f"cannot {verb} {names}: {e.strerror or type(e).__name__}; {hint}"
 
 
+# Libraries that read files for speechcls: an exception of theirs that reaches the CLI is their word on a
+# damaged or foreign file (a tar that is no archive, an edited zarr.json, an ONNX graph refusing its input),
+# one line, not a traceback. Several derive from Exception alone (tarfile.TarError, onnxruntime's Fail and
+# InvalidArgument), others from ValueError (json, zarr), whose raw text would read as if speechcls wrote it.
+_LIBRARIES = frozenset(
+    ("onnxruntime", "onnx", "zarr", "numcodecs", "tarfile", "zipfile", "json", "pickle", "_pickle", "soundfile",
+     "fsspec", "google_crc32c")
+)  # fmt: skip
+_EXPECTED = (ValueError, OSError, RuntimeError, KeyError, EOFError, MemoryError)
+
+
+def _library(e: BaseException) -> str | None:
+    """The library that raised `e` where it is one of _LIBRARIES, else None."""
+    module = type(e).__module__.split(".")[0]
+    return module if module in _LIBRARIES else None
+
+
 def error_line(e: BaseException) -> str:
     """The one line (after `error: `) the CLI prints for an exception it does not show as a traceback."""
     from speechcls.data.download import DownloadError
 
+    first = (str(e).strip().splitlines() or [""])[0][:300]
+    if isinstance(e, MemoryError):  # numpy's says what it could not allocate
+        from speechcls.runtime import available_ram
+
+        return (
+            f"out of memory ({first or 'an allocation failed'}; {available_ram() / 2**30:.1f} GiB available): ask "
+            "for less (a smaller --batch-size, --chunk-rows, a shorter recording) or free memory"
+        )
+    library = _library(e)
+    if library is not None:
+        what = f"{type(e).__name__}: {first}" if first else type(e).__name__
+        return f"{library} could not read a file ({what}): a damaged or foreign file? {_SEE_MORE}"
     if isinstance(e, (ValueError, DownloadError)):
         return _one_line(str(e)) or type(e).__name__
     if isinstance(e, OSError):
         return _os_error_line(e)
-    first = (str(e).strip().splitlines() or [""])[0][:300]
     if type(e).__name__ == "OutOfMemoryError":  # torch's, a RuntimeError (no torch import here)
         return f"out of memory on the device ({first}); lower --batch-size, or {_SEE_MORE}"
     what = f"{type(e).__name__}: {first}" if first else type(e).__name__
@@ -167,7 +195,8 @@ def _print_warning(message, category, filename, lineno, file=None, line=None) ->
 
 def user_errors(fn):
     """Every expected failure becomes `error: <what, which file, what to do>` on stderr and exit status 1,
-    not a traceback (`--debug` or SPEECHCLS_DEBUG=1 shows the traceback instead); warnings print as one
+    not a traceback (`--debug` or SPEECHCLS_DEBUG=1 shows the traceback instead): ValueError (a refusal),
+    OSError, running out of memory, and the errors of the libraries that read files; warnings print as one
     `warning:` line. Messages are printed as plain text (see `console`): a path holding `[red]` stays as it is."""
 
     @functools.wraps(fn)
@@ -180,7 +209,9 @@ def user_errors(fn):
                 return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort):  # RuntimeErrors too: they pass (typer's own API: click is not a dependency)
             raise
-        except (ValueError, OSError, RuntimeError, KeyError, EOFError) as e:
+        except Exception as e:
+            if not isinstance(e, _EXPECTED) and _library(e) is None:
+                raise  # a bug: its traceback
             if _debug():
                 if isinstance(e, EOFError):  # click turns an EOFError into "Aborted!": show it here
                     traceback.print_exc()

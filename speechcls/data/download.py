@@ -8,8 +8,10 @@ does) absolute member names.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import http.client
+import lzma
 import os
 import re
 import shutil
@@ -17,6 +19,7 @@ import socket
 import tarfile
 import urllib.error
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -160,6 +163,16 @@ def extract(archive: Path, target: Path, limits: ExtractLimits | None = None) ->
                 if limits is not None:
                     _check_limits(archive, limits, members, size)
                 tar.extract(member, real, filter="data")  # second guard; also drops setuid bits
+        if not members:  # tarfile reads an empty file as an archive of nothing
+            raise tarfile.ReadError("it holds no members")
+    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile) as e:
+        # not a tar at all (random bytes, an HTML page, an empty file), or one cut short inside its gzip
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ValueError(
+            f"{archive}: not a readable .tar.gz archive ({type(e).__name__}: {e}); nothing was extracted. Its "
+            "SHA-256 was checked, so it is what --url serves: check --url and --sha256, or remove the file and "
+            "download again"
+        ) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -83,11 +83,51 @@ def load(path: str | Path, map_location="cpu") -> dict:
     if not isinstance(ckpt, dict) or "model" not in ckpt or "format" not in ckpt:
         raise ValueError(f"{path}: not a speechcls checkpoint (no model state or format version)")
     version = ckpt["format"]
-    if version == 1:
-        return _from_format_1(ckpt)
-    if version != FORMAT:
+    if version not in (1, FORMAT):
         raise ValueError(f"{path}: checkpoint format {version}, this speechcls reads formats 1 and {FORMAT}")
+    try:
+        ckpt = _from_format_1(ckpt) if version == 1 else ckpt
+        check(ckpt)
+    except (KeyError, TypeError, ValueError) as e:  # a key missing, a value of the wrong type, an impossible one
+        what = f"no {e}" if isinstance(e, KeyError) else str(e)
+        raise ValueError(
+            f"{path}: a damaged or edited checkpoint, refused before use: {what}. Use another checkpoint of the "
+            "run (best.pt, last.pt) or train again"
+        ) from None
     return ckpt
+
+
+def check(ckpt: dict) -> None:
+    """What every reader of a checkpoint relies on, checked once on load so that every command (evaluate,
+    predict, export, listen, train --resume) refuses a damaged or edited file the same way, before any work:
+    feature parameters that featurize accepts (a hop of 0 would divide by zero later), the input shape
+    they give, classes (distinct names), a model name and settings, and finite weights (a NaN weight makes
+    every prediction NaN: evaluate would print loss nan, export would write a model that answers nothing)."""
+    from speechcls.config import FeatureParams
+
+    if not isinstance(ckpt["params"], dict):
+        raise TypeError(f"the feature parameters are {type(ckpt['params']).__name__}, not a table of settings")
+    try:
+        params = FeatureParams(**ckpt["params"]).validate()
+    except TypeError as e:  # an unknown field
+        raise TypeError(f"the feature parameters hold a setting speechcls does not know ({e})") from None
+    except ValueError as e:
+        raise ValueError(f"impossible feature parameters: {e}") from None
+    if params.variant != "waveform" and list(ckpt["in_shape"]) != list(params.shape):
+        raise ValueError(f"in_shape {list(ckpt['in_shape'])} is not the shape {list(params.shape)} its parameters give")
+    classes = ckpt["classes"]
+    if not isinstance(classes, (list, tuple)) or not classes or not all(isinstance(c, str) for c in classes):
+        raise ValueError(f"classes {classes!r} is not a list of class names")
+    if len(set(classes)) != len(classes):
+        raise ValueError(f"classes {classes!r} names a class twice")
+    if not isinstance(ckpt["model_name"], str) or not isinstance(ckpt["model_cfg"], dict):
+        raise TypeError("the model's name or settings are of the wrong type")
+    if not isinstance(ckpt["model"], dict) or not all(isinstance(t, torch.Tensor) for t in ckpt["model"].values()):
+        raise TypeError("the model state is not a table of tensors")
+    for key, t in ckpt["model"].items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise ValueError(f"the weights are not finite: {key} holds {bad} NaN or infinite value(s)")
 
 
 def _from_format_1(ckpt: dict) -> dict:
@@ -114,7 +154,35 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[to
     from speechcls.models import build_model
 
     path = Path(path)
-    ckpt = load(path / "best.pt" if path.is_dir() else path, map_location=device)
-    model = build_model(ckpt["model_name"], tuple(ckpt["in_shape"]), len(ckpt["classes"]), **ckpt["model_cfg"])
+    path = path / "best.pt" if path.is_dir() else path
+    ckpt = load(path, map_location=device)
+    try:
+        model = build_model(ckpt["model_name"], tuple(ckpt["in_shape"]), len(ckpt["classes"]), **ckpt["model_cfg"])
+    except (TypeError, ValueError) as e:  # an unknown model or setting, an input it cannot take
+        raise ValueError(f"{path}: the checkpoint's model cannot be built: {e}") from None
+    if mismatch := state_mismatch(model.state_dict(), ckpt["model"]):
+        raise ValueError(
+            f"{path}: the weights do not fit the model the checkpoint names ({ckpt['model_name']}, input "
+            f"{tuple(ckpt['in_shape'])}, {len(ckpt['classes'])} classes): {mismatch}; a damaged or edited checkpoint"
+        )
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), ckpt
+
+
+def state_mismatch(expected: dict, found: dict) -> str | None:
+    """How a checkpoint's tensors differ from a model's state_dict, in a line (None: they fit): torch's own
+    message is a paragraph per tensor."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    reshaped = [k for k in expected if k in found and tuple(found[k].shape) != tuple(expected[k].shape)]
+    parts = []
+    if reshaped:
+        k = reshaped[0]
+        parts.append(
+            f"{k} has shape {tuple(found[k].shape)}, the model's is {tuple(expected[k].shape)}"
+            + (f" (and {len(reshaped) - 1} more)" if len(reshaped) > 1 else "")
+        )
+    for what, keys in (("missing", missing), ("unexpected", unexpected)):
+        if keys:
+            parts.append(f"{what}: {', '.join(keys[:3])}" + (f" (and {len(keys) - 3} more)" if len(keys) > 3 else ""))
+    return "; ".join(parts) or None

@@ -318,8 +318,10 @@ def _save_onnx(proto, path: Path) -> None:
 
 
 def read_onnx_metadata(path: str | Path) -> dict[str, str]:
-    """metadata_props of an ONNX file, read by onnxruntime (no torch, no onnx package needed)."""
-    import onnxruntime as ort
+    """metadata_props of an ONNX file, read by onnxruntime (no onnx package needed), as strings, once
+    listen's reader has checked them against the graph (ValueError naming the file where they do not fit)."""
+    from speechcls.infer.listen import onnx_metadata, onnx_session
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = onnx_session(Path(path))
+    onnx_metadata(session, Path(path))
     return dict(session.get_modelmeta().custom_metadata_map)

@@ -40,9 +40,12 @@ from typing import Protocol
 import numpy as np
 
 from speechcls.config import SILENCE, UNKNOWN
-from speechcls.runtime import require_extra
+from speechcls.runtime import available_ram, require_extra
 
 NOT_REPORTED = (SILENCE, UNKNOWN)  # never reported: they are what keeps the keywords quiet
+# the highest sample rate a model may ask for: every recording is resampled to it (a 1e9 in a file's
+# metadata would make a one-second recording 4 GB); 384 kHz is the highest rate audio interfaces record at
+MAX_SAMPLE_RATE = 384_000
 
 
 @dataclass(frozen=True)
@@ -114,25 +117,101 @@ class OnnxScorer:
             providers.insert(0, "CUDAExecutionProvider")
         elif device == "cuda":
             raise ValueError("--device cuda: this onnxruntime has no CUDA provider (pip install onnxruntime-gpu)")
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers)
-        except Exception as e:  # onnxruntime's errors are its own classes (InvalidProtobuf, Fail, ...)
-            raise ValueError(f"{path}: not an ONNX file onnxruntime can load ({type(e).__name__}: {e})") from None
-        meta = dict(self.session.get_modelmeta().custom_metadata_map)
-        if "speechcls_metadata" not in meta:
-            raise ValueError(f"{path}: no speechcls metadata in this ONNX file; make it with `speechcls export`")
-        if not json.loads(meta["frontend"]):
+        self.path = path
+        self.session = onnx_session(path, options, providers)
+        meta = onnx_metadata(self.session, path)
+        if not meta["frontend"]:
             raise ValueError(
                 f"{path}: exported without its front end (its input is features); listen feeds waveforms: export "
                 "again with --with-frontend (the default)"
             )
-        params = json.loads(meta["feature_params"])
-        self.classes = json.loads(meta["classes"])
-        self.sample_rate, self.clip_samples = params["sample_rate"], params["clip_samples"]
+        self.classes, params = meta["classes"], meta["feature_params"]
+        self.sample_rate, self.clip_samples = params.sample_rate, params.clip_samples
         self.input = self.session.get_inputs()[0].name
 
     def __call__(self, windows: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input: windows})[0]
+        try:
+            probs = self.session.run(None, {self.input: windows})[0]
+        except Exception as e:  # onnxruntime's own classes (InvalidArgument, Fail, RuntimeException, ...)
+            raise ValueError(f"{self.path}: onnxruntime cannot run the model ({type(e).__name__}: {e})") from None
+        if probs.shape != (len(windows), len(self.classes)):  # a graph that left its output's shape undeclared
+            raise ValueError(
+                f"{self.path}: the model gives {tuple(probs.shape)} for {len(windows)} windows, not one probability "
+                f"per class of its metadata's {len(self.classes)} classes: the file was not made by speechcls export"
+            )
+        return probs
+
+
+def onnx_session(path: Path, options=None, providers: list[str] | None = None):
+    """onnxruntime's InferenceSession of `path`; ValueError naming the file where onnxruntime cannot load it."""
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime's errors are its own classes (InvalidProtobuf, Fail, ...)
+        raise ValueError(f"{path}: not an ONNX file onnxruntime can load ({type(e).__name__}: {e})") from None
+
+
+def onnx_metadata(session, path: Path) -> dict:
+    """The speechcls metadata of an ONNX file (export.py's `metadata`), decoded and checked against the graph
+    before anything runs, so that a file that does not fit it is one error naming the file, not an
+    InvalidArgument, an IndexError or a MemoryError later: classes (distinct names), feature parameters
+    featurize accepts (sample rate at most MAX_SAMPLE_RATE), a bool `frontend`; one float32 input of shape
+    (batch, clip_samples) with the front end, (batch, *features shape) without; an output of (batch, classes)
+    where the graph declares it. Returns the raw string values, with classes, feature_params (FeatureParams)
+    and frontend decoded."""
+    from speechcls.config import FeatureParams
+
+    raw = dict(session.get_modelmeta().custom_metadata_map)
+    if "speechcls_metadata" not in raw:
+        raise ValueError(f"{path}: no speechcls metadata in this ONNX file; make it with `speechcls export`")
+
+    def refuse(what: str):
+        return ValueError(f"{path}: {what}; the file was not made by speechcls export, or was edited: export it again")
+
+    meta: dict = dict(raw)
+    for key in ("classes", "feature_params", "frontend"):
+        try:
+            meta[key] = json.loads(raw[key])
+        except KeyError:
+            raise refuse(f"its metadata has no {key}") from None
+        except json.JSONDecodeError as e:
+            raise refuse(f"its metadata's {key} is not JSON ({e})") from None
+    classes = meta["classes"]
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise refuse(f"its metadata's classes {raw['classes']!r} are not a list of class names")
+    if len(set(classes)) != len(classes):
+        raise refuse(f"its metadata's classes {raw['classes']!r} name a class twice")
+    if not isinstance(meta["frontend"], bool):
+        raise refuse(f"its metadata's frontend {raw['frontend']!r} is not true or false")
+    if not isinstance(meta["feature_params"], dict):
+        raise refuse(f"its metadata's feature_params {raw['feature_params']!r} are not a table of settings")
+    try:
+        params = FeatureParams(**meta["feature_params"]).validate()
+    except (TypeError, ValueError) as e:
+        raise refuse(f"its metadata's feature_params are impossible ({e})") from None
+    if not params.sample_rate <= MAX_SAMPLE_RATE:
+        raise refuse(f"its metadata's sample_rate {params.sample_rate} is above {MAX_SAMPLE_RATE:,} Hz")
+    meta["feature_params"] = params
+
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    want = [params.clip_samples] if meta["frontend"] else list(params.shape)
+    if (
+        len(inputs) != 1
+        or inputs[0].type != "tensor(float)"
+        or len(inputs[0].shape) != 1 + len(want)
+        or any(dim != n for dim, n in zip(inputs[0].shape[1:], want))
+    ):
+        found = ", ".join(f"{i.name} {i.type} {list(i.shape)}" for i in inputs)
+        raise refuse(
+            f"its graph's input ({found}) is not the float32 (batch, {', '.join(map(str, want))}) its metadata says"
+        )
+    shape = outputs[0].shape if outputs else []
+    if len(shape) != 2 or (isinstance(shape[1], int) and shape[1] != len(classes)):
+        raise refuse(
+            f"its graph's output {list(shape)} is not (batch, {len(classes)}), one probability for each of its classes"
+        )
+    return meta
 
 
 def open_scorer(path: str | Path, device: str = "auto", threads: int = 0) -> Scorer:
@@ -232,6 +311,19 @@ def listen(
 
     cfg.validate()
     scorer = open_scorer(model, device)
+    if not 0 < scorer.sample_rate <= MAX_SAMPLE_RATE:
+        raise ValueError(
+            f"{model}: sample rate {scorer.sample_rate} Hz, not in 1..{MAX_SAMPLE_RATE:,}: a damaged file?"
+        )
+    # one batch of windows is copied out of the recording and handed to the model: refused before any
+    # file is read where that alone exceeds the memory there is
+    need, have = cfg.batch_size * scorer.clip_samples * 4, available_ram()
+    if need > have:
+        raise ValueError(
+            f"{model}: a batch of {cfg.batch_size} windows of {scorer.clip_samples:,} samples needs "
+            f"{need / 2**30:,.1f} GiB, more than the {have / 2**30:,.1f} GiB of memory available; lower "
+            "--batch-size, or check the model's clip length"
+        )
     hop = max(1, round(cfg.hop_ms * scorer.sample_rate / 1000))
     out = []
     for f in files:
