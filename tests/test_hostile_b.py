@@ -490,3 +490,47 @@ def test_an_archive_that_is_no_tar_gz_is_refused_naming_it(kind, tmp_path):
     line = _one_error_line(runner.invoke(app, ["download", "--root", str(root), "--sha256", sha]))
     assert str(archive) in line and "nothing was extracted" in line, line
     assert not root.exists() and sorted(p.name for p in tmp_path.iterdir()) == [archive.name]
+
+
+# --- item 5: no chunk or block size can ask featurize for more memory than there is ---------------------
+MEL = ["--variant", "mel", "--n-mels", "80", "--hop-length", "200", "--device", "cpu", "--backend", "torch"]
+
+
+@pytest.mark.parametrize(
+    "args, ram, option",
+    [
+        (["--chunk-rows", "100000000"], None, "memory available"),  # 100 M rows of 25 KB: 2.6 TB a chunk
+        (["--chunk-rows", str(2**62)], None, "memory available"),
+        (["--chunk-rows", "100000", "--variant", "waveform"], 1 << 50, "over the 2,147,483,647 bytes a codec takes"),
+        (
+            ["--batch-size", "1000000000"],
+            20 << 20,
+            "--batch-size 1,000,000,000",
+        ),  # the whole tree a block, 20 MB of memory
+    ],
+)
+def test_a_layout_whose_buffers_exceed_the_memory_is_refused_before_the_store(
+    args, ram, option, words10_tree, tmp_path, monkeypatch
+):
+    import speechcls.runtime
+
+    if ram is not None:
+        monkeypatch.setattr(speechcls.runtime, "available_ram", lambda: ram)
+    out = tmp_path / "mel.zarr"
+    line = _one_error_line(
+        runner.invoke(app, ["featurize", "--root", str(words10_tree), "--out", str(out), *MEL, *args])
+    )
+    assert option in line and "Nothing was written" in line, line
+    assert list(tmp_path.iterdir()) == []  # no store, no lock file
+
+
+def test_the_default_layout_fits_with_room(words10_tree, tmp_path):
+    from speechcls.config import FeatureParams
+    from speechcls.runtime import available_ram
+    from speechcls.store.format import Layout, default_chunk_rows, layout_bytes
+
+    for variant in ("spectrogram", "mel", "complex", "waveform"):
+        params = FeatureParams(variant)
+        rows = default_chunk_rows(params)
+        need = layout_bytes(params, Layout(64_727, rows, -(-config.BATCH_SIZE // rows) * rows))
+        assert need < 2 << 30 < available_ram(), (variant, need)  # the full release, the defaults: under 2 GiB

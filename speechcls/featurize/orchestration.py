@@ -157,6 +157,7 @@ def featurize(
     _, rows = fmt.row_arrays(index, row_seed)
     chunk_rows = chunk_rows or fmt.default_chunk_rows(params)
     layout = fmt.Layout(len(index.clips), chunk_rows, -(-batch_size // chunk_rows) * chunk_rows)
+    fmt.check_layout(params, layout, batch_size)  # before the pipeline, the lock and the store
     loc = to_location(out) if out is not None else fmt.default_location(index.name, params)
     engine = {"backend": backend, "device": device}
     if codec is None:
