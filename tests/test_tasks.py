@@ -205,7 +205,7 @@ def test_load_noise_resamples_and_skips_what_it_cannot_use(tmp_path):
         warnings.simplefilter("always")
         got = load_noise(tmp_path)
     said = " ".join(str(w.message) for w in caught)
-    assert "b_short.wav skipped: 15999 samples" in said and "c_bad.wav skipped: cannot decode" in said
+    assert "b_short.wav skipped: 15999 samples" in said and "c_bad.wav skipped: cannot use it" in said
     assert len(got) == 1 and len(got[0]) == 48_000 and got[0].dtype == np.float32  # 3 s at 8 kHz -> 16 kHz
     for bad in ("b_short.wav", "a_8k.wav"):
         (tmp_path / bad).unlink()
