@@ -12,6 +12,17 @@ from pathlib import Path
 # --- audio -------------------------------------------------------------------------------------------
 SAMPLE_RATE = 16_000  # Speech Commands is recorded (or converted by its authors) at 16 kHz
 CLIP_SAMPLES = 16_000  # every clip is padded with zeros / truncated to exactly one second
+CLIP_SECONDS = 1.0  # featurize's --clip-seconds: CLIP_SAMPLES at SAMPLE_RATE; the store keeps its own
+MAX_CLIP_SECONDS = 600.0  # a longer "clip" is a recording to cut (and one example would take 38 MB of float32)
+
+
+def clip_samples(seconds: float, sample_rate: int = SAMPLE_RATE) -> int:
+    """--clip-seconds as samples at `sample_rate` (rounded to the nearest); ValueError naming the value
+    outside (0, MAX_CLIP_SECONDS]."""
+    if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and 0 < seconds <= MAX_CLIP_SECONDS):
+        raise ValueError(f"--clip-seconds must be a finite number in (0, {MAX_CLIP_SECONDS:g}], got {seconds!r}")
+    return round(seconds * sample_rate)
+
 
 # --- splits ------------------------------------------------------------------------------------------
 SPLITS = ("train", "validation", "test")  # index = the int8 code stored for a clip's split
@@ -143,7 +154,7 @@ class FeatureParams:
 
 
 # --- tasks (speechcls/data/tasks.py) ------------------------------------------------------------------
-TASKS = ("words", "kws12")
+TASKS = ("words", "kws12", "keywords")  # keywords: --keywords' labels, the kws12 rule (speechcls/data/tasks.py)
 KWS12_WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")  # Warden 2018's ten
 SILENCE = "_silence_"
 UNKNOWN = "_unknown_"
@@ -218,7 +229,8 @@ class TrainConfig:
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch, not each rank's part
     # --- issue 13: the keyword-spotting recipes (speechcls/engine/recipes.py fills these per --recipe) ---
     recipe: str = "chapter"  # chapter (the defaults above) | kws (the chosen model's published recipe)
-    task: str = "words"  # words | kws12 (speechcls/data/tasks.py)
+    task: str = "words"  # words | kws12 | keywords (speechcls/data/tasks.py)
+    keywords: tuple[str, ...] = ()  # the keywords task's labels (--keywords), in class order after silence, unknown
     noise_dir: str = ""  # background-noise recordings for _silence_ and noise mixing ("" = the tree's)
     n_mels: int = 0  # mel filters of features computed from a waveform store (0 = FeatureParams' 128)
     log: bool = False  # log(x + 1e-6) of power features, on the device (speechcls/audio/frontend.py)
@@ -248,6 +260,10 @@ class TrainConfig:
     time_width: int = 0  # their maximum width in frames
     mixup: float = 0.0  # mixup's Beta(alpha, alpha); 0 = off
 
+    def __post_init__(self):
+        # config.json and a checkpoint give the keywords back as a JSON list: the field stays a tuple
+        object.__setattr__(self, "keywords", tuple(self.keywords))
+
     def validate(self) -> "TrainConfig":
         if self.split_kind not in ("official", "random"):
             raise ValueError(f"--split-kind {self.split_kind!r}: choose official or random")
@@ -268,6 +284,11 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: choose {' or '.join(allowed)}")
+        if (self.task == "keywords") != bool(self.keywords):
+            raise ValueError(
+                "--keywords w1,w2 is the keywords task (its labels as classes, the others _unknown_): give the labels, "
+                f"and no other --task (got --task {self.task}, --keywords {','.join(self.keywords) or 'none'})"
+            )
         if self.cmn and not self.log:
             raise ValueError(
                 "--cmn subtracts each example's mean in log units (where a channel's colouring is a constant per bin): "
@@ -291,6 +312,7 @@ class TrainConfig:
             split_kind=self.split_kind, split_seed=self.split_seed, batch_size=self.batch_size,
             shuffle=split == "train", seed=self.seed, device=device, mode=mode or self.loader,
             features=self.features, workers=self.workers, task=self.task, noise_dir=self.noise_dir,
+            keywords=self.keywords,
         )  # fmt: skip
 
 
@@ -309,8 +331,9 @@ class LoaderConfig:
     buffer_chunks: int = 4  # streaming: chunks mixed in the shuffle buffer
     workers: int = 1  # streaming: background reader threads
     own_chunks: bool = True  # streaming under torchrun: each rank reads only its own chunks
-    task: str = "words"  # words (every word folder a class) | kws12 (speechcls/data/tasks.py)
+    task: str = "words"  # words (every word folder a class) | kws12 | keywords (speechcls/data/tasks.py)
     noise_dir: str = ""  # background-noise recordings ("" = the store's tree's _background_noise_)
+    keywords: tuple[str, ...] = ()  # the keywords task's labels
 
 
 RUNS_DIRNAME = "runs"  # runs/<name>/ under the working directory, unless --out

@@ -19,7 +19,7 @@ from speechcls import __version__, config
 # `--help` lists the commands in the order of the workflow, not of the modules' import
 WORKFLOW_ORDER = (
     "download", "synth", "data", "featurize", "info", "verify", "train", "lr-find", "evaluate", "predict",
-    "export", "listen", "plot", "report", "bench",
+    "export", "listen", "stream", "plot", "report", "bench",
 )  # fmt: skip
 
 
@@ -253,6 +253,14 @@ ReleaseOpt = Annotated[str, typer.Option("--release", help="Speech Commands rele
 # the old spelling, still accepted; hidden so that `--version` in the help means the app's version only
 VersionAlias = Annotated[Optional[str], typer.Option("--version", hidden=True, help="Old spelling of --release.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda.")]
+ManifestOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        help="Instead of --root: a CSV (header path,label[,split][,speaker]) or JSONL file listing the clips, paths "
+        "relative to its folder; splits from its split column, else by speaker (Speech Commands' hash).",
+        show_default=False,
+    ),
+]
 StoreOpt = Annotated[
     Optional[str],
     typer.Option(

@@ -8,7 +8,16 @@ from typing import Annotated, Optional
 import typer
 
 from speechcls import config
-from speechcls.cli.app import ReleaseOpt, VersionAlias, app, check_version, console, data_app, user_errors
+from speechcls.cli.app import (
+    ManifestOpt,
+    ReleaseOpt,
+    VersionAlias,
+    app,
+    check_version,
+    console,
+    data_app,
+    user_errors,
+)
 
 
 @app.command()
@@ -84,6 +93,7 @@ def data_info(
             help="The tree. \\[default: $SPEECHCLS_DATA or data/, + speech_commands_v0.01]", show_default=False
         ),
     ] = None,
+    manifest: ManifestOpt = None,
     seed: Annotated[
         int, typer.Option(help="Seed of the random 60/20/20 split shown beside the official one.")
     ] = config.SPLIT_SEED,
@@ -95,15 +105,33 @@ def data_info(
             "_unknown_ clips chosen, the _silence_ examples to cut from background noise (words: the table above)."
         ),
     ] = "words",
+    keywords: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Show the keywords task of these labels (as train --keywords takes them).", show_default=False
+        ),
+    ] = None,
 ) -> None:
-    """Classes, clips per class and split, speakers, missing list entries and unreadable files."""
+    """Classes, clips per class and split, speakers, missing list entries and unreadable files of a tree or a
+    manifest."""
     from speechcls.audio import decode
     from speechcls.data import tree
-    from speechcls.data.tasks import make_task
+    from speechcls.data.tasks import make_task, parse_keywords
     from speechcls.report import console as report
 
-    index = tree.index_tree(root if root is not None else config.default_root())
-    the_task = make_task(task, index.classes)  # an unknown task, or kws12 on a tree without its words: refused first
+    words = parse_keywords(keywords) if keywords is not None else ()
+    if words and task not in ("words", "keywords"):
+        raise typer.BadParameter(f"--keywords is the keywords task, and --task {task} is another: choose one")
+    if manifest is not None:
+        if root is not None:
+            raise typer.BadParameter("--root and --manifest: describe one source (a manifest's paths are its folder's)")
+        from speechcls.data.manifest import read_manifest
+
+        index = read_manifest(manifest)
+    else:
+        index = tree.index_tree(root if root is not None else config.default_root())
+    # an unknown task, kws12 on a tree without its words, a keyword that is no label: refused first
+    the_task = make_task("keywords" if words else task, index.classes, words)
     survey = decode.survey(index.root, index.paths) if check_audio else None
     out = console()
     report.print_index(index, seed, survey, out)

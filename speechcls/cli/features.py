@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from speechcls import config
-from speechcls.cli.app import ReleaseOpt, VersionAlias, app, check_version, console, user_errors
+from speechcls.cli.app import ManifestOpt, ReleaseOpt, VersionAlias, app, check_version, console, user_errors
 
 
 @app.command()
@@ -22,8 +22,18 @@ def featurize(
             show_default=False,
         ),
     ] = None,
+    manifest: ManifestOpt = None,
     release: ReleaseOpt = config.DEFAULT_VERSION,
     version: VersionAlias = None,
+    clip_seconds: Annotated[
+        float,
+        typer.Option(
+            help="Every clip padded with zeros or truncated to this many seconds (1.0: Speech Commands' 16,000 "
+            "samples); kept in the store, and training, evaluation, export and listen follow it.",
+            min=0.0,
+            max=config.MAX_CLIP_SECONDS,
+        ),
+    ] = config.CLIP_SECONDS,
     out: Annotated[
         Optional[str],
         typer.Option(
@@ -89,16 +99,24 @@ def featurize(
     params = config.FeatureParams(
         variant=variant, n_fft=n_fft, win_length=win_length, hop_length=hop_length, n_mels=n_mels,
         f_min=f_min, f_max=f_max, normalized=normalized, dtype=dtype,
+        clip_samples=config.clip_samples(clip_seconds),
     ).validate()  # fmt: skip
     main = dist.from_env().main  # under torchrun, rank 0 alone shows progress and the summary
     with RichProgress(console(stderr=True), unit="clips", disable=not main) as progress:
         result = run(
             params, root, version, out, backend, device, batch_size, chunk_rows, codec or None,
-            overwrite, workers=workers, progress=progress,
+            overwrite, workers=workers, progress=progress, manifest=manifest,
         )  # fmt: skip
     if not main:
         return
     err = console(stderr=True)
+    left_out = sorted((result.left_out or {}).items())
+    for rel, reason in left_out[:20]:
+        err.print(f"left out {rel} ({reason})")
+    if len(left_out) > 20:
+        err.print(f"... {len(left_out) - 20} more manifest rows left out (`speechcls data info --manifest` lists all)")
+    if left_out:
+        err.print(f"{len(left_out)} manifest row(s) left out: not in the store")
     for rel, reason in sorted(result.skipped.items())[:20]:
         err.print(f"skipped {rel}: {reason}")
     if len(result.skipped) > 20:

@@ -55,8 +55,21 @@ def train(
         str, typer.Option(help="seed (the chapter's CNN) | bcresnet-1|2|3|6|8 | matchboxnet-3x1x64.")
     ] = "seed",
     task: Annotated[
-        str, typer.Option(help="words (every word folder a class) | kws12 (10 words + _silence_ + _unknown_).")
+        str,
+        typer.Option(
+            help="words (every word folder a class) | kws12 (10 words + _silence_ + _unknown_) | keywords (set by "
+            "--keywords)."
+        ),
     ] = "words",
+    keywords: Annotated[
+        Optional[str],
+        typer.Option(
+            help='Your keywords as classes, e.g. "hey computer,lights on" (quote a label holding a comma): every '
+            "other label becomes _unknown_ and _silence_ is cut from the noise, in kws12's proportions (each 10 % "
+            "of the keywords' examples).",
+            show_default=False,
+        ),
+    ] = None,
     noise_dir: Annotated[
         Optional[Path],
         typer.Option(
@@ -149,6 +162,14 @@ def train(
 
     if resume is not None and overwrite:
         raise typer.BadParameter("--resume continues a run and --overwrite replaces one: choose one")
+    words = ()
+    if keywords is not None:
+        from speechcls.data.tasks import parse_keywords
+
+        words = parse_keywords(keywords)
+        if task not in ("words", "keywords"):
+            raise typer.BadParameter(f"--keywords is the keywords task, and --task {task} is another: choose one")
+        task = "keywords"
     if tensorboard:
         from speechcls.report.tensorboard import check_available
 
@@ -157,6 +178,7 @@ def train(
         store=str(store) if store else "", split_kind=split_kind, split_seed=split_seed, min_epochs=min_epochs,
         seed=seed, device=device, precision=precision, channels_last=channels_last, compile=compile, loader=loader,
         workers=workers, sync_bn=sync_bn, model=model, task=task, noise_dir=str(noise_dir) if noise_dir else "",
+        keywords=words,
     )  # fmt: skip
     chosen = dict(
         features=features, n_mels=n_mels, log=log, normalize=normalize, cmn=cmn, epochs=epochs, batch_size=batch_size,

@@ -1,15 +1,18 @@
-"""Tasks: which classes a model learns from a tree's word folders, and which examples of a split it sees.
+"""Tasks: which classes a model learns from a tree's word folders (a manifest's labels), and which
+examples of a split it sees.
 
 - words (default): every word folder is a class (30 on v0.01, 35 on v0.02); every example of the
   split, labels unchanged.
-- kws12 (Warden 2018 and the papers that follow it): 12 classes in the order of TF's
-  `prepare_words_list`: `_silence_`, `_unknown_`, then yes no up down left right on off stop go
-  (config.KWS12_WORDS). Per split: every example of the ten words ("known"); `_unknown_`:
-  ceil(known x 10 %) examples of the other words (all of them where fewer), a seeded choice among the
-  split's examples of the other words ordered by relative path, so a tree and every store made from it
-  choose the same clips; `_silence_`: ceil(known x 10 %) examples cut from background noise
-  (data/noise.py). Each is about a twelfth of the split (10 / 120). The same rule for train,
-  validation and test, with the split's own code in the seed.
+- keywords (`--keywords "hey computer,lights on"`): the listed labels as classes, after `_silence_` and
+  `_unknown_`, in the order given. Per split: every example of the listed labels ("known");
+  `_unknown_`: ceil(known x 10 %) examples of the other labels (all of them where fewer), a seeded choice
+  among the split's examples of the other labels ordered by relative path, so a tree and every store
+  made from it choose the same clips; `_silence_`: ceil(known x 10 %) examples cut from background noise
+  (data/noise.py). The same rule for train, validation and test, with the split's own code in the seed.
+- kws12 (Warden 2018 and the papers that follow it): keywords with Speech Commands' ten (config.KWS12_WORDS:
+  yes no up down left right on off stop go), so 12 classes in the order of TF's `prepare_words_list`;
+  each of silence and unknown about a twelfth of the split (10 / 120). It alone accepts a tree holding
+  only some of its words (its classes are the protocol's).
 
 Pure numpy over (rows, labels, paths) of one split, so the tree index (`speechcls data info`) and a
 store (the loader) give the same answer.
@@ -45,22 +48,67 @@ class Task:
         return self.unknown is not None
 
 
-def make_task(name: str, store_classes: list[str] | tuple[str, ...]) -> Task:
-    """The task `name` (config.TASKS) over these word folders. kws12 refuses classes holding none of
-    its ten words."""
+def parse_keywords(text: str) -> tuple[str, ...]:
+    """--keywords as labels: comma-separated, surrounding spaces dropped, a label holding a comma in
+    double quotes (`"lights, on",off`), each once in the order given. ValueError naming the value for
+    an empty list or a reserved name (`_silence_`, `_unknown_`: the task's own classes)."""
+    import csv
+
+    try:
+        fields = next(csv.reader([text], skipinitialspace=True, strict=True), [])
+    except csv.Error as e:
+        raise ValueError(f"--keywords {text!r}: {e}; separate labels with commas, quote one holding a comma") from None
+    words = tuple(dict.fromkeys(f.strip() for f in fields if f.strip()))
+    if not words:
+        raise ValueError(f"--keywords {text!r} names no label; give them comma-separated, e.g. --keywords yes,no")
+    if reserved := [w for w in words if w in (config.SILENCE, config.UNKNOWN)]:
+        raise ValueError(
+            f"--keywords {text!r}: {', '.join(reserved)} is a class of every keyword task already (made from noise "
+            "and from the other labels); list only your own labels"
+        )
+    return words
+
+
+def make_task(
+    name: str, store_classes: list[str] | tuple[str, ...], keywords: tuple[str, ...] | list[str] = ()
+) -> Task:
+    """The task `name` (config.TASKS) over these word folders (a store's classes). kws12 refuses classes
+    holding none of its ten words; keywords refuses a listed label that is no class of the store."""
     store_classes = list(store_classes)
+    keywords = tuple(keywords)
+    if name not in config.TASKS:
+        raise ValueError(f"unknown task {name!r}: choose one of {', '.join(config.TASKS)}")
+    if keywords and name != "keywords":
+        raise ValueError(f"--keywords is its own task; --task {name} takes none: leave one of them out")
     if name == "words":
         return Task("words", tuple(store_classes), np.arange(len(store_classes), dtype=np.int64), None, None)
-    if name != "kws12":
-        raise ValueError(f"unknown task {name!r}: choose one of {', '.join(config.TASKS)}")
-    if not set(config.KWS12_WORDS) & set(store_classes):
-        raise ValueError(
-            f"the kws12 task needs some of the words {', '.join(config.KWS12_WORDS)}; the word folders here are "
-            f"{', '.join(store_classes)}: use --task words, or featurize a Speech Commands tree"
+    if name == "kws12":
+        if not set(config.KWS12_WORDS) & set(store_classes):
+            raise ValueError(
+                f"the kws12 task needs some of the words {', '.join(config.KWS12_WORDS)}; the word folders here are "
+                f"{', '.join(store_classes)}: use --task words, or --keywords with some of these"
+            )
+        return keyword_task("kws12", config.KWS12_WORDS, store_classes)  # TF prepare_words_list's order
+    if not keywords:
+        raise ValueError("the keywords task needs its labels: --keywords w1,w2,...")
+    if absent := [w for w in keywords if w not in store_classes]:
+        shown = ", ".join(store_classes[:40]) + (
+            f" ... ({len(store_classes)} in all)" if len(store_classes) > 40 else ""
         )
-    classes = (config.SILENCE, config.UNKNOWN, *config.KWS12_WORDS)  # TF prepare_words_list's order
-    mapping = np.array([classes.index(w) if w in config.KWS12_WORDS else -1 for w in store_classes], dtype=np.int64)
-    return Task("kws12", classes, mapping, silence=0, unknown=1)
+        raise ValueError(
+            f"--keywords: {', '.join(map(repr, absent))} {'is' if len(absent) == 1 else 'are'} no class of the store; "
+            f"its classes are {shown}: list some of these (a label as written, case and spaces included)"
+        )
+    return keyword_task("keywords", keywords, store_classes)
+
+
+def keyword_task(name: str, words: tuple[str, ...], store_classes: list[str]) -> Task:
+    """`_silence_`, `_unknown_`, then `words`: a store class among them is its own class, every other one
+    a candidate for `_unknown_` (-1)."""
+    classes = (config.SILENCE, config.UNKNOWN, *words)
+    position = {w: i for i, w in enumerate(classes) if i >= 2}
+    mapping = np.array([position.get(w, -1) for w in store_classes], dtype=np.int64)
+    return Task(name, classes, mapping, silence=0, unknown=1)
 
 
 @dataclass(frozen=True)
@@ -124,7 +172,9 @@ def task_split(
     n_unknown = min(math.ceil(n_known * config.UNKNOWN_PERCENT / 100), len(others))
     n_silence = math.ceil(n_known * config.SILENCE_PERCENT / 100) if task.silence is not None else 0
     if paths is None:
-        raise ValueError("the kws12 task needs the paths of the split's examples (its unknown choice orders by path)")
+        raise ValueError(
+            f"the {task.name} task needs the paths of the split's examples (its unknown choice orders by path)"
+        )
     by_path = np.array(sorted(others, key=lambda i: str(paths[i])), dtype=np.int64)  # code-point order
     code = config.SPLITS.index(split)
     chosen = by_path[np.random.default_rng([seed, code]).permutation(len(by_path))[:n_unknown]]

@@ -11,6 +11,7 @@ Official layout::
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import posixpath
 import re
@@ -47,11 +48,13 @@ class DatasetIndex:
     # relative path -> reason, for *.wav entries of a word folder that are no file to read (a folder, a
     # broken link, a link loop): kept out of `clips`, listed by `speechcls data info`
     unusable: dict[str, str] = field(default_factory=dict)
+    manifest: Path | None = None  # the manifest listing the clips (data/manifest.py); None for a tree
 
     @property
     def name(self) -> str:
-        """The dataset's name: its folder name (it names the tree's feature stores in the cache)."""
-        return self.root.resolve().name
+        """The dataset's name: its folder name, or a manifest's file name without its suffix (it names the
+        feature stores in the cache)."""
+        return self.manifest.stem if self.manifest is not None else self.root.resolve().name
 
     @property
     def paths(self) -> list[str]:
@@ -94,6 +97,22 @@ def random_split(paths: list[str], seed: int = config.SPLIT_SEED) -> np.ndarray:
     codes[sorted_idx[:n_train]] = 0
     codes[sorted_idx[n_train : n_train + n_valid]] = 1
     return codes
+
+
+# TF speech_commands input_data.py: MAX_NUM_WAVS_PER_CLASS, and the release's 10 % validation, 10 % testing
+_HASH_BUCKETS = 2**27 - 1
+_HASH_PERCENT = (10.0, 10.0)
+
+
+def which_set(name: str) -> int:
+    """Speech Commands' own split rule (input_data.py `which_set`, the one that wrote the release's lists):
+    the SHA-1 of `name` with any `_nohash_...` suffix removed, as a percentage; under 10 validation, under
+    20 test, else train. A speaker id (or a `<speaker>_nohash_<n>.wav` file name) always lands in one
+    split, and a new speaker never moves another. Returns the split code (0 train, 1 validation, 2 test)."""
+    key = re.sub(r"_nohash_.*$", "", name)
+    percent = (int(hashlib.sha1(key.encode()).hexdigest(), 16) % (_HASH_BUCKETS + 1)) * (100.0 / _HASH_BUCKETS)
+    validation, testing = _HASH_PERCENT
+    return 1 if percent < validation else 2 if percent < validation + testing else 0
 
 
 def parse_clip_name(path: Path) -> tuple[str, int]:

@@ -76,7 +76,7 @@ class Setup:
         return self.resolved() | {
             "store": str(self.store),
             "split_kind": cfg.split_kind,
-            "task": cfg.task,
+            "task": f"keywords ({', '.join(cfg.keywords)})" if cfg.keywords else cfg.task,
             "recipe": cfg.recipe,
             "store_variant": train.store_params.variant,
             "in_shape": list(self.in_shape),

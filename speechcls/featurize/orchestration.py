@@ -11,7 +11,7 @@ from pathlib import Path
 
 from speechcls import config, dist
 from speechcls.config import FeatureParams
-from speechcls.data.tree import index_tree
+from speechcls.data.tree import DatasetIndex, index_tree
 from speechcls.featurize.profile import Profile, default_workers
 from speechcls.featurize.stages import _Pipeline
 from speechcls.runtime import Progress, resolve_device
@@ -33,6 +33,8 @@ class FeaturizeResult:
     bytes_on_disk: int
     compression_ratio: float
     profile: "Profile | None" = None  # where the time went (a run that computed something)
+    # manifest rows left out before decoding (an absent file, a clip too short or too long): path -> reason
+    left_out: dict[str, str] | None = None
 
     @classmethod
     def of(cls, store: Location, status: str, seconds: float = 0.0, computed: int = 0) -> "FeaturizeResult":
@@ -96,6 +98,34 @@ def resolve_root(root: str | Path | None, version: str) -> Path:
     return root
 
 
+def read_source(root: str | Path | None, manifest: str | Path | None, version: str) -> DatasetIndex:
+    """The index of what featurize reads: the manifest (data/manifest.py) where given, else the tree
+    (resolve_root). Both is refused: one source a store."""
+    if manifest is not None:
+        if root is not None:
+            raise ValueError(
+                f"--root {root} and --manifest {manifest}: a store is made from one source; the manifest's paths are "
+                "relative to its own folder, so leave --root out"
+            )
+        from speechcls.data.manifest import read_manifest
+
+        return read_manifest(manifest)
+    return index_tree(resolve_root(root, version))
+
+
+def refuse_manifest_folder(loc: Location, index: DatasetIndex) -> None:
+    """A store that is, or holds, the manifest's folder: --overwrite would delete the audio. (A store inside
+    the folder is fine: a manifest lists its clips, nothing globs the folder.)"""
+    if not isinstance(loc, Path):
+        return
+    at, folder = loc.resolve(), index.root.resolve()
+    if at == folder or at in folder.parents:
+        raise ValueError(
+            f"--out {loc} is or holds the folder of the manifest {index.manifest} ({folder}), where its audio is; "
+            "choose another --out"
+        )
+
+
 def codec_for(loc: Location, params: FeatureParams, overwrite: bool) -> str:
     """The codec when --codec is not given: the one of a store already at `loc` (so a store made with an
     earlier default is found present, resumed or repaired, not "made with other settings"), else the
@@ -127,8 +157,10 @@ def featurize(
     row_seed: int = config.ROW_ORDER_SEED,
     workers: int | None = None,
     progress: Progress | None = None,
+    manifest: str | Path | None = None,
 ) -> FeaturizeResult:
-    """Featurize the tree at `root` into the store at `out` (default cache/<dataset>/<variant>-<hash>.zarr).
+    """Featurize the tree at `root`, or the clips a `manifest` lists (data/manifest.py), into the store at
+    `out` (default cache/<dataset>/<variant>-<hash>.zarr; a manifest's dataset is its file name).
 
     A complete store with the same settings is left as it is; an incomplete one is resumed; one with
     other settings is an error unless `overwrite`. `codec` None: the store's own when one is at `out`,
@@ -150,15 +182,18 @@ def featurize(
     rank = dist.init(device)
     if not rank.main:
         dist.barrier(rank)  # rank 0 alone downloads a missing tree
-    root = resolve_root(root, version)
+    index = read_source(root, manifest, version)  # rank 0 first: it downloads a missing tree
     if rank.main:
         dist.barrier(rank)
-    index = index_tree(root)
+    root = index.root
+    tree = None if index.manifest is not None else root  # a manifest's folder is no tree: a store may lie inside
     _, rows = fmt.row_arrays(index, row_seed)
     chunk_rows = chunk_rows or fmt.default_chunk_rows(params)
     layout = fmt.Layout(len(index.clips), chunk_rows, -(-batch_size // chunk_rows) * chunk_rows)
     fmt.check_layout(params, layout, batch_size)  # before the pipeline, the lock and the store
     loc = to_location(out) if out is not None else fmt.default_location(index.name, params)
+    if tree is None:
+        refuse_manifest_folder(loc, index)
     engine = {"backend": backend, "device": device}
     if codec is None:
         codec = dist.from_main(rank, lambda: codec_for(loc, params, overwrite))
@@ -169,12 +204,14 @@ def featurize(
     # planned and opened
     with _Pipeline(index.root, rows["path"], params, layout, mine, workers, backend, run_device) as pipeline:
         request = fmt.request(params, rows, row_seed, codec, chunk_rows, fmt.tree_fingerprint(index))
-        with _lock(rank, loc, root):  # one featurize at a time writes a local store
+        with _lock(rank, loc, tree):  # one featurize at a time writes a local store
             # rank 0 alone decides what to do with the location (store/writer.py's plan; never the tree), every
             # rank gets its verdict, errors included, so no rank waits at a barrier for a store that never comes
-            status = dist.from_main(rank, lambda: plan(loc, request, engine, overwrite, tree=root))
+            status = dist.from_main(rank, lambda: plan(loc, request, engine, overwrite, tree=tree))
             if status == "present":
-                return FeaturizeResult.of(loc, "present")
+                present = FeaturizeResult.of(loc, "present")
+                present.left_out = index.unusable if index.manifest is not None else None
+                return present
 
             def create() -> StoreWriter:
                 attrs = fmt.new_attrs(params, index, version, root, row_seed, engine)
@@ -199,14 +236,18 @@ def featurize(
     profile.finish_s = result.seconds - setup_s - profile.pipeline_s
     result.profile = profile
     result.status = {"resume": "resumed", "repair": "repaired", "rebuild": "rebuilt"}.get(status, "written")
+    result.left_out = index.unusable if index.manifest is not None else None
     return result
 
 
-def _lock(rank, loc: Location, root: Path):
+def _lock(rank, loc: Location, root: Path | None):
     """Rank 0 holds the store's lock (store/writer.py) while it decides and writes. Not taken for a location
-    that is, holds or lies inside the tree: plan() refuses those, and no lock file goes into a tree."""
+    that is, holds or lies inside the tree: plan() refuses those, and no lock file goes into a tree
+    (`root` None: a manifest's, no tree)."""
     if not rank.main or not isinstance(loc, Path):
         return contextlib.nullcontext()
+    if root is None:
+        return lock(loc)
     at, tree = loc.resolve(), Path(root).resolve()
     if at == tree or at in tree.parents or tree in at.parents:
         return contextlib.nullcontext()

@@ -86,10 +86,10 @@ class FeatureLoader:
         store_rows = split_rows(self.group, split, cfg.split_kind, cfg.split_seed)
         if len(store_rows) == 0:
             raise ValueError(f"{store}: the {cfg.split_kind} {split} split holds no decoded clip")
-        self.task = make_task(cfg.task, attrs["classes"])
+        self.task = make_task(cfg.task, attrs["classes"], cfg.keywords)
         paths = read_all(self.group, "path")[store_rows] if self.task.needs_paths else None
         self.view = task_split(self.task, store_rows, read_all(self.group, "label")[store_rows], paths, split)
-        if self.view.n == 0:  # kws12 on a split without any of its ten words
+        if self.view.n == 0:  # kws12 (keywords) on a split without any of its words
             raise ValueError(
                 f"{store}: the {cfg.split_kind} {split} split holds none of the {cfg.task} task's words (of its "
                 f"{len(store_rows)} decoded clips): choose another split kind or task"

@@ -49,7 +49,8 @@ def print_index(index: DatasetIndex, seed: int, survey: AudioSurvey | None, cons
     for name in config.SPLITS:
         splits.add_column(name, justify="right")
     splits.add_column("speakers shared", justify="right")
-    for title, codes in (("official", official), (f"random 60/20/20 (seed {seed})", rand)):
+    kind = "official" if index.manifest is None else "manifest (split column, else speaker hash)"
+    for title, codes in ((kind, official), (f"random 60/20/20 (seed {seed})", rand)):
         if codes is None:
             continue
         counts = split_counts(codes)

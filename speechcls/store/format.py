@@ -158,6 +158,8 @@ def tree_fingerprint(index) -> str:
     for name in (c.VALIDATION_LIST, c.TESTING_LIST):
         path = index.root / name
         h.update(name.encode() + b"\0" + (path.read_bytes() if path.is_file() else b"-") + b"\0")
+    if getattr(index, "manifest", None) is not None:  # its labels, splits and speakers (a tree's: unchanged)
+        h.update(b"manifest\0" + index.manifest.read_bytes() + b"\0")
     return h.hexdigest()
 
 
@@ -307,7 +309,8 @@ def new_attrs(params: FeatureParams, index, version: str, root, row_seed: int, e
             "source_root": str(Path(root).resolve()),
             "official_split": index.official is not None,
             "missing_list_entries": index.missing,
-        },
+        }
+        | ({"manifest": str(Path(index.manifest).resolve())} if getattr(index, "manifest", None) else {}),
         "row_order_seed": row_seed,
         "engine": engine,
         "packages": package_versions(),
