@@ -1,7 +1,8 @@
 """`speechcls export`: a run's model as one file that runs without speechcls, ONNX or TorchScript.
 
 With its front end (the default) the file takes a float32 waveform at the run's sample rate, (batch,
-clip_samples) = (batch, 16000), and gives the class probabilities (batch, classes): the STFT with its
+clip_samples) = (batch, 16000) for one-second clips (--clip-seconds S: S x 16,000, also in the input's
+metadata as clip_seconds), and gives the class probabilities (batch, classes): the STFT with its
 reflect padding, the mel filterbank, the power, the run's log and standardization, the model and a
 softmax, exactly as training computed them. Without it the file takes the features featurize stores,
 (batch, C, F, T), and applies the rest. The classes, the feature parameters and the input transform go
@@ -64,7 +65,7 @@ def metadata(m: RunModel, frontend: bool, quantize: str | None, fmt: str) -> dic
     p = m.params
     if frontend:
         inp = {"name": WAVE_INPUT, "shape": ["batch", p.clip_samples], "dtype": "float32", "range": [-1.0, 1.0]}
-        inp |= {"sample_rate": p.sample_rate}
+        inp |= {"sample_rate": p.sample_rate, "clip_seconds": p.clip_samples / p.sample_rate}  # featurize's
     else:
         inp = {"name": FEATURES_INPUT, "shape": ["batch", *p.shape], "dtype": "float32", "variant": p.variant}
     out = {"name": OUTPUT, "shape": ["batch", len(m.classes)], "dtype": "float32", "softmax": True}
