@@ -256,8 +256,9 @@ DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda.")]
 ManifestOpt = Annotated[
     Optional[Path],
     typer.Option(
-        help="Instead of --root: a CSV (header path,label[,split][,speaker]) or JSONL file listing the clips, paths "
-        "relative to its folder; splits from its split column, else by speaker (Speech Commands' hash).",
+        help="Instead of --root: a CSV (a header of path, label and optionally split, speaker) or JSONL file listing "
+        "the clips, paths relative to its folder; splits from its split column, else by speaker (Speech Commands' "
+        "hash).",
         show_default=False,
     ),
 ]

@@ -30,8 +30,7 @@ def featurize(
         typer.Option(
             help="Every clip padded with zeros or truncated to this many seconds (1.0: Speech Commands' 16,000 "
             "samples); kept in the store, and training, evaluation, export and listen follow it.",
-            min=0.0,
-            max=config.MAX_CLIP_SECONDS,
+            metavar="S",
         ),
     ] = config.CLIP_SECONDS,
     out: Annotated[
