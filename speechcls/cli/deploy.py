@@ -67,28 +67,43 @@ def listen(
     ],
     files: Annotated[list[Path], typer.Argument(metavar="FILE.wav...", help="Recordings of any length.")],
     hop_ms: Annotated[float, typer.Option(help="Between the starts of successive one-second windows.")] = 100.0,
-    threshold: Annotated[float, typer.Option(help="Smoothed probability a word must exceed.")] = 0.8,
+    threshold: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Smoothed probability a word must exceed. \\[default: the model's operating point from `speechcls "
+            "stream eval`, else 0.8]",
+            show_default=False,
+        ),
+    ] = None,
     smooth_ms: Annotated[float, typer.Option(help="Moving average of the probabilities over this long.")] = 500.0,
     refractory_ms: Annotated[
         float, typer.Option(help="A repeat of the same word within this long counts once.")
     ] = 1000.0,
     batch_size: Annotated[int, typer.Option(help="Windows per model call.")] = 64,
+    way: Annotated[
+        str, typer.Option(help="auto | frames (the recording's features once, slid) | windows (each window's own).")
+    ] = "auto",
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     device: DeviceOpt = "auto",
 ) -> None:
     """Spot keywords in recordings: a one-second window every --hop-ms, classified in batches, the
-    probabilities smoothed over time (as TensorFlow's RecognizeCommands); prints each detection's word,
-    start and end (seconds) and confidence. _silence_ and _unknown_ are never reported."""
+    probabilities smoothed over time (as TensorFlow's RecognizeCommands); prints the threshold and where it
+    came from (the operating point `speechcls stream eval` saved in the run or the ONNX file, else 0.8),
+    then each detection's word, start and end (seconds) and confidence. _silence_ and _unknown_ are never
+    reported."""
     import json
 
     from speechcls.infer.listen import ListenConfig
     from speechcls.infer.listen import listen as spot
 
-    cfg = ListenConfig(hop_ms, threshold, smooth_ms, refractory_ms, batch_size).validate()
+    cfg = ListenConfig(hop_ms, threshold, smooth_ms, refractory_ms, batch_size, way).validate()
     results = spot(model, files, cfg, device)
     if json_out:
         typer.echo(json.dumps(results, indent=1))
     else:
+        said = next((r for r in results if "threshold" in r), None)
+        if said is not None:
+            typer.echo(f"threshold {said['threshold']:g}: {said['threshold_from']}")
         for r in results:
             if "error" in r:
                 typer.echo(f"{r['file']}: error: {r['error']}", err=True)

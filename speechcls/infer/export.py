@@ -45,6 +45,9 @@ METADATA_FORMAT = "1"  # of the keys below; a reader checks it
 # its own earlier output, which it may rewrite without --overwrite
 OWN_MARK = b"speechcls_metadata"
 WAVE_INPUT, FEATURES_INPUT, OUTPUT = "waveform", "features", "probabilities"
+# the tensor between the front end and the classifier in a file with its front end (merge_models keeps the
+# front end's prefixed output name): where listen's sliding way cuts the classifier out (stream_frames.py)
+CLASSIFIER_INPUT = "frontend/" + FEATURES_INPUT
 OPSET = 20  # ONNX's STFT needs 17; 20 is what torch 2.14's exporter writes by default
 CALIBRATION_EXAMPLES = 256  # training examples that calibrate int8 activations (min-max per tensor)
 # int8 where it pays: the matrix products, and the ops that pass int8 through unchanged. Quantizing
@@ -59,9 +62,13 @@ def default_out(run: Path, fmt: str, frontend: bool = True, quantize: str | None
     return ckpt.parent / (".".join(parts) + (".onnx" if fmt == "onnx" else ".torchscript.pt"))
 
 
-def metadata(m: RunModel, frontend: bool, quantize: str | None, fmt: str) -> dict[str, str]:
+def metadata(
+    m: RunModel, frontend: bool, quantize: str | None, fmt: str, operating_point: dict | None = None
+) -> dict[str, str]:
     """What the file says about itself, as string -> string (JSON where structured): ONNX metadata_props
-    and TorchScript extra files alike."""
+    and TorchScript extra files alike. `operating_point`: the run's measured one (`speechcls stream eval`,
+    stream_eval.py's record: threshold, FRR, FA/h, the target, the listen settings and the stream), or
+    JSON null where none was measured; listen takes its threshold from it."""
     p = m.params
     if frontend:
         inp = {"name": WAVE_INPUT, "shape": ["batch", p.clip_samples], "dtype": "float32", "range": [-1.0, 1.0]}
@@ -83,6 +90,7 @@ def metadata(m: RunModel, frontend: bool, quantize: str | None, fmt: str) -> dic
         "model_cfg": json.dumps(m.ckpt.get("model_cfg", {})),
         "input": json.dumps(inp),
         "output": json.dumps(out),
+        "operating_point": json.dumps(operating_point),
     }
 
 
@@ -115,7 +123,9 @@ def export(
     read = run / "best.pt" if run.is_dir() else run
     check_out(out, reads=(read,), own=marked(OWN_MARK), overwrite=overwrite, command="export")
     m = load_run(run, "cpu")
-    meta = metadata(m, frontend, quantize, fmt)
+    from speechcls.infer.stream_eval import read_operating_point
+
+    meta = metadata(m, frontend, quantize, fmt, read_operating_point(run))
     if fmt == "torchscript":
         module = m.end_to_end() if frontend else m.classifier
         atomic_write(out, lambda tmp: _save_torchscript(module, _example(m, frontend), meta, tmp))
@@ -156,6 +166,7 @@ def read_torchscript_metadata(path: str | Path) -> dict[str, str]:
     """The extra files export wrote into a TorchScript file (loads the module to read them)."""
     keys = {k: "" for k in ("speechcls_metadata", "classes", "feature_params", "input_transform", "frontend")}
     keys |= {k: "" for k in ("task", "quantization", "model_name", "model_cfg", "input", "output", "format")}
+    keys |= {"operating_point": ""}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         torch.jit.load(str(path), map_location="cpu", _extra_files=keys)

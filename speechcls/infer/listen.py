@@ -43,6 +43,9 @@ from speechcls.config import SILENCE, UNKNOWN
 from speechcls.runtime import available_ram, require_extra
 
 NOT_REPORTED = (SILENCE, UNKNOWN)  # never reported: they are what keeps the keywords quiet
+# the threshold where no operating point was measured (`speechcls stream eval` measures one)
+DEFAULT_THRESHOLD = 0.8
+WAYS = ("auto", "frames", "windows")  # how the windows' features are computed (posteriors)
 # the highest sample rate a model may ask for: every recording is resampled to it (a 1e9 in a file's
 # metadata would make a one-second recording 4 GB); 384 kHz is the highest rate audio interfaces record at
 MAX_SAMPLE_RATE = 384_000
@@ -53,23 +56,33 @@ class ListenConfig:
     """How listen slides, smooths and decides (`speechcls listen` options)."""
 
     hop_ms: float = 100.0  # between window starts: 10 classifications per second of audio
-    threshold: float = 0.8  # smoothed posterior a word must exceed (TensorFlow's streaming test: 0.7)
+    # smoothed posterior a word must exceed (TensorFlow's streaming test: 0.7); None: the model's measured
+    # operating point (operating_point), else DEFAULT_THRESHOLD
+    threshold: float | None = None
     smooth_ms: float = 500.0  # moving average of the posteriors (TensorFlow's streaming test: 500 ms)
     refractory_ms: float = 1000.0  # a repeat of the same word within this is merged (see the module docstring)
     batch_size: int = 64  # windows per model call
+    way: str = "auto"  # frames: the recording's STFT once, slid (stream_frames.py); windows: each window's own
 
     def validate(self) -> "ListenConfig":
-        if not self.hop_ms > 0:
+        if not (math.isfinite(self.hop_ms) and self.hop_ms > 0):
             raise ValueError(f"--hop-ms must be positive, got {self.hop_ms}")
-        if not 0 <= self.threshold < 1:
+        if self.way not in WAYS:
+            raise ValueError(f"--way {self.way!r}: choose one of {', '.join(WAYS)}")
+        if self.threshold is not None and not 0 <= self.threshold < 1:
             raise ValueError(f"--threshold must be in [0, 1), got {self.threshold}")
-        if self.smooth_ms < 0 or self.refractory_ms < 0:
+        if not (self.smooth_ms >= 0 and self.refractory_ms >= 0) or math.isinf(self.smooth_ms + self.refractory_ms):
             raise ValueError(
                 f"--smooth-ms and --refractory-ms must be >= 0, got {self.smooth_ms}, {self.refractory_ms}"
             )
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
         return self
+
+    def settings(self) -> dict:
+        """What an operating point was measured with: the settings that move the detections (not the
+        threshold, which it chooses, nor the batch size or the way, which do not)."""
+        return {"hop_ms": self.hop_ms, "smooth_ms": self.smooth_ms, "refractory_ms": self.refractory_ms}
 
 
 class Scorer(Protocol):
@@ -90,9 +103,11 @@ class TorchScorer:
         from speechcls.infer.predict import load_run
 
         run = load_run(path, device)
+        self.path = Path(path)
         self.module = run.end_to_end()
         self.device = next(self.module.parameters()).device
         self.classes = run.classes
+        self.params = run.params
         self.sample_rate, self.clip_samples = run.params.sample_rate, run.params.clip_samples
 
     def __call__(self, windows: np.ndarray) -> np.ndarray:
@@ -101,6 +116,17 @@ class TorchScorer:
         with torch.no_grad():
             x = torch.from_numpy(windows).to(self.device, non_blocking=True)
             return self.module(x).float().cpu().numpy()  # note: a sync point, once per batch
+
+    def extractor(self):
+        """featurize's FeatureExtractor of the run, on the device (the sliding way's front end)."""
+        return self.module.features
+
+    def classify(self, features) -> np.ndarray:
+        """(B, C, F, T) features (a tensor on the device) -> (B, K) posteriors."""
+        import torch
+
+        with torch.no_grad():
+            return self.module.classifier(features).float().cpu().numpy()
 
 
 class OnnxScorer:
@@ -126,8 +152,10 @@ class OnnxScorer:
                 "again with --with-frontend (the default)"
             )
         self.classes, params = meta["classes"], meta["feature_params"]
+        self.params, self.meta = params, meta
         self.sample_rate, self.clip_samples = params.sample_rate, params.clip_samples
         self.input = self.session.get_inputs()[0].name
+        self._options, self._providers, self._classifier = options, providers, None
 
     def __call__(self, windows: np.ndarray) -> np.ndarray:
         try:
@@ -141,15 +169,53 @@ class OnnxScorer:
             )
         return probs
 
+    def extractor(self):
+        """The front end of the sliding way: featurize's FeatureExtractor of the file's feature parameters,
+        on the CPU (the file's own front end is that module traced, export.py)."""
+        from speechcls.audio.features import FeatureExtractor
 
-def onnx_session(path: Path, options=None, providers: list[str] | None = None):
-    """onnxruntime's InferenceSession of `path`; ValueError naming the file where onnxruntime cannot load it."""
+        return FeatureExtractor(self.params)
+
+    def classifier_session(self):
+        """An onnxruntime session of the file's classifier alone (its features -> probabilities part), cut
+        from the graph by onnx's Extractor at the tensor the front end hands it; None where the onnx package
+        is absent (the export extra) or the graph has no such tensor."""
+        if self._classifier is None:
+            try:
+                import onnx
+                import onnx.utils
+            except ImportError:
+                return None
+            from speechcls.infer.export import CLASSIFIER_INPUT, OUTPUT
+
+            model = onnx.load(str(self.path))
+            if not any(CLASSIFIER_INPUT in n.input for n in model.graph.node):
+                return None
+            sub = onnx.utils.Extractor(model).extract_model([CLASSIFIER_INPUT], [OUTPUT])
+            self._classifier = onnx_session(sub.SerializeToString(), self._options, self._providers, self.path)
+            self._classifier_input = CLASSIFIER_INPUT
+        return self._classifier
+
+    def classify(self, features) -> np.ndarray:
+        """(B, C, F, T) features (a CPU tensor) -> (B, K) posteriors, by the file's classifier."""
+        session = self.classifier_session()
+        try:
+            return session.run(None, {self._classifier_input: features.numpy()})[0]
+        except Exception as e:  # onnxruntime's own classes
+            raise ValueError(f"{self.path}: onnxruntime cannot run the model ({type(e).__name__}: {e})") from None
+
+
+def onnx_session(path, options=None, providers: list[str] | None = None, name: Path | None = None):
+    """onnxruntime's InferenceSession of `path` (or of a model's bytes, `name` naming the file they come
+    from); ValueError naming the file where onnxruntime cannot load it."""
     import onnxruntime as ort
 
+    source = path if isinstance(path, bytes) else str(path)
     try:
-        return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+        return ort.InferenceSession(source, options, providers=providers or ["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime's errors are its own classes (InvalidProtobuf, Fail, ...)
-        raise ValueError(f"{path}: not an ONNX file onnxruntime can load ({type(e).__name__}: {e})") from None
+        where = name if name is not None else path
+        raise ValueError(f"{where}: not an ONNX file onnxruntime can load ({type(e).__name__}: {e})") from None
 
 
 def onnx_metadata(session, path: Path) -> dict:
@@ -230,17 +296,63 @@ def window_starts(n_samples: int, clip: int, hop: int) -> np.ndarray:
     return np.arange(1 + math.ceil(max(0, n_samples - clip) / hop)) * hop
 
 
-def posteriors(audio: np.ndarray, scorer: Scorer, hop: int, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """(starts, probs): each window's start sample and its class posteriors (N, K). The windows are
-    views into the padded recording, copied one batch at a time, so an hour of audio (36,000 windows at
-    a 100 ms hop, 2.3 GB as separate windows) costs one batch of memory."""
+def choose_way(scorer: Scorer, hop: int, way: str = "auto") -> tuple[str, str]:
+    """(way, why): "frames" (stream_frames.py: the recording's frames computed once, the model slid over
+    them) where it gives the per-window features exactly and the scorer can classify features, else
+    "windows" (every window through the model's own front end); `why` says why not frames ("" where
+    frames). way "frames" where it cannot be is a ValueError saying why."""
+    from speechcls.infer.stream_frames import can_slide
+
+    if way == "windows":
+        return "windows", "asked for"
+    why = can_slide(scorer.params, hop) if hasattr(scorer, "params") else "the scorer has no feature parameters"
+    if why is None and isinstance(scorer, OnnxScorer) and scorer.classifier_session() is None:
+        why = "the onnx package (pip install 'speechcls[export]') is needed to cut the file's classifier out"
+    if why is None:
+        return "frames", ""
+    if way == "frames":
+        raise ValueError(f"--way frames: {why}; use --way windows")
+    return "windows", why
+
+
+def posteriors(
+    audio: np.ndarray, scorer: Scorer, hop: int, batch_size: int = 64, way: str = "auto"
+) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, probs): each window's start sample and its class posteriors (N, K). The same numbers both
+    ways (`choose_way`; tests/test_stream.py holds them to each other): "windows" hands the model views
+    into the padded recording, copied one batch at a time, so an hour of audio (36,000 windows at a 100 ms
+    hop, 2.3 GB as separate windows) costs one batch of memory; "frames" computes the recording's STFT
+    frames once, in blocks of stream_frames.BLOCK_WINDOWS windows, and gathers each window's frames."""
     clip = scorer.clip_samples
     starts = window_starts(len(audio), clip, hop)
     padded = np.zeros(int(starts[-1]) + clip, dtype=np.float32)
     padded[: len(audio)] = audio
+    if choose_way(scorer, hop, way)[0] == "frames":
+        return starts, _by_frames(padded, starts, scorer, batch_size)
     views = np.lib.stride_tricks.sliding_window_view(padded, clip)[::hop]  # (N, clip), no copy
     probs = [scorer(np.ascontiguousarray(views[i : i + batch_size])) for i in range(0, len(starts), batch_size)]
     return starts, np.concatenate(probs).astype(np.float32)
+
+
+def _by_frames(padded: np.ndarray, starts: np.ndarray, scorer: Scorer, batch_size: int) -> np.ndarray:
+    """The posteriors of the windows at `starts` by the sliding way: (N, K) float32."""
+    import torch
+
+    from speechcls.infer.stream_frames import BLOCK_WINDOWS, FrameSlider
+
+    extractor = scorer.extractor()
+    device = next(iter(extractor.buffers())).device
+    slider = FrameSlider(extractor, scorer.params)
+    wave = torch.from_numpy(padded).to(device)
+    out = []
+    block = max(BLOCK_WINDOWS, batch_size)
+    for b in range(0, len(starts), block):
+        in_block = starts[b : b + block]
+        frames = slider.block(wave, int(in_block[0]), int(in_block[-1]))  # (C, F, frames)
+        for i in range(0, len(in_block), batch_size):
+            feats = slider.features(wave, in_block[i : i + batch_size], frames, int(in_block[0]))
+            out.append(scorer.classify(feats))
+    return np.concatenate(out).astype(np.float32)
 
 
 def smooth(probs: np.ndarray, width: int) -> np.ndarray:
@@ -260,27 +372,47 @@ def smooth_width(cfg: ListenConfig) -> int:
     return w if w % 2 else w + 1
 
 
-def detect(probs: np.ndarray, classes: list[str], starts_s: np.ndarray, clip_s: float, cfg: ListenConfig) -> list[dict]:
+def detect(
+    probs: np.ndarray, classes: list[str], starts_s: np.ndarray, clip_s: float, cfg: ListenConfig, words=None
+) -> list[dict]:
     """Detections from the windows' posteriors (N, K) and start times (seconds): word, start, end, time
-    (seconds) and confidence, in time order (the module docstring says how)."""
-    scores = smooth(probs, smooth_width(cfg))
+    (seconds) and confidence, in time order (the module docstring says how). `words`: the classes that
+    may be reported (default: every class but _silence_ and _unknown_); the others, like those two, still
+    win windows and keep the words quiet. `stream eval` calls `decide` on the smoothed posteriors once
+    per threshold: the same code."""
+    threshold = DEFAULT_THRESHOLD if cfg.threshold is None else cfg.threshold  # listen resolves it before
+    return decide(smooth(probs, smooth_width(cfg)), classes, starts_s, clip_s, threshold, cfg.refractory_ms, words)
+
+
+def reported_mask(classes: list[str], words=None) -> np.ndarray:
+    """(K,) bool: the classes a detection may name."""
+    return np.array([c not in NOT_REPORTED and (words is None or c in words) for c in classes])
+
+
+def decide(
+    scores: np.ndarray,
+    classes: list[str],
+    starts_s: np.ndarray,
+    clip_s: float,
+    threshold: float,
+    refractory_ms: float,
+    words=None,
+) -> list[dict]:
+    """`detect` after the smoothing: scores (N, K) smoothed posteriors -> detections."""
     top = scores.argmax(axis=1)
     best = scores[np.arange(len(top)), top]
-    reported = np.array([c not in NOT_REPORTED for c in classes])
-    active = reported[top] & (best > cfg.threshold)
-    runs, i = [], 0
-    while i < len(top):
-        if not active[i]:
-            i += 1
-            continue
-        j = i
-        while j + 1 < len(top) and active[j + 1] and top[j + 1] == top[i]:
-            j += 1
-        runs.append((int(top[i]), i, j))
-        i = j + 1
+    active = reported_mask(classes, words)[top] & (best > threshold)
+    # runs of consecutive active windows with the same top class: (class, first, last window)
+    same_prev = np.zeros(len(top), bool)
+    same_prev[1:] = active[:-1] & active[1:] & (top[1:] == top[:-1])  # window i continues window i-1's run
+    same_next = np.zeros(len(top), bool)
+    same_next[:-1] = same_prev[1:]
+    firsts, lasts = np.flatnonzero(active & ~same_prev), np.flatnonzero(active & ~same_next)
+    peaks = np.maximum.reduceat(np.where(active, best, -np.inf), firsts) if len(firsts) else []
     found: list[dict] = []
     last: dict[int, dict] = {}  # word -> its latest detection
-    for k, i, j in runs:
+    for i, j, peak in zip(firsts.tolist(), lasts.tolist(), np.asarray(peaks).tolist()):
+        k = int(top[i])
         first_end, last_start = starts_s[i] + clip_s, starts_s[j]
         det = {
             "word": classes[k],
@@ -289,10 +421,10 @@ def detect(probs: np.ndarray, classes: list[str], starts_s: np.ndarray, clip_s: 
             "start": float(min(last_start, first_end)),
             "end": float(max(last_start, first_end)),
             "time": float((first_end + last_start) / 2),
-            "confidence": float(scores[i : j + 1, k].max()),
+            "confidence": float(peak),
         }
         prev = last.get(k)
-        if prev is not None and (det["time"] - prev["time"]) * 1000 < cfg.refractory_ms:
+        if prev is not None and (det["time"] - prev["time"]) * 1000 < refractory_ms:
             prev["end"] = max(prev["end"], det["end"])
             prev["confidence"] = max(prev["confidence"], det["confidence"])
             continue
@@ -301,15 +433,9 @@ def detect(probs: np.ndarray, classes: list[str], starts_s: np.ndarray, clip_s: 
     return [{**d, **{t: round(d[t], 3) for t in ("start", "end", "time")}} for d in found]
 
 
-def listen(
-    model: str | Path, files: list[Path], cfg: ListenConfig = ListenConfig(), device: str = "auto"
-) -> list[dict]:
-    """Detections in each file: {"file", "seconds" (of audio), "compute_s", "realtime" (seconds of audio per
-    second of compute: decoding, windows, model and decisions), "detections": [...]}; a file that cannot
-    be read gets {"file", "error"} and the others are still listened to."""
-    from speechcls.audio.decode import BadAudio, read_at
-
-    cfg.validate()
+def open_checked(model: str | Path, device: str, batch_size: int) -> Scorer:
+    """open_scorer, then the checks listen and stream eval make before reading any audio: a sample rate
+    in range, and a batch of windows that fits the memory."""
     scorer = open_scorer(model, device)
     if not 0 < scorer.sample_rate <= MAX_SAMPLE_RATE:
         raise ValueError(
@@ -317,14 +443,60 @@ def listen(
         )
     # one batch of windows is copied out of the recording and handed to the model: refused before any
     # file is read where that alone exceeds the memory there is
-    need, have = cfg.batch_size * scorer.clip_samples * 4, available_ram()
+    need, have = batch_size * scorer.clip_samples * 4, available_ram()
     if need > have:
         raise ValueError(
-            f"{model}: a batch of {cfg.batch_size} windows of {scorer.clip_samples:,} samples needs "
+            f"{model}: a batch of {batch_size} windows of {scorer.clip_samples:,} samples needs "
             f"{need / 2**30:,.1f} GiB, more than the {have / 2**30:,.1f} GiB of memory available; lower "
             "--batch-size, or check the model's clip length"
         )
+    return scorer
+
+
+def resolve_threshold(model: str | Path, scorer: Scorer, cfg: ListenConfig) -> tuple[float, str]:
+    """(threshold, where it came from): the one given (--threshold), else the model's measured operating
+    point (stream_eval.operating_point_for: the run's streaming.json, an ONNX file's metadata), else
+    DEFAULT_THRESHOLD. An operating point measured with other hop / smoothing / refractory settings than
+    `cfg`'s is still taken, with a warning that its FA/h was not measured for these."""
+    import warnings
+
+    from speechcls.infer.stream_eval import operating_point_for
+
+    if cfg.threshold is not None:
+        return cfg.threshold, "--threshold"
+    point, source = operating_point_for(model, scorer)
+    if point is None:
+        return DEFAULT_THRESHOLD, "the default; no operating point measured (speechcls stream eval)"
+    if point.get("listen") and point["listen"] != cfg.settings():
+        warnings.warn(
+            f"the operating point of {source} was measured with {point['listen']}, listen runs with "
+            f"{cfg.settings()}: its FA/h does not hold for these; run stream eval with them",
+            stacklevel=2,
+        )
+    frr = point.get("frr")
+    at = f"{point['fa_per_hour']:.2g} FA/h" + (f", FRR {frr:.3f}" if frr is not None else "")
+    return float(point["threshold"]), (
+        f"the operating point at <= {point['target_fa_per_hour']:g} FA/h ({at} on {point.get('stream', '?')}), {source}"
+    )
+
+
+def listen(
+    model: str | Path, files: list[Path], cfg: ListenConfig = ListenConfig(), device: str = "auto"
+) -> list[dict]:
+    """Detections in each file: {"file", "seconds" (of audio), "compute_s", "realtime" (seconds of audio per
+    second of compute: decoding, windows, model and decisions), "threshold" and "threshold_from" (where it
+    came from: resolve_threshold), "way", "detections": [...]}; a file that cannot be read gets {"file",
+    "error"} and the others are still listened to."""
+    from dataclasses import replace
+
+    from speechcls.audio.decode import BadAudio, read_at
+
+    cfg.validate()
+    scorer = open_checked(model, device, cfg.batch_size)
+    threshold, source = resolve_threshold(model, scorer, cfg)
+    cfg = replace(cfg, threshold=threshold)
     hop = max(1, round(cfg.hop_ms * scorer.sample_rate / 1000))
+    way, _ = choose_way(scorer, hop, cfg.way)
     out = []
     for f in files:
         t0 = time.perf_counter()
@@ -336,7 +508,7 @@ def listen(
         except OSError as e:
             out.append({"file": str(f), "error": str(e)})
             continue
-        starts, probs = posteriors(audio, scorer, hop, cfg.batch_size)
+        starts, probs = posteriors(audio, scorer, hop, cfg.batch_size, way)
         if not np.isfinite(probs).all():
             out.append(
                 {"file": str(f), "error": "the model's posteriors are not finite (a float file out of [-1, 1]?)"}
@@ -349,6 +521,7 @@ def listen(
         compute = time.perf_counter() - t0
         out.append({
             "file": str(f), "seconds": seconds, "windows": len(starts), "compute_s": compute,
-            "realtime": seconds / max(compute, 1e-9), "detections": found,
+            "realtime": seconds / max(compute, 1e-9), "threshold": threshold, "threshold_from": source, "way": way,
+            "detections": found,
         })  # fmt: skip
     return out
