@@ -125,3 +125,34 @@ def test_an_average_with_early_stopping_or_a_window_longer_than_the_run_is_refus
     with pytest.raises(ValueError, match="--swa-epochs must be in"):
         TrainConfig(epochs=5, swa_epochs=6, early_stopping=False).validate()
     assert TrainConfig(best_by=rule, early_stopping=False).validate().best_by == rule
+
+
+@pytest.mark.parametrize("n_mels", [40, 42])  # 42: SubSpectralNorm's bands of uneven width (no module call)
+def test_recomputed_batchnorm_statistics_are_the_whole_sets_for_every_norm_layer(n_mels):
+    """bn_statistics over batches equals torch's BatchNorm over the whole set in one forward (momentum 1),
+    also for BC-ResNet's SubSpectralNorm where F.batch_norm runs on slices of its BatchNorm2d's buffers."""
+    from speechcls.engine.fit import bn_statistics
+    from speechcls.models.bcresnet import SubSpectralNorm
+
+    torch.manual_seed(0)
+    model = build_model("bcresnet-1", (1, n_mels, 101), 5)
+    x = torch.randn(24, 1, n_mels, 101)
+    # one batch: in training mode each layer normalizes by its batch, so what the next layers see depends on
+    # the batching (as in torch's update_bn); one batch of the whole set makes the reference exact
+    bn_statistics(model, [lambda m: m(x)])
+    got = {k: v.clone() for k, v in model.state_dict().items() if k.endswith(("running_mean", "running_var"))}
+    ref = build_model("bcresnet-1", (1, n_mels, 101), 5)
+    ref.load_state_dict(model.state_dict())
+    ref.eval()
+    for m in ref.modules():
+        if isinstance(m, (torch.nn.modules.batchnorm._BatchNorm, SubSpectralNorm)):
+            m.train()
+            m.momentum = 1.0
+    with torch.no_grad():
+        ref(x)
+    want = {k: v for k, v in ref.state_dict().items() if k.endswith(("running_mean", "running_var"))}
+    assert got.keys() == want.keys() and len(got) > 10
+    for k in got:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-5, msg=k)
+    init = build_model("bcresnet-1", (1, n_mels, 101), 5).state_dict()
+    assert sum(not torch.allclose(got[k], init[k]) for k in got) > len(got) // 2  # recomputed, not the initial ones

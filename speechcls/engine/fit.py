@@ -210,40 +210,79 @@ class Trainer:
 def recompute_bn(s: Setup, model: torch.nn.Module) -> None:
     """`model`'s BatchNorm running statistics, recomputed as the exact mean and (unbiased) variance of
     each layer's input over the whole training split, through the plain pipeline validation uses (no
-    augmentation). Only the BatchNorm layers are in training mode (normalizing by their batch, as in
-    torch's update_bn); dropout is off, so no RNG is drawn and the inputs are those an eval forward makes.
-    Under torchrun the per-rank sums are all-reduced, so every rank ends with the same statistics.
+    augmentation): bn_statistics over the training loader, its pipeline swapped for validation's.
     (torch's update_bn takes a loader of inputs and averages per-batch statistics; ours yields (x, y).)"""
+    loader = s.loaders["train"]
+    saved = loader.pipeline
+    loader.pipeline = s.loaders["validation"].pipeline  # the plain one: no augmentation
+    loader.set_epoch(0)
+
+    def forward(m, x):
+        with autocast(s.cfg, s.device):
+            m(prep(x, s.cfg))
+
+    def batches():
+        for x, _ in loader:
+            yield lambda m, x=x: forward(m, x)
+
+    try:
+        bn_statistics(model, batches(), lambda t: dist.all_reduce_sum(s.rank, t))
+    finally:
+        loader.pipeline = saved
+
+
+@torch.no_grad()
+def bn_statistics(model: torch.nn.Module, calls, all_reduce=lambda t: t) -> None:
+    """Set every BatchNorm layer's running statistics of `model` to the exact per-channel mean and unbiased
+    variance of its inputs over every forward of `calls` (each a function of the model that runs it on
+    one batch). Only the BatchNorm layers are in training mode (normalizing by their batch, as in torch's
+    update_bn); dropout is off, so no RNG is drawn and the inputs are those an eval forward makes.
+    BC-ResNet's SubSpectralNorm over bands of uneven width calls F.batch_norm per band on slices of its
+    BatchNorm2d's buffers (no module call to hook): its input is recorded per band, channel c's band k at
+    c * sub_bands + k, the layout of those buffers. `all_reduce` sums the per-rank sums under torchrun, so
+    every rank ends with the same statistics. A layer no batch reached keeps its statistics."""
+    from speechcls.models.bcresnet import SubSpectralNorm
+
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return
-    sums: dict[torch.nn.Module, list[torch.Tensor]] = {}
+    sums: dict[torch.nn.Module, torch.Tensor] = {}
 
-    def record(module, args):  # the layer's input (B, C, ...): per-channel count, sum, sum of squares
-        x = args[0].detach().double()
+    def moments(x: torch.Tensor) -> torch.Tensor:  # (B, C, ...) -> (3, C): count, sum, sum of squares
+        x = x.detach().double()
         dims = [0, *range(2, x.dim())]
-        got = torch.stack([torch.full_like(x.sum(dims), x.numel() / x.shape[1]), x.sum(dims), (x * x).sum(dims)])
-        sums[module] = sums[module] + got if module in sums else got
+        return torch.stack([torch.full_like(x.sum(dims), x.numel() / x.shape[1]), x.sum(dims), (x * x).sum(dims)])
+
+    def add(bn, got):
+        sums[bn] = sums[bn] + got if bn in sums else got
+
+    def record(module, args):
+        add(module, moments(args[0]))
+
+    def record_bands(module, args):  # SubSpectralNorm: only where it does not call its BatchNorm2d
+        x, sub = args[0], module.sub_bands
+        if x.shape[2] % sub:
+            bands = torch.stack([moments(band) for band in x.tensor_split(sub, dim=2)], dim=-1)  # (3, C, sub)
+            add(module.bn, bands.reshape(3, -1))
 
     hooks = [m.register_forward_pre_hook(record) for m in bns]
-    loader = s.loaders["train"]
-    saved, was = loader.pipeline, model.training
-    loader.pipeline = s.loaders["validation"].pipeline  # the plain one: no augmentation
-    loader.set_epoch(0)
+    hooks += [m.register_forward_pre_hook(record_bands) for m in model.modules() if isinstance(m, SubSpectralNorm)]
+    was = model.training
     model.eval()
-    for m in bns:
-        m.train()
+    for m in model.modules():  # SubSpectralNorm's uneven path asks its own mode, not its BatchNorm2d's
+        if isinstance(m, (torch.nn.modules.batchnorm._BatchNorm, SubSpectralNorm)):
+            m.train()
     try:
-        for x, _ in loader:
-            with autocast(s.cfg, s.device):
-                model(prep(x, s.cfg))
+        for call in calls:
+            call(model)
     finally:
-        loader.pipeline = saved
         for h in hooks:
             h.remove()
         model.train(was)
     for m in bns:
-        n, total, squares = dist.all_reduce_sum(s.rank, sums[m]).unbind()  # (C,) each
+        if m not in sums:
+            continue
+        n, total, squares = all_reduce(sums[m]).unbind()  # (C,) each
         mean = total / n
         var = (squares - n * mean * mean) / (n - 1).clamp(min=1)
         m.running_mean.copy_(mean.to(m.running_mean.dtype))

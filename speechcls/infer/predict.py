@@ -19,7 +19,7 @@ from speechcls.config import FeatureParams
 from speechcls.engine.checkpoint import load_model
 from speechcls.runtime import resolve_device
 
-# featurize skips such a clip with the same words (featurize.py's _refuse_nonfinite)
+# featurize skips such a clip with the same words (speechcls/featurize/stages.py's _refuse_nonfinite)
 _NONFINITE_FEATURES = "features are not finite (peak sample {peak:.3g}: a float file out of [-1, 1]?)"
 DEFAULT_TASK = "words"  # a run from before tasks existed: every word folder a class
 
