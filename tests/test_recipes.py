@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from speechcls.config import TrainConfig
-from speechcls.engine.fit import EarlyStopping, make_optimizer, make_schedule
+from speechcls.engine.optim import EarlyStopping, make_optimizer, make_schedule
 from speechcls.engine.recipes import kws_recipe, resolve
 
 

@@ -131,7 +131,7 @@ def test_an_average_with_early_stopping_or_a_window_longer_than_the_run_is_refus
 def test_recomputed_batchnorm_statistics_are_the_whole_sets_for_every_norm_layer(n_mels):
     """bn_statistics over batches equals torch's BatchNorm over the whole set in one forward (momentum 1),
     also for BC-ResNet's SubSpectralNorm where F.batch_norm runs on slices of its BatchNorm2d's buffers."""
-    from speechcls.engine.fit import bn_statistics
+    from speechcls.engine.selection import bn_statistics
     from speechcls.models.bcresnet import SubSpectralNorm
 
     torch.manual_seed(0)

@@ -28,120 +28,14 @@ from speechcls.audio.augment import check_mask_widths, mixup
 from speechcls.audio.frontend import InputSpec
 from speechcls.config import TrainConfig
 from speechcls.engine import checkpoint
+from speechcls.engine.optim import EarlyStopping, make_optimizer, make_schedule
 from speechcls.engine.run_dir import RunDir
+from speechcls.engine.selection import RULES, Snapshots, ema_decay, recompute_bn, swa_window
 from speechcls.engine.setup import Setup, build, data_parallel, make_loader
-from speechcls.engine.steps import autocast, evaluate_model, per_class, prep, train_step
+from speechcls.engine.steps import evaluate_model, per_class, train_step
 from speechcls.runtime import Progress, package_versions, resolve_device, source_commit
 
 __all__ = ["EarlyStopping", "Setup", "Trainer", "build", "fit", "make_loader"]
-
-
-@dataclass
-class EarlyStopping:
-    """The best epoch by validation loss (the chapter's), accuracy (`best_by="acc"`) or the latest
-    (`best_by="last"`: the final weights are kept), and the stop
-    after `patience` epochs without a better one, not counting before `min_epochs` (never when not
-    `enabled`: the kws recipes run their whole schedule)."""
-
-    patience: int
-    min_epochs: int = 0
-    best_by: str = "loss"
-    enabled: bool = True
-    best_loss: float = math.inf
-    best_acc: float = -math.inf
-    bad: int = 0
-    best_epoch: int = 0
-
-    def update(self, loss: float, epoch: int, acc: float | None = None) -> bool:
-        """Record an epoch's validation loss (and accuracy); True when it is the best so far (ties in
-        accuracy go to the lower loss)."""
-        if self.best_by in ("last", "ema", "swa"):  # kept at the end: every epoch replaces the one before
-            better = True
-        elif self.best_by == "acc":
-            better = acc > self.best_acc or (acc == self.best_acc and loss < self.best_loss)
-        else:
-            better = loss < self.best_loss
-        if better:
-            self.best_loss, self.bad, self.best_epoch = loss, 0, epoch
-            self.best_acc = acc if acc is not None else -math.inf
-            return True
-        self.bad += 1
-        return False
-
-    def should_stop(self, epoch: int) -> bool:
-        return self.enabled and self.bad >= self.patience and epoch >= self.min_epochs
-
-    @classmethod
-    def for_config(cls, cfg: TrainConfig) -> "EarlyStopping":
-        return cls(cfg.patience, cfg.min_epochs, cfg.best_by, cfg.early_stopping)
-
-
-def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """Adam (the chapter's: no weight decay), AdamW, or SGD with momentum 0.9 (BC-ResNet's). The LR is
-    set by the schedule at every step."""
-    params = model.parameters()
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.max_lr, momentum=0.9, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.max_lr, weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(params, lr=cfg.max_lr, weight_decay=cfg.weight_decay)
-
-
-def make_schedule(cfg: TrainConfig, optimizer, steps_per_epoch: int):
-    """Stepped per batch. onecycle: the chapter's (torch's OneCycleLR to max_lr over all epochs).
-    cosine: linear warm-up from 0 over warmup_epochs, then half a cosine from max_lr to 0 at the last step
-    (BC-ResNet's main.py)."""
-    if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=cfg.max_lr, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch
-        )
-    total = cfg.epochs * steps_per_epoch
-    warm = min(round(cfg.warmup_epochs * steps_per_epoch), total - 1)
-
-    def factor(step: int) -> float:  # the LR of step `step` (from 0) over max_lr
-        if step < warm:
-            return (step + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(total - warm, 1)))
-
-    for g in optimizer.param_groups:
-        g["lr"] = g["initial_lr"] = cfg.max_lr
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-RULES = ("acc", "loss", "last", "ema", "swa")  # every selection rule, tracked and tested in every run
-
-
-def swa_window(cfg: TrainConfig) -> int:
-    """Epochs at the end whose weights the swa rule averages: --swa-epochs, else a quarter of the run."""
-    return cfg.swa_epochs or max(1, cfg.epochs // 4)
-
-
-def ema_decay(cfg: TrainConfig, steps_per_epoch: int) -> float:
-    """The EMA's decay per step: --ema, else 0.999 (time constant 1,000 steps), shortened to the swa window
-    (1 - 1 / its steps) on a run too short for that: 30 FSDD epochs are only ~500 steps, and an average
-    longer than the run would keep the first epochs' weights."""
-    return cfg.ema or min(0.999, 1 - 1 / max(swa_window(cfg) * steps_per_epoch, 2))
-
-
-def _copy(module: torch.nn.Module) -> dict:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
-@dataclass
-class Snapshots:
-    """The weights of the best validation epoch by accuracy and by loss, whichever rule keeps best.pt, so
-    every rule is tested at the end; in memory and in last.pt (a resumed run tests the same ones). Each is
-    {"epoch", "loss", "acc", "model"} or None before the first epoch."""
-
-    acc: dict | None = None
-    loss: dict | None = None
-
-    def update(self, row: dict, module: torch.nn.Module) -> None:
-        epoch, loss, acc = row["epoch"], row["loss"], row["acc"]
-        if self.acc is None or acc > self.acc["acc"] or (acc == self.acc["acc"] and loss < self.acc["loss"]):
-            self.acc = {"epoch": epoch, "loss": loss, "acc": acc, "model": _copy(module)}
-        if self.loss is None or loss < self.loss["loss"]:
-            self.loss = {"epoch": epoch, "loss": loss, "acc": acc, "model": _copy(module)}
 
 
 @dataclass
@@ -204,89 +98,6 @@ class Trainer:
             self.swa.load_state_dict(state["swa"])
         if "selection" in state:
             self.snapshots = Snapshots(**state["selection"])
-
-
-@torch.no_grad()
-def recompute_bn(s: Setup, model: torch.nn.Module) -> None:
-    """`model`'s BatchNorm running statistics, recomputed as the exact mean and (unbiased) variance of
-    each layer's input over the whole training split, through the plain pipeline validation uses (no
-    augmentation): bn_statistics over the training loader, its pipeline swapped for validation's.
-    (torch's update_bn takes a loader of inputs and averages per-batch statistics; ours yields (x, y).)"""
-    loader = s.loaders["train"]
-    saved = loader.pipeline
-    loader.pipeline = s.loaders["validation"].pipeline  # the plain one: no augmentation
-    loader.set_epoch(0)
-
-    def forward(m, x):
-        with autocast(s.cfg, s.device):
-            m(prep(x, s.cfg))
-
-    def batches():
-        for x, _ in loader:
-            yield lambda m, x=x: forward(m, x)
-
-    try:
-        bn_statistics(model, batches(), lambda t: dist.all_reduce_sum(s.rank, t))
-    finally:
-        loader.pipeline = saved
-
-
-@torch.no_grad()
-def bn_statistics(model: torch.nn.Module, calls, all_reduce=lambda t: t) -> None:
-    """Set every BatchNorm layer's running statistics of `model` to the exact per-channel mean and unbiased
-    variance of its inputs over every forward of `calls` (each a function of the model that runs it on
-    one batch). Only the BatchNorm layers are in training mode (normalizing by their batch, as in torch's
-    update_bn); dropout is off, so no RNG is drawn and the inputs are those an eval forward makes.
-    BC-ResNet's SubSpectralNorm over bands of uneven width calls F.batch_norm per band on slices of its
-    BatchNorm2d's buffers (no module call to hook): its input is recorded per band, channel c's band k at
-    c * sub_bands + k, the layout of those buffers. `all_reduce` sums the per-rank sums under torchrun, so
-    every rank ends with the same statistics. A layer no batch reached keeps its statistics."""
-    from speechcls.models.bcresnet import SubSpectralNorm
-
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return
-    sums: dict[torch.nn.Module, torch.Tensor] = {}
-
-    def moments(x: torch.Tensor) -> torch.Tensor:  # (B, C, ...) -> (3, C): count, sum, sum of squares
-        x = x.detach().double()
-        dims = [0, *range(2, x.dim())]
-        return torch.stack([torch.full_like(x.sum(dims), x.numel() / x.shape[1]), x.sum(dims), (x * x).sum(dims)])
-
-    def add(bn, got):
-        sums[bn] = sums[bn] + got if bn in sums else got
-
-    def record(module, args):
-        add(module, moments(args[0]))
-
-    def record_bands(module, args):  # SubSpectralNorm: only where it does not call its BatchNorm2d
-        x, sub = args[0], module.sub_bands
-        if x.shape[2] % sub:
-            bands = torch.stack([moments(band) for band in x.tensor_split(sub, dim=2)], dim=-1)  # (3, C, sub)
-            add(module.bn, bands.reshape(3, -1))
-
-    hooks = [m.register_forward_pre_hook(record) for m in bns]
-    hooks += [m.register_forward_pre_hook(record_bands) for m in model.modules() if isinstance(m, SubSpectralNorm)]
-    was = model.training
-    model.eval()
-    for m in model.modules():  # SubSpectralNorm's uneven path asks its own mode, not its BatchNorm2d's
-        if isinstance(m, (torch.nn.modules.batchnorm._BatchNorm, SubSpectralNorm)):
-            m.train()
-    try:
-        for call in calls:
-            call(model)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was)
-    for m in bns:
-        if m not in sums:
-            continue
-        n, total, squares = all_reduce(sums[m]).unbind()  # (C,) each
-        mean = total / n
-        var = (squares - n * mean * mean) / (n - 1).clamp(min=1)
-        m.running_mean.copy_(mean.to(m.running_mean.dtype))
-        m.running_var.copy_(var.clamp(min=0).to(m.running_var.dtype))
 
 
 def _sync(device: torch.device) -> None:
