@@ -60,7 +60,8 @@ def synth(
         typer.Option(
             "--words",
             "-w",
-            help="Words to speak (repeat, or comma-separated). \\[default: the 30 of v0.01]",
+            help='Words or phrases to speak (repeat, or comma-separated: "hey computer,lights on"), a class '
+            "folder each. \\[default: the 30 of v0.01]",
             show_default=False,
         ),
     ] = None,
@@ -69,15 +70,33 @@ def synth(
     noise: Annotated[
         float, typer.Option(help="Background noise amplitude relative to the speech peak (0 = clean).", min=0.0)
     ] = config.SYNTH_NOISE,
+    snr: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Instead of --noise: background noise at a signal-to-noise ratio drawn in LOW,HIGH dB (e.g. 5,20).",
+            metavar="LOW,HIGH",
+            show_default=False,
+        ),
+    ] = None,
+    reverb: Annotated[
+        float, typer.Option(help="The chance that a clip is said in a simple synthetic room (0 = never).", min=0.0)
+    ] = 0.0,
+    clip_seconds: Annotated[
+        float, typer.Option(help="Length of every clip (a phrase needs 1.5 to 2 s).", metavar="S")
+    ] = config.CLIP_SECONDS,
     overwrite: Annotated[bool, typer.Option(help="Replace a different tree already at --out.")] = False,
 ) -> None:
-    """Write a Speech Commands-style tree spoken by espeak-ng: offline demo and test data."""
+    """Write a Speech Commands-style tree spoken by espeak-ng: offline demo and test data, or the positives of
+    your own wake word (voices x speaking rates x pitches, with --reverb and --snr for rooms and noise)."""
     from speechcls.cli.progress import RichProgress
     from speechcls.data import synth as sy
 
     word_list = tuple(w for item in (words or ()) for w in item.split(",")) or config.V001_WORDS
     with RichProgress(console(stderr=True), unit="clips") as progress:
-        tree, what = sy.synthesize(out, word_list, voices, seed, noise, overwrite, progress=progress)
+        tree, what = sy.synthesize(
+            out, word_list, voices, seed, noise, overwrite, progress=progress, clip_seconds=clip_seconds,
+            reverb=reverb, snr=None if snr is None else sy.parse_snr(snr),
+        )  # fmt: skip
     if what == "present":
         typer.echo(f"{tree}: already written with these parameters")
     else:

@@ -1,11 +1,21 @@
-"""Offline demo data: a Speech Commands tree spoken by the espeak-ng synthesizer.
+"""Offline demo data: a Speech Commands tree spoken by the espeak-ng synthesizer, of words or your own
+phrases ("hey computer": a class folder named as written).
 
 Each voice (English accent x voice variant x rate x pitch) is one "speaker" and says every word once.
 Clips are resampled to 16 kHz with torchaudio (the same resampler featurize uses), trimmed of the
-synthesizer's silence, scaled to a random peak, placed at a random offset inside one second and
-written as mono PCM16 of exactly 16,000 samples. Speakers, not clips, are split into train /
-validation / test, so the lists are speaker-disjoint like the release's. Everything random comes from
-generators seeded by (seed, voice, word), so a seed gives the same bytes whatever the thread order.
+synthesizer's silence, scaled to a random peak, placed at a random offset inside the clip (one second,
+or --clip-seconds) and written as mono PCM16 of exactly that many samples. Speakers, not clips, are
+split into train / validation / test, so the lists are speaker-disjoint like the release's. Everything
+random comes from generators seeded by (seed, voice, word), so a seed gives the same bytes whatever the
+thread order.
+
+Variety for a wake word (off by default, so the demo tree stays byte for byte what it was): `reverb`, the
+chance that a clip is played in a simple room (a synthetic impulse response: the direct sound, then
+exponentially decaying noise with RT60 uniform in ROOM_RT60 seconds, mixed at a wet share uniform in
+ROOM_WET), and `snr`, background noise (the tree's white / pink / brown recordings) mixed at a
+signal-to-noise ratio uniform in [low, high] dB against the speech's own power. Both in numpy (an FFT
+convolution, a power ratio): a few lines each, no sox binary to install, and drawn from their own
+generator, default_rng([seed, 4, voice, word]), so turning them on leaves every other draw alone.
 """
 
 from __future__ import annotations
@@ -42,6 +52,9 @@ RATES = (120, 140, 160, 180)  # words per minute; at 120 the longest word still 
 PITCHES = (30, 40, 50, 60, 70)  # espeak-ng's 0-99 pitch scale
 NOISE_FILES = {"white_noise.wav": 0.0, "pink_noise.wav": 1.0, "brown_noise.wav": 2.0}  # name -> spectral slope
 NOISE_SECONDS = 30
+ROOM_RT60 = (0.15, 0.6)  # seconds for the reverberation to fall 60 dB: a small office to a living room
+ROOM_WET = (0.2, 0.6)  # share of the reverberant sound in the mix
+MAX_CLIP_SECONDS = 10.0  # a clip is cropped from the NOISE_SECONDS recordings; a phrase fits in far less
 
 
 @dataclass(frozen=True)
@@ -64,6 +77,20 @@ class SynthParams:
     voices: int
     seed: int
     noise: float
+    clip_samples: int = config.CLIP_SAMPLES
+    reverb: float = 0.0  # the chance of a room (0 = never)
+    snr: tuple[float, float] | None = None  # noise at a random SNR in [low, high] dB (None = --noise's rule)
+
+    def record(self) -> dict:
+        """What the marker keeps: the demo's fields, and the others only where they are not the default, so a
+        tree written before they existed is still "present" for the same command."""
+        d = asdict(self)
+        for name in ("clip_samples", "reverb", "snr"):
+            if d[name] == SynthParams.__dataclass_fields__[name].default:
+                d.pop(name)
+        if "snr" in d:
+            d["snr"] = list(d["snr"])
+        return d
 
 
 def espeak_version() -> str:
@@ -80,9 +107,47 @@ def espeak_version() -> str:
 
 
 def is_word(word: str) -> bool:
-    """A word synth speaks and names a folder after: letters and digits, '-' only between them. Never an
-    espeak-ng option (`-x`, `--path=...`, `-w FILE`) nor a hidden or special folder name (`_x`, `.`)."""
-    return all(part.isalnum() for part in word.split("-"))
+    """A word synth speaks and names a folder after: letters and digits, '-' only between them; a phrase is
+    such words with one space between them ("hey computer"). Never an espeak-ng option (`-x`,
+    `--path=...`, `-w FILE`) nor a hidden or special folder name (`_x`, `.`)."""
+    return all(part.isalnum() for w in word.split(" ") for part in w.split("-"))
+
+
+def room(n: int, rate: int, rng: np.random.Generator) -> np.ndarray:
+    """A simple room's impulse response: 1 (the direct sound), then noise whose envelope falls 60 dB in an
+    RT60 drawn from ROOM_RT60, scaled so that it is a wet share drawn from ROOM_WET of the energy.
+    Returns: (min(n, RT60 x rate),) float32."""
+    rt60 = rng.uniform(*ROOM_RT60)
+    wet = rng.uniform(*ROOM_WET)
+    length = min(n, max(2, int(rt60 * rate)))
+    t = np.arange(1, length) / rate
+    tail = rng.standard_normal(length - 1) * np.exp(-6.9078 * t / rt60)  # ln(1000): -60 dB at rt60
+    tail *= np.sqrt(wet / (1 - wet) / max(float(np.sum(tail**2)), 1e-12))
+    return np.concatenate([[1.0], tail]).astype(np.float32)
+
+
+def reverberate(clip: np.ndarray, ir: np.ndarray) -> np.ndarray:
+    """`clip` through the room `ir` (an FFT convolution), cut to the clip's length, at the clip's peak."""
+    n = len(clip) + len(ir) - 1
+    size = 1 << (n - 1).bit_length()
+    out = np.fft.irfft(np.fft.rfft(clip, size) * np.fft.rfft(ir, size), size)[: len(clip)]
+    peak = float(np.abs(out).max())
+    return (out * (float(np.abs(clip).max()) / peak) if peak > 0 else out).astype(np.float32)
+
+
+def parse_snr(text: str) -> tuple[float, float]:
+    """--snr "LOW,HIGH" in dB (one number: both ends); ValueError naming the value otherwise."""
+    import math
+
+    try:
+        parts = [float(p) for p in text.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or not all(math.isfinite(p) for p in parts) or parts[0] > parts[1]:
+        raise ValueError(f"--snr {text!r}: give LOW,HIGH in dB with LOW <= HIGH (e.g. --snr 5,20), or one number")
+    return parts[0], parts[1]
 
 
 def choose_voices(n: int, seed: int) -> list[Voice]:
@@ -154,21 +219,36 @@ def to_pcm16(x: np.ndarray) -> np.ndarray:
 
 def make_clip(
     voice: Voice, v_idx: int, w_idx: int, word: str, params: SynthParams, noises: list[np.ndarray], tmp: Path
-) -> np.ndarray:
-    """One clip of exactly CLIP_SAMPLES int16 samples."""
+) -> tuple[np.ndarray, bool]:
+    """One clip of exactly params.clip_samples int16 samples, and whether the speech was longer (cut)."""
+    n = params.clip_samples
     rng = np.random.default_rng([params.seed, 1, v_idx, w_idx])
     audio, rate = _speak(voice, word, tmp)
-    speech = _trim(_resample(audio, rate))[: config.CLIP_SAMPLES]
+    trimmed = _trim(_resample(audio, rate))
+    speech = trimmed[:n]
     peak = rng.uniform(0.25, 0.9)
     speech = speech * (peak / max(float(np.abs(speech).max()), 1e-6))
-    clip = np.zeros(config.CLIP_SAMPLES, dtype=np.float32)
-    offset = int(rng.integers(0, config.CLIP_SAMPLES - speech.size + 1))
+    clip = np.zeros(n, dtype=np.float32)
+    offset = int(rng.integers(0, n - speech.size + 1))
     clip[offset : offset + speech.size] = speech
     if params.noise > 0:
         bg = noises[int(rng.integers(len(noises)))]
-        start = int(rng.integers(0, bg.size - config.CLIP_SAMPLES))
-        clip += params.noise * peak * rng.uniform(0.5, 1.0) * bg[start : start + config.CLIP_SAMPLES] / 0.5
-    return to_pcm16(clip)
+        start = int(rng.integers(0, bg.size - n))
+        clip += params.noise * peak * rng.uniform(0.5, 1.0) * bg[start : start + n] / 0.5
+    variety = np.random.default_rng([params.seed, 4, v_idx, w_idx])  # its own draws: the ones above stay
+    if params.reverb > 0 and variety.random() < params.reverb:
+        clip = reverberate(clip, room(n, config.SAMPLE_RATE, variety))
+    if params.snr is not None:
+        snr_db = variety.uniform(*params.snr)
+        bg = noises[int(variety.integers(len(noises)))]
+        start = int(variety.integers(0, bg.size - n))
+        crop = bg[start : start + n]
+        power = float(np.mean(speech**2))  # of the speech alone: the clip's silence does not count
+        clip = clip + crop * np.sqrt(power / (float(np.mean(crop**2)) * 10 ** (snr_db / 10)))
+        top = float(np.abs(clip).max())
+        if top > 0.99:  # scaled, not clipped: a clipped mix is a distortion the model would learn
+            clip *= 0.99 / top
+    return to_pcm16(clip), trimmed.size > n
 
 
 def write_lists(tree: Path, speakers: list[str], words: tuple[str, ...], seed: int) -> None:
@@ -235,8 +315,13 @@ def synthesize(
     overwrite: bool = False,
     workers: int | None = None,
     progress: Progress | None = None,
+    clip_seconds: float = config.CLIP_SECONDS,
+    reverb: float = 0.0,
+    snr: tuple[float, float] | None = None,
 ) -> tuple[Path, str]:
     """Write the tree to `out` (default data/synth_commands). Returns (out, "present" | "written").
+    `words` may be phrases ("hey computer"); `clip_seconds`, `reverb` and `snr`: see the module's docstring
+    (`snr` replaces `noise`'s rule; give one of them). Speech longer than the clip is cut, with a warning.
 
     A tree already written with the same parameters is left as it is; one synth wrote with other
     parameters is replaced only with `overwrite`; any other non-empty `out` is refused, `overwrite` or
@@ -244,12 +329,13 @@ def synthesize(
     sibling folder and renamed into place, so an interrupted run never leaves a tree that looks finished.
     """
     out = Path(out) if out is not None else config.data_dir() / config.SYNTH_DIRNAME
-    words = tuple(dict.fromkeys(w.strip().lower() for w in words if w.strip()))
+    words = tuple(dict.fromkeys(" ".join(w.split()).lower() for w in words if w.strip()))
     for w in words:
         if not is_word(w):
             raise ValueError(
                 f"word {w!r} is neither text to speak nor a class folder name: a word is letters and digits, with '-' "
-                "only between them (e.g. 'yes', 'follow-up'), never an option like '-x'"
+                "only between them (e.g. 'yes', 'follow-up'), a phrase such words with spaces between them ('hey "
+                "computer'), never an option like '-x'"
             )
     if not words:
         raise ValueError("--words is empty: give at least one word")
@@ -259,10 +345,21 @@ def synthesize(
         )
     if not noise >= 0:
         raise ValueError(f"--noise {noise}: must be >= 0")
-    params = SynthParams(words, voices, seed, float(noise))
+    if not (isinstance(clip_seconds, (int, float)) and 0.1 <= clip_seconds <= MAX_CLIP_SECONDS):
+        raise ValueError(f"--clip-seconds {clip_seconds!r}: synth writes clips of 0.1 to {MAX_CLIP_SECONDS:g} s")
+    if not (isinstance(reverb, (int, float)) and 0 <= reverb <= 1):
+        raise ValueError(f"--reverb {reverb!r} is the chance of a room: give a number in [0, 1]")
+    if snr is not None and noise > 0:
+        raise ValueError(
+            f"--noise {noise:g} and --snr {snr[0]:g},{snr[1]:g} are two rules for the same noise: choose one"
+        )
+    params = SynthParams(
+        words, voices, seed, float(noise), config.clip_samples(clip_seconds), float(reverb),
+        None if snr is None else (float(snr[0]), float(snr[1])),
+    )  # fmt: skip
     version = espeak_version()
     chosen = choose_voices(voices, seed)
-    record = {**asdict(params), "words": list(words), "espeak": version}
+    record = {**params.record(), "words": list(words), "espeak": version}
 
     written = _synth_record(out)
     if written == record and not overwrite:
@@ -293,12 +390,13 @@ def _build(
     for w in words:
         (tmp_tree / w).mkdir()
 
-    def job(task: tuple[int, int]) -> None:
+    def job(task: tuple[int, int]) -> bool:
         v_idx, w_idx = task
         voice, word = chosen[v_idx], words[w_idx]
-        clip = make_clip(voice, v_idx, w_idx, word, params, noises, scratch)
+        clip, cut = make_clip(voice, v_idx, w_idx, word, params, noises, scratch)
         sf.write(tmp_tree / word / f"{voice.speaker}_nohash_0.wav", clip, config.SAMPLE_RATE, subtype="PCM_16")
         progress.advance()
+        return cut
 
     tasks = [(v, w) for v in range(len(chosen)) for w in range(len(words))]
     progress = progress or Progress()
@@ -307,9 +405,16 @@ def _build(
         scratch = Path(scratch_dir)
         # espeak-ng runs as a subprocess and libsndfile releases the GIL: threads keep both cores busy
         with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-            for _ in pool.map(job, tasks):
-                pass
+            cut = sum(pool.map(job, tasks))
     progress.end()
+    if cut:
+        import warnings
+
+        warnings.warn(
+            f"{cut} of {len(tasks)} clips were longer than {params.clip_samples / config.SAMPLE_RATE:g} s and were cut "
+            "(the slowest voices say a phrase slowly): pass a longer --clip-seconds",
+            stacklevel=3,
+        )
 
     write_lists(tmp_tree, [v.speaker for v in chosen], words, seed)
     (tmp_tree / "README.md").write_text(
