@@ -341,6 +341,58 @@ def test_the_sweep_decides_as_listen_does():
     assert match(by_listen, [], ["yes", "no", "up", "down"], 0.5)["all"]["false_accepts"] == len(by_listen)
 
 
+def _reference_decide(scores, classes, starts_s, clip_s, threshold, refractory_ms, min_windows=1):
+    """listen's decisions as issue 16 wrote them, a loop over the windows: the vectorized `decide` must agree."""
+    top = scores.argmax(axis=1)
+    best = scores[np.arange(len(top)), top]
+    reported = np.array([c not in (config.SILENCE, config.UNKNOWN) for c in classes])
+    active = reported[top] & (best > threshold)
+    runs, i = [], 0
+    while i < len(top):
+        if not active[i]:
+            i += 1
+            continue
+        j = i
+        while j + 1 < len(top) and active[j + 1] and top[j + 1] == top[i]:
+            j += 1
+        if j - i + 1 >= min_windows:
+            runs.append((int(top[i]), i, j))
+        i = j + 1
+    found, last = [], {}
+    for k, i, j in runs:
+        first_end, last_start = starts_s[i] + clip_s, starts_s[j]
+        det = {"word": classes[k], "start": float(min(last_start, first_end)), "end": float(max(last_start, first_end)),
+               "time": float((first_end + last_start) / 2),
+               "confidence": float(scores[i : j + 1, k].max())}  # fmt: skip
+        prev = last.get(k)
+        if prev is not None and (det["time"] - prev["time"]) * 1000 < refractory_ms:
+            prev["end"], prev["confidence"] = max(prev["end"], det["end"]), max(prev["confidence"], det["confidence"])
+            continue
+        found.append(det)
+        last[k] = det
+    return [{**d, **{t: round(d[t], 3) for t in ("start", "end", "time")}} for d in found]
+
+
+@pytest.mark.parametrize("min_windows", [1, 3])
+def test_decisions_match_the_loop_they_replace(min_windows):
+    rng = np.random.default_rng(4)
+    probs = rng.dirichlet(np.ones(len(CLASSES)) * 0.2, size=4000).astype(np.float32)
+    scores, starts = smooth(probs, 3), np.arange(4000) * 0.1
+    got = decide(scores, CLASSES, starts, 1.0, 0.55, 600.0, None, min_windows)
+    assert got == _reference_decide(scores, CLASSES, starts, 1.0, 0.55, 600.0, min_windows) and got
+
+
+def test_the_consecutive_window_rule_drops_short_runs():
+    scores = np.zeros((40, len(CLASSES)), np.float32)
+    scores[:, 0] = 1
+    scores[5:7] = [0.05, 0, 0.95, 0, 0, 0]  # "yes" for 2 windows
+    scores[20:25] = [0.05, 0, 0, 0.95, 0, 0]  # "no" for 5
+    starts = np.arange(40) * 0.1
+    assert [d["word"] for d in decide(scores, CLASSES, starts, 1.0, 0.5, 0.0, None, 1)] == ["yes", "no"]
+    assert [d["word"] for d in decide(scores, CLASSES, starts, 1.0, 0.5, 0.0, None, 3)] == ["no"]
+    assert decide(scores, CLASSES, starts, 1.0, 0.5, 0.0, None, 6) == []
+
+
 # --- the command, the operating point used ----------------------------------------------------------------
 @pytest.fixture()
 def judged(synth_tree, tmp_path):
@@ -365,7 +417,7 @@ def test_stream_eval_writes_the_sweep_and_the_operating_point(judged):
     assert point is not None and float(point["fa_per_hour"]) <= 1000
     assert point["frr"] == min(float(r["frr"]) for r in eligible)
     assert f"operating point: threshold {point['threshold']:g}" in output
-    assert record["listen"] == {"hop_ms": 100.0, "smooth_ms": 500.0, "refractory_ms": 1000.0}
+    assert record["listen"] == {"hop_ms": 100.0, "smooth_ms": 500.0, "refractory_ms": 1000.0, "min_windows": 1}
 
 
 def test_listen_takes_the_operating_point(judged):

@@ -80,6 +80,9 @@ def listen(
         float, typer.Option(help="A repeat of the same word within this long counts once.")
     ] = 1000.0,
     batch_size: Annotated[int, typer.Option(help="Windows per model call.")] = 64,
+    min_windows: Annotated[
+        int, typer.Option(help="The consecutive-window rule: a word must win this many windows in a row.")
+    ] = 1,
     way: Annotated[
         str, typer.Option(help="auto | frames (the recording's features once, slid) | windows (each window's own).")
     ] = "auto",
@@ -96,7 +99,7 @@ def listen(
     from speechcls.infer.listen import ListenConfig
     from speechcls.infer.listen import listen as spot
 
-    cfg = ListenConfig(hop_ms, threshold, smooth_ms, refractory_ms, batch_size, way).validate()
+    cfg = ListenConfig(hop_ms, threshold, smooth_ms, refractory_ms, batch_size, way, min_windows).validate()
     results = spot(model, files, cfg, device)
     if json_out:
         typer.echo(json.dumps(results, indent=1))

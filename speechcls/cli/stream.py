@@ -109,6 +109,7 @@ def evaluate(
     hop_ms: Annotated[float, typer.Option(help="As listen's.")] = 100.0,
     smooth_ms: Annotated[float, typer.Option(help="As listen's.")] = 500.0,
     refractory_ms: Annotated[float, typer.Option(help="As listen's.")] = 1000.0,
+    min_windows: Annotated[int, typer.Option(help="As listen's: windows in a row a word must win.")] = 1,
     batch_size: Annotated[int, typer.Option(help="Windows per model call.")] = 64,
     way: Annotated[
         str, typer.Option(help="auto | frames (the stream's features once, slid) | windows (each window's own).")
@@ -124,7 +125,7 @@ def evaluate(
     from speechcls.infer.listen import ListenConfig
     from speechcls.infer.stream_eval import evaluate_stream
 
-    cfg = ListenConfig(hop_ms, None, smooth_ms, refractory_ms, batch_size, way).validate()
+    cfg = ListenConfig(hop_ms, None, smooth_ms, refractory_ms, batch_size, way, min_windows).validate()
     r = evaluate_stream(model, wav, labels, cfg, target_fa_per_hour, tolerance_ms, device, overwrite)
     for note in r["notes"]:
         typer.echo(f"note: {note}")

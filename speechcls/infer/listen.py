@@ -63,6 +63,9 @@ class ListenConfig:
     refractory_ms: float = 1000.0  # a repeat of the same word within this is merged (see the module docstring)
     batch_size: int = 64  # windows per model call
     way: str = "auto"  # frames: the recording's STFT once, slid (stream_frames.py); windows: each window's own
+    # the consecutive-window rule: a run of fewer windows above the threshold is no detection (1: any run;
+    # openWakeWord and microWakeWord's streaming cut-offs ask for several in a row)
+    min_windows: int = 1
 
     def validate(self) -> "ListenConfig":
         if not (math.isfinite(self.hop_ms) and self.hop_ms > 0):
@@ -75,6 +78,8 @@ class ListenConfig:
             raise ValueError(
                 f"--smooth-ms and --refractory-ms must be >= 0, got {self.smooth_ms}, {self.refractory_ms}"
             )
+        if not isinstance(self.min_windows, int) or self.min_windows < 1:
+            raise ValueError(f"--min-windows must be a whole number >= 1, got {self.min_windows}")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
         return self
@@ -82,7 +87,10 @@ class ListenConfig:
     def settings(self) -> dict:
         """What an operating point was measured with: the settings that move the detections (not the
         threshold, which it chooses, nor the batch size or the way, which do not)."""
-        return {"hop_ms": self.hop_ms, "smooth_ms": self.smooth_ms, "refractory_ms": self.refractory_ms}
+        return {
+            "hop_ms": self.hop_ms, "smooth_ms": self.smooth_ms, "refractory_ms": self.refractory_ms,
+            "min_windows": self.min_windows,
+        }  # fmt: skip
 
 
 class Scorer(Protocol):
@@ -381,7 +389,8 @@ def detect(
     win windows and keep the words quiet. `stream eval` calls `decide` on the smoothed posteriors once
     per threshold: the same code."""
     threshold = DEFAULT_THRESHOLD if cfg.threshold is None else cfg.threshold  # listen resolves it before
-    return decide(smooth(probs, smooth_width(cfg)), classes, starts_s, clip_s, threshold, cfg.refractory_ms, words)
+    scores = smooth(probs, smooth_width(cfg))
+    return decide(scores, classes, starts_s, clip_s, threshold, cfg.refractory_ms, words, cfg.min_windows)
 
 
 def reported_mask(classes: list[str], words=None) -> np.ndarray:
@@ -397,8 +406,10 @@ def decide(
     threshold: float,
     refractory_ms: float,
     words=None,
+    min_windows: int = 1,
 ) -> list[dict]:
-    """`detect` after the smoothing: scores (N, K) smoothed posteriors -> detections."""
+    """`detect` after the smoothing: scores (N, K) smoothed posteriors -> detections; a run of fewer than
+    `min_windows` windows is none (the consecutive-window rule)."""
     top = scores.argmax(axis=1)
     best = scores[np.arange(len(top)), top]
     active = reported_mask(classes, words)[top] & (best > threshold)
@@ -412,6 +423,8 @@ def decide(
     found: list[dict] = []
     last: dict[int, dict] = {}  # word -> its latest detection
     for i, j, peak in zip(firsts.tolist(), lasts.tolist(), np.asarray(peaks).tolist()):
+        if j - i + 1 < min_windows:
+            continue
         k = int(top[i])
         first_end, last_start = starts_s[i] + clip_s, starts_s[j]
         det = {

@@ -240,7 +240,7 @@ def sweep(scores, classes, starts_s, clip_s, cfg, labels, keywords, hours: float
 
     rows = []
     for t in thresholds:
-        found = decide(scores, classes, starts_s, clip_s, t, cfg.refractory_ms, words=set(keywords))
+        found = decide(scores, classes, starts_s, clip_s, t, cfg.refractory_ms, set(keywords), cfg.min_windows)
         counts = match(found, labels, keywords, tolerance_s)
         for word, c in [(ALL, counts["all"]), *counts["per_word"].items()]:
             rows.append({"threshold": t, "word": word, **_rates(c, hours), **c})

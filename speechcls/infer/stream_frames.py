@@ -76,8 +76,9 @@ class FrameSlider:
         self.params = params
         h, n, clip = params.hop_length, params.n_fft, params.clip_samples
         self.left, self.right, self.frames = edge_frames(n, h, clip)
-        # the left edge frames from the window's first samples: enough for them and for its reflect padding
-        self.head = min(clip, self.left * h + n)
+        # the left edge frames from the window's first samples: the last one reaches sample (left - 1) h + n/2,
+        # and the reflect padding needs more than n/2 (the fewer samples, the less STFT per window)
+        self.head = min(clip, (self.left - 1) * h + n // 2 + 1)
         # the right ones from its samples from `tail` on (a multiple of h, so frames stay aligned)
         self.tail = max(0, ((self.frames - self.right) * h - n // 2) // h * h)
 
