@@ -524,3 +524,34 @@ def test_a_run_without_silence_and_unknown_is_judged_and_says_so(tmp_path):
     assert r.exit_code == 0, r.output
     assert "note: the model has no _silence_ or _unknown_ class" in r.output
     assert json.loads((run / "streaming.json").read_text())["keywords"] == ["yes"]  # the labels' words
+
+
+# --- the DET plot and the report's section ----------------------------------------------------------------
+def test_plot_det_and_the_report_section(judged, tmp_path):
+    from PIL import Image
+
+    from speechcls.engine.run_dir import RunDir
+
+    run, _, _ = judged
+    out = tmp_path / "det.png"
+    r = runner.invoke(app, ["plot", "det", str(run), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert Image.open(out).size == (900, 550)
+    # the report: a section with the run's operating point and the DET curve (needs the run's other files)
+    RunDir(run).write_metrics({"test_acc": 0.5, "test_loss": 1.0, "epochs_run": 1, "classes": CLASSES,
+                               "per_class_acc": {}, "confusion": np.eye(len(CLASSES)).tolist()})  # fmt: skip
+    (run / "log.csv").write_text('"epoch","set","loss","acc"\n1,"train",1.0,0.5\n1,"valid",1.0,0.5\n')
+    page = tmp_path / "report.html"
+    r = runner.invoke(app, ["report", str(run), "--out", str(page)])
+    assert r.exit_code == 0, r.output
+    text = page.read_text()
+    point = json.loads((run / "streaming.json").read_text())["operating_point"]
+    assert "Keyword spotting on a stream" in text and "alt='DET curve of run'" in text
+    assert f"<td>{point['threshold']:g} (FRR" in text
+    # a run never judged: no section, no error
+    (run / "streaming.json").unlink()
+    r = runner.invoke(app, ["report", str(run), "--out", str(page)])
+    assert r.exit_code == 0 and "Keyword spotting on a stream" not in page.read_text()
+    (run / "streaming.csv").unlink()
+    r = runner.invoke(app, ["plot", "det", str(run), "--out", str(tmp_path / "x.png")])
+    assert r.exit_code == 1 and "run `speechcls stream eval" in r.output and "Traceback" not in r.output

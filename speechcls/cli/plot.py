@@ -120,6 +120,24 @@ def plot_confusion(
     _plotted(plots.confusion(run, out, min_share))
 
 
+@plot_app.command("det")
+@user_errors
+def plot_det(
+    runs: Annotated[
+        list[Path], typer.Argument(metavar="RUN...", help="Runs (or .onnx files) judged by `speechcls stream eval`.")
+    ],
+    out: OutFile = Path("det.png"),
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """False rejects against false accepts per hour (log x) from streaming.csv: one curve per run (per keyword
+    too, for one run), the operating point marked."""
+    from speechcls.infer.stream_eval import result_paths
+    from speechcls.report import plots
+
+    plots.check_out(out, tuple(p for r in runs for p in result_paths(r).values()), overwrite)
+    _plotted(plots.det(runs, out))
+
+
 @app.command()
 @user_errors
 def report(

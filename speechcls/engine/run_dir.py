@@ -11,6 +11,8 @@
     confusion_<split>.csv one per split evaluated (rows = true class): training writes confusion_test.csv,
                           `speechcls evaluate --split S` (re)writes confusion_S.csv
     lr_find.csv           the LR finder's sweep (its own folder)
+    streaming.csv, .json  `speechcls stream eval`: the threshold sweep and the operating point (infer/stream_eval.py,
+                          their reader and writer); removed with the run's files, since they judge its weights
 
 Small text files are written through a temporary file and a rename, like the checkpoints.
 """
@@ -89,7 +91,8 @@ class RunDir:
                 f"{self.path} already holds a run: `--resume {self.path}` continues it, --overwrite replaces it"
             )
         events = self.path.glob(f"{TENSORBOARD_DIRNAME}/events.out.tfevents.*")  # else two runs' curves in one
-        own = [*(self.path / f for f in RUN_FILES), *self.path.glob("confusion*.csv"), *self.temps(), *events]
+        judged = [self.path / "streaming.csv", self.path / "streaming.json"]  # of the weights being replaced
+        own = [*(self.path / f for f in RUN_FILES), *self.path.glob("confusion*.csv"), *judged, *self.temps(), *events]
         for path in own:
             try:
                 if path.is_file():

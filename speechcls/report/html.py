@@ -37,6 +37,52 @@ def run_data(metrics: dict, cfg: dict) -> str:
     return f"{name} (Speech Commands {dataset['version']})" if dataset.get("version") else name
 
 
+def streaming(run: Path) -> dict | None:
+    """The run's streaming.json (`speechcls stream eval`) where it has one with a curve to draw, else None."""
+    from speechcls.infer.stream_eval import read_results, result_paths
+
+    record = read_results(run)
+    if record is None or not record.get("keyword_labels") or not result_paths(run)["csv"].is_file():
+        return None
+    return record
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f} %"
+
+
+def streaming_section(loaded: list[tuple]) -> str:
+    """The page's keyword-spotting section: per judged run, the stream, FRR at 1 and 0.1 FA/h, the operating
+    point, and its DET curve; "" where no run was judged."""
+    esc = html.escape
+    rows, figures = [], []
+    for run, _m, _cfg, img in loaded:
+        record = streaming(run)
+        if record is None:
+            continue
+        at, point = record.get("frr_at", {}), record.get("operating_point")
+        cells = [
+            run.name, Path(record["stream"]).name, f"{record['seconds'] / 60:.1f} min", record["keyword_labels"],
+            f"{record['fa_per_hour_resolution']:.2g}", _pct((at.get("1") or {}).get("frr")),
+            _pct((at.get("0.1") or {}).get("frr")),
+            "none" if point is None else f"{point['threshold']:g} (FRR {_pct(point['frr'])}, "
+            f"{point['fa_per_hour']:.2g} FA/h)",
+        ]  # fmt: skip
+        rows.append("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in cells) + "</tr>")
+        figures.append(f"<img alt='DET curve of {esc(run.name)}' src='{img['det']}'>")
+    if not rows:
+        return ""
+    head = ["run", "stream", "length", "keywords", "1 false accept (FA/h)", "FRR at 1 FA/h", "FRR at 0.1 FA/h",
+            "operating point (at the target)"]  # fmt: skip
+    return (
+        "<h2>Keyword spotting on a stream</h2>\n<p>From <code>speechcls stream eval</code>: false rejects at a rate "
+        "of false accepts per hour on a long stream with known words; listen and export use the operating point. "
+        "On a stream shorter than an hour, one false accept is more than 1 FA/h: there 'FRR at 1 FA/h' means no "
+        "false accept at all.</p>\n"
+        f"<table><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr>{''.join(rows)}</table>{''.join(figures)}"
+    )
+
+
 def _load(runs: list[Path]) -> list[tuple]:
     """(run, metrics, config, {figure: data URI}) of each run."""
     from speechcls.engine.run_dir import RunDir
@@ -50,6 +96,9 @@ def _load(runs: list[Path]) -> list[tuple]:
             for kind, fn in (("curves", plots.curves), ("confusion", plots.confusion)):
                 png = fn(run, Path(tmp) / f"{i}-{kind}.png")
                 images[kind] = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
+            if streaming(run) is not None:  # judged by `speechcls stream eval`: its DET curve
+                png = plots.det([run], Path(tmp) / f"{i}-det.png")
+                images["det"] = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
             loaded.append((run, metrics, cfg, images))
     return loaded
 
@@ -133,6 +182,7 @@ official split does not. A run on a synthetic tree (espeak-ng voices saying the 
 pipeline works; its accuracy says nothing about recognizing human speech.</p>
 <h2>Per-class test accuracy</h2>
 <table><tr><th>class</th>{pc_head}</tr>{"".join(pc_rows)}</table>
+{streaming_section(loaded)}
 {"".join(sections)}
 </body></html>
 """
