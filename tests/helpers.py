@@ -126,3 +126,24 @@ class InterruptAfter(Progress):
             self.ends -= 1
             if self.ends == 0:
                 raise KeyboardInterrupt("interrupted (test)")
+
+
+def as_format_4(store: Path) -> Path:
+    """Turn a store into what format 4 wrote for the same run: no chunk_crc32c array, no array_digests or
+    records_crc32c, format_version 4 (in the request too) and the digests of the protected attributes only."""
+    import json
+    import shutil
+
+    from speechcls.store.format import PROTECTED_ATTRS, digest
+
+    shutil.rmtree(store / "chunk_crc32c")
+    meta = store / "zarr.json"
+    doc = json.loads(meta.read_text())
+    attrs = doc["attributes"]
+    for key in ("array_digests", "records_crc32c"):
+        attrs.pop(key)
+    attrs["format_version"] = 4
+    attrs["request"]["format_version"] = 4
+    attrs["attr_digests"] = {k: digest(attrs[k]) for k in PROTECTED_ATTRS if k in attrs}
+    meta.write_text(json.dumps(doc))
+    return store

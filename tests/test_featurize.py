@@ -408,9 +408,16 @@ def test_overwrite_replaces_a_store_speechcls_made(tmp_path, mini_root):
     tree = copy_tree(mini_root, tmp_path / "t", per_word=1)
     out = tmp_path / "s.zarr"
     assert featurize(FeatureParams("mel"), tree, out=out, device="cpu").status == "written"
-    (out / "stray").write_text("inside the store: replaced with it")
+    (out / "notes.txt").write_text("a user's file inside the store: never deleted with it")
+    (out / "features" / "x.npy").write_bytes(b"another program's")
+    before = _listing(out)
+    with pytest.raises(ValueError, match=r"holds features/x.npy, notes.txt, which featurize did not write") as e:
+        featurize(FeatureParams("mel"), tree, out=out, device="cpu", overwrite=True)
+    assert "\n" not in str(e.value) and _listing(out) == before
+    (out / "notes.txt").unlink()
+    (out / "features" / "x.npy").unlink()
     again = featurize(FeatureParams("mel"), tree, out=out, device="cpu", overwrite=True)
-    assert again.status == "written" and again.computed == again.clips and not (out / "stray").exists()
+    assert again.status == "written" and again.computed == again.clips
     assert reader.open_store(out).attrs["complete"]
 
 

@@ -153,7 +153,7 @@ def verify(
     r = check(store, str(root) if root is not None else None)
     for problem in r["problems"]:
         typer.echo(f"{store}: {problem}", err=True)
-    status = "DAMAGED" if r["problems"] else "ok"
+    status = "UNPROVEN" if r.get("unproven") else "DAMAGED" if r["problems"] else "ok"
     typer.echo(f"{store}: {status}: {r['chunks']} chunks, {r['bytes'] / 1e6:.1f} MB read and checked")
     if r["problems"]:
         raise typer.Exit(1)

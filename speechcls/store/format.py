@@ -15,6 +15,8 @@ Layout (N = every indexed clip, rows in a seeded shuffled order so each chunk mi
                               `speechcls verify --root` re-hashes the audio against it
     done      (B,) bool       block b (a run of whole chunks) is written; one object per block
     resampled (B,) int32      clips of block b that were resampled; one object per block
+    chunk_crc32c (B, K) int64 the CRC-32C ending each chunk object block b wrote, slot by slot
+                              (block_slots); one object per block
 
 Every chunk is an object, all-zero ones included (zarr's write_empty_chunks, off by default, is turned
 on for every array): zarr reads a missing chunk as its fill value, so without this a chunk lost in a
@@ -22,10 +24,15 @@ partial copy or deleted during training would silently read as zeros (or as labe
 
 Every chunk ends with a CRC-32C of its stored bytes (zarr v3's crc32c codec, last in every array's
 codec chain): a flipped bit, a truncated object or a foreign file in its place fails the check on read
-(DamagedStore naming the chunk), and featurize recomputes it like a lost one. The attributes that say
-what the numbers are (variant, parameters, classes, layout, ...) are digested at creation and checked on
-open, so an edited attribute is found before training. The request holds a fingerprint of the tree
-(every clip's path, size and mtime; the lists' bytes), so featurize notices a tree that changed since.
+(DamagedStore naming the chunk), and featurize recomputes it like a lost one. A checksum is tied to its
+object, not to its place: so each block also records the CRC-32C of every chunk object it wrote, by
+slot (`chunk_crc32c`), and creation those of the records it wrote (attribute `records_crc32c`); a chunk
+moved or swapped to another key no longer matches the record of its place. Creation records a digest
+of every array's metadata document (`array_digests`), and every attribute is digested (`attr_digests`,
+rewritten with each attribute write): an edited dtype, codec chain or class list is found on open. A
+store of this format without these records is damaged, never trusted. The request holds a fingerprint of
+the tree (every clip's path, size and mtime; the lists' bytes), so featurize notices a tree that
+changed since.
 """
 
 from __future__ import annotations
@@ -44,8 +51,14 @@ from speechcls.config import FeatureParams
 from speechcls.store.location import Location, join, to_location
 
 # bump on any change of layout; readers refuse another version (3: every chunk written; 4: every chunk
-# checksummed, attributes digested, the tree fingerprinted)
-FORMAT_VERSION = 4
+# checksummed, attributes digested, the tree fingerprinted; 5: every chunk's place and every array's
+# metadata recorded, every attribute digested). An older store is rebuilt by its featurize command: its
+# array data are byte for byte those of format 5 (the records are new objects and attributes)
+FORMAT_VERSION = 5
+# Format 4 stores still read (the same arrays, fewer records): a long featurize is not lost to the bump.
+# What format 5 adds cannot be proven for them, so `speechcls verify` reports one unproven, and featurize
+# rebuilds it as format 5; what format 4 recorded (checksums, its attribute digests) is checked as before.
+READABLE_VERSIONS = (4, FORMAT_VERSION)
 
 # Chosen by benchmarks/store_codecs.py on the 300 real clips (benchmarks/results/store_codecs-cpu2.md):
 # real speech's spectra barely compress (1.06x to 1.2x whatever the codec); blosc lz4 after a bit
@@ -75,20 +88,32 @@ SPLIT_CODES = {"train": 0, "validation": 1, "test": 2}  # the int8 codes of the 
 
 # every array of a store: features and the per-row records (chunked like features), the per-block
 # records (one chunk per block), the rows known before decoding (one chunk)
-ARRAYS = ("features", "valid", "skip_reason", "audio_crc32c", "done", "resampled", "label", "split", "speaker", "path")
+ARRAYS = (
+    "features", "valid", "skip_reason", "audio_crc32c", "done", "resampled", "chunk_crc32c", "label", "split",
+    "speaker", "path",
+)  # fmt: skip
+# the per-row records featurize writes at creation, one chunk each (their CRC-32Cs: attrs["records_crc32c"])
+ROW_RECORDS = ("label", "split", "speaker", "path")
+# the arrays chunked along rows that a block writes, in the order of its chunk_crc32c slots
+BLOCK_ARRAYS = ("features", "valid", "skip_reason", "audio_crc32c")
 
-# the attributes that say what the stored numbers are: digested at creation, checked on every open
+# the attributes that say what the stored numbers are: every store of this format records their digests
 PROTECTED_ATTRS = (
     "format_version", "variant", "params", "sample_rate", "clip_samples", "classes", "request", "codec",
     "chunk_rows", "block_rows", "row_order_seed", "engine", "dataset",
 )  # fmt: skip
+# ... and that a store records once created: without them its chunks' places and metadata are unproven
+CREATED_ATTRS = ("array_digests", "records_crc32c")
+# attributes not digested: the run's timings, which differ between runs that make identical stores, and the
+# state flags, checked against the store itself (creation's arrays, the done flags and the listing)
+UNDIGESTED = ("attr_digests", "seconds", "clips_per_s", "created", "complete")
 
 
 # Every array names its dimensions (zarr v3's dimension_names), so labelled-array readers see one table
 # of clips: `xarray.open_zarr(store, consolidated=False)` gives features (clip, channel, freq|mel, time)
 # beside label, split, speaker, path, ... on `clip`, and the per-block records on `block`. Stores made
 # before the names were recorded read the same in speechcls (the reader does not use them).
-PER_BLOCK = ("done", "resampled")
+PER_BLOCK = ("done", "resampled", "chunk_crc32c")
 
 
 def dimension_names(variant: str) -> dict[str, tuple[str, ...]]:
@@ -96,7 +121,26 @@ def dimension_names(variant: str) -> dict[str, tuple[str, ...]]:
     features = {"waveform": ("clip", "channel", "sample"), "mel": ("clip", "channel", "mel", "time")}.get(
         variant, ("clip", "channel", "freq", "time")
     )
-    return {name: features if name == "features" else ("block",) if name in PER_BLOCK else ("clip",) for name in ARRAYS}
+    dims = {"features": features, "chunk_crc32c": ("block", "slot")}
+    return {name: dims.get(name, ("block",) if name in PER_BLOCK else ("clip",)) for name in ARRAYS}
+
+
+def arrays_of(version) -> tuple[str, ...]:
+    """The arrays a store of format `version` holds (4: all but chunk_crc32c)."""
+    return tuple(a for a in ARRAYS if a != "chunk_crc32c") if version == 4 else ARRAYS
+
+
+def block_slots(b: int, chunks_per_block: int) -> list[tuple[str, int]]:
+    """(array, chunk index) of each slot of block b's chunk_crc32c row: the chunks of BLOCK_ARRAYS in turn
+    (chunks_per_block each, block_rows / chunk_rows), then the block's resampled count. The last block may
+    have fewer chunks: its missing slots hold -1."""
+    rows = [(name, b * chunks_per_block + k) for name in BLOCK_ARRAYS for k in range(chunks_per_block)]
+    return [*rows, ("resampled", b)]
+
+
+def stored_crc32c(data: bytes) -> int:
+    """The CRC-32C a chunk object ends with (the crc32c codec's last 4 bytes, little endian)."""
+    return int.from_bytes(data[-4:], "little")
 
 
 class IncompleteStore(ValueError):
@@ -130,17 +174,33 @@ def chunk_checksum_ok(data: bytes) -> bool:
 
 
 def attr_digests(attrs: dict) -> dict[str, str]:
-    """A digest of each protected attribute, recorded beside them."""
-    return {k: _digest(attrs[k]) for k in PROTECTED_ATTRS if k in attrs}
+    """A digest of every attribute but UNDIGESTED, recorded beside them (rewritten with every attribute write)."""
+    return {k: digest(v) for k, v in sorted(attrs.items()) if k not in UNDIGESTED}
 
 
-def edited_attrs(attrs: dict) -> list[str]:
-    """The protected attributes whose value no longer matches its recorded digest (or was removed)."""
-    recorded = attrs.get("attr_digests") or {}
-    return sorted(k for k in PROTECTED_ATTRS if k in recorded and (k not in attrs or _digest(attrs[k]) != recorded[k]))
+def attr_problems(attrs: dict) -> dict[str, list[str]]:
+    """{"edited": [...], "added": [...], "unrecorded": [...]}: attributes whose value no longer matches its
+    digest (or that were removed), attributes featurize did not write, and the attributes every store of
+    this format records (PROTECTED_ATTRS, and CREATED_ATTRS once created) that have no digest. Empty lists
+    for an intact store."""
+    recorded = attrs.get("attr_digests")
+    recorded = recorded if isinstance(recorded, dict) else {}
+    if attrs.get("format_version") == 4:  # digests of the protected attributes only, written at creation
+        recorded = {k: d for k, d in recorded.items() if k in PROTECTED_ATTRS}
+        edited = sorted(k for k, d in recorded.items() if k not in attrs or digest(attrs[k]) != d)
+        unrecorded = [k for k in PROTECTED_ATTRS if k in attrs and k not in recorded]
+        return {"edited": edited, "added": [], "unrecorded": unrecorded}
+    required = PROTECTED_ATTRS + (CREATED_ATTRS if attrs.get("created") else ())
+    return {
+        "edited": sorted(k for k, d in recorded.items() if k not in attrs or digest(attrs[k]) != d),
+        "added": sorted(k for k in attrs if k not in recorded and k not in UNDIGESTED),
+        "unrecorded": [k for k in required if k not in recorded],
+    }
 
 
-def _digest(value) -> str:
+def digest(value) -> str:
+    """16 hex digits of the SHA-256 of `value` as JSON with sorted keys (Python's json.dumps, its default
+    separators and ASCII escapes): the digest of an attribute and of an array's metadata document."""
     import json
 
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
@@ -203,6 +263,10 @@ class Layout:
     @property
     def n_blocks(self) -> int:
         return -(-self.n // self.block_rows)
+
+    @property
+    def chunks_per_block(self) -> int:
+        return self.block_rows // self.chunk_rows
 
     def block(self, b: int) -> slice:
         return slice(b * self.block_rows, min((b + 1) * self.block_rows, self.n))

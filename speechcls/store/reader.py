@@ -7,14 +7,18 @@ import numpy as np
 
 from speechcls import config
 from speechcls.store.format import (
-    ARRAYS,
     FORMAT_VERSION,
+    READABLE_VERSIONS,
     SPLIT_CODES,
     DamagedStore,
     IncompleteStore,
+    arrays_of,
+    attr_problems,
+    block_slots,
     chunk_checksum_ok,
-    edited_attrs,
+    digest,
     rebuild_command,
+    stored_crc32c,
 )
 from speechcls.store.location import (
     Location,
@@ -40,17 +44,69 @@ def _chunk_objects(loc: Location) -> dict[str, dict[int, str]]:
     return held
 
 
+def recorded_places(group) -> dict[str, int]:
+    """{chunk key: the CRC-32C featurize recorded for the object at that key}: each block's chunk_crc32c row
+    (format.block_slots) and creation's records_crc32c. A checksum proves an object's bytes, the record
+    proves they are the bytes of its place: a chunk moved or swapped to another key fails it. A record
+    that cannot be read (its own object lost or damaged, reported as such) records nothing."""
+    attrs = group.attrs
+    records = attrs.get("records_crc32c")
+    places = {str(k): v for k, v in records.items() if isinstance(v, int)} if isinstance(records, dict) else {}
+    try:
+        table = group["chunk_crc32c"]
+        per_block = attrs["block_rows"] // attrs["chunk_rows"]
+        arrays = {name: group[name] for name in {name for name, _ in block_slots(0, per_block)}}
+    except Exception:  # metadata gone or unreadable, a layout attribute edited: reported by structure_damage
+        return places
+    try:
+        rows = list(table[:])
+    except Exception:  # one record fails its checksum: read the others one by one
+        rows = []
+        for b in range(table.shape[0]):
+            try:
+                rows.append(table[b])
+            except Exception:
+                rows.append(None)
+    for b, row in enumerate(rows):
+        if row is None or len(row) != len(block_slots(b, per_block)):
+            continue
+        for (name, c), crc in zip(block_slots(b, per_block), row.tolist()):
+            if crc >= 0:
+                a = arrays[name]
+                places[f"{name}/{a.metadata.encode_chunk_key((c,) + (0,) * (a.ndim - 1))}"] = crc
+    return places
+
+
+def check_objects(loc: Location, group, held: dict) -> tuple[dict[str, list[str]], dict[str, list[str]], int, int]:
+    """Read every chunk object in `held` (_chunk_objects): ({array: keys failing their CRC-32C}, {array: keys
+    whose CRC-32C is not the one recorded for their place}, objects read, bytes read)."""
+    places = recorded_places(group)
+    failed, misplaced, checked, nbytes = {}, {}, 0, 0
+    for name, objects in sorted(held.items()):
+        for _, key in sorted(objects.items()):
+            data = read_bytes(loc, key)
+            checked, nbytes = checked + 1, nbytes + len(data)
+            if not chunk_checksum_ok(data):
+                failed.setdefault(name, []).append(key)
+            elif key in places and stored_crc32c(data) != places[key]:
+                misplaced.setdefault(name, []).append(key)
+    return failed, misplaced, checked, nbytes
+
+
 def lost_chunks(loc: Location, group, checksums: bool = True, held: dict | None = None) -> dict[str, list[int]]:
     """{array: [chunk index, ...]} of the chunks a written store should hold but lacks, or (with
-    `checksums`, which reads every chunk object's bytes) holds with bytes that fail their CRC-32C.
-    `held`: the store's _chunk_objects when the caller has listed them already."""
+    `checksums`, which reads every chunk object's bytes) holds with bytes that fail their CRC-32C or are not
+    those recorded for their place. `held`: the store's _chunk_objects when the caller has listed them."""
     held = _chunk_objects(loc) if held is None else held
+    bad_keys = set()
+    if checksums:
+        failed, misplaced, _, _ = check_objects(loc, group, held)
+        bad_keys = {key for keys in (*failed.values(), *misplaced.values()) for key in keys}
     lost = {}
     for name, array in group.arrays():
         have = held.get(name, {})
         bad = set(range(array.nchunks)) - set(have)
-        if checksums:
-            bad |= {c for c, key in have.items() if c < array.nchunks and not chunk_checksum_ok(read_bytes(loc, key))}
+        bad |= {c for c, key in have.items() if c < array.nchunks and key in bad_keys}
         if bad:
             lost[name] = sorted(bad)
     return lost
@@ -59,38 +115,92 @@ def lost_chunks(loc: Location, group, checksums: bool = True, held: dict | None 
 def damage_message(loc: Location, group, lost: dict[str, list[int]]) -> str:
     what = ", ".join(f"{name}: {len(c)} of {group[name].nchunks}" for name, c in sorted(lost.items()))
     return (
-        f"{loc}: the store is marked complete but chunks are lost or fail their checksum ({what}): a partial "
-        "copy, files deleted or damaged? Copy it again, or run the featurize command again to recompute only "
-        f"the blocks that lost something: {rebuild_command(group.attrs)}"
+        f"{loc}: the store is marked complete but chunks are lost, fail their checksum or are out of place "
+        f"({what}): a partial copy, files deleted, moved or damaged? Copy it again, or run the featurize command "
+        f"again to recompute only the blocks that lost something: {rebuild_command(group.attrs)}"
     )
 
 
-def structure_damage(loc: Location, group) -> str | None:
-    """What is wrong with a store's metadata, or None: arrays whose metadata is gone or unreadable, and
-    protected attributes edited since the store was made."""
-    missing = []
-    for name in ARRAYS:
+def structure_problems(loc: Location, group) -> list[str]:
+    """What is wrong with a store's metadata and attributes, one phrase each (none for an intact store):
+    arrays whose metadata is gone, unreadable or not the document featurize wrote (array_digests), and
+    attributes edited, added or without their digest (format.attr_problems). Reads every array's zarr.json."""
+    import json
+
+    attrs = dict(group.attrs)
+    version = attrs.get("format_version")
+    recorded = attrs.get("array_digests") if isinstance(attrs.get("array_digests"), dict) else None
+    if recorded is None and attrs.get("created") and version == FORMAT_VERSION:
+        recorded = {}  # a created store of this format records them: none recorded is none proven
+    missing, unreadable, edited = [], [], []
+    for name in arrays_of(version):
+        key = f"{name}/zarr.json"
         try:
-            group[name]
-        except Exception:  # KeyError (no zarr.json), or metadata zarr cannot parse
+            document = json.loads(read_bytes(loc, key))
+        except FileNotFoundError:
             missing.append(name)
+            continue
+        except ValueError:  # not JSON, not UTF-8
+            unreadable.append(key)
+            continue
+        if recorded is not None and recorded.get(name) != digest(document):
+            edited.append(key)
+    problems = []
     if missing:
-        return (
-            f"{loc}: the store lacks the metadata of {', '.join(missing)} (deleted or damaged zarr.json): run the "
-            f"featurize command again with --overwrite to make it anew: {rebuild_command(group.attrs)}"
-        )
-    edited = edited_attrs(dict(group.attrs))
+        problems.append(f"the store lacks the metadata of {', '.join(missing)} (its zarr.json is gone)")
+    if unreadable:
+        problems.append(f"the metadata in {', '.join(unreadable)} is damaged (not valid JSON: a flipped byte?)")
     if edited:
-        return (
-            f"{loc}: the store's attributes {', '.join(edited)} were edited since it was made, so they no longer "
-            f"describe its numbers; make it anew with its featurize command and --overwrite: "
-            f"{rebuild_command(group.attrs)}"
+        problems.append(
+            f"the metadata in {', '.join(edited)} is not what featurize wrote (its digest in array_digests differs: "
+            "a data type, shape, fill value or codec edited?)"
         )
-    return None
+    found = attr_problems(attrs)
+    if found["edited"]:
+        problems.append(
+            f"the store's attributes {', '.join(found['edited'])} were edited since it was made, so they no longer "
+            "describe its numbers"
+        )
+    if not isinstance(attrs.get("attr_digests"), dict):
+        problems.append(
+            f"the store's attr_digests are gone (removed or edited), which every format-{version} store records: "
+            "what its attributes say is unproven"
+        )
+    elif found["unrecorded"]:
+        problems.append(
+            f"the store records no digest of its attributes {', '.join(found['unrecorded'])} (attr_digests removed "
+            f"or edited), which every format-{version} store records: what they say is unproven"
+        )
+    if found["added"] and isinstance(attrs.get("attr_digests"), dict):
+        problems.append(f"the store's attributes {', '.join(found['added'])} were not written by featurize")
+    return problems
+
+
+def structure_damage(loc: Location, group) -> str | None:
+    """structure_problems as one message saying what to do, or None."""
+    problems = structure_problems(loc, group)
+    if not problems:
+        return None
+    return (
+        f"{loc}: {'; '.join(problems)}. Its contents can no longer be trusted and a store cannot repair its own "
+        f"metadata: make it anew with its featurize command and --overwrite: {rebuild_command(group.attrs)}"
+    )
+
+
+def open_group_checked(loc: Location):
+    """The store's group for reading; a group zarr.json that cannot be parsed (a flipped byte, a partial
+    copy) is a DamagedStore naming the file, not the JSON parser's error."""
+    try:
+        return open_group(loc, mode="r")
+    except ValueError as e:  # json.JSONDecodeError, zarr's metadata errors
+        raise DamagedStore(
+            f"{loc}: the store's zarr.json cannot be read ({type(e).__name__}: damaged, a flipped byte, a partial "
+            "copy?), so its attributes are lost; make it anew with its featurize command and --overwrite"
+        ) from None
 
 
 def read_attrs(loc: str | Location) -> dict:
-    return dict(open_group(to_location(loc), mode="r").attrs)
+    return dict(open_group_checked(to_location(loc)).attrs)
 
 
 def open_store(store: str | Location, require_complete: bool = True):
@@ -99,9 +209,9 @@ def open_store(store: str | Location, require_complete: bool = True):
     loc = to_location(store)
     if not exists(loc, "zarr.json"):
         raise ValueError(f"{loc}: not a speechcls feature store (no zarr.json); make one with `speechcls featurize`")
-    group = open_group(loc, mode="r")
+    group = open_group_checked(loc)
     version = group.attrs.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise ValueError(
             f"{loc}: store format version {version}, this speechcls reads version {FORMAT_VERSION}; "
             f"run its featurize command again (an older store is rebuilt): {rebuild_command(group.attrs)}"
@@ -261,43 +371,48 @@ def store_info(store: str | Location) -> dict:
 
 
 def verify(store: str | Location, root: str | None = None) -> dict:
-    """`speechcls verify`: read every chunk object's bytes and check its CRC-32C, check the metadata and
-    the protected attributes, and with `root` check that the tree is the one the store was made from.
-    Returns {"problems": [one line each], "chunks": objects checked, "bytes": bytes read}; no problem
-    means the store reads back exactly as written (and the tree is unchanged)."""
+    """`speechcls verify`: read every chunk object's bytes and check its CRC-32C and that it is the object
+    recorded for its place, check every array's metadata and every attribute against their digests, and
+    with `root` check that the tree is the one the store was made from. Returns {"problems": [one line
+    each], "chunks": objects checked, "bytes": bytes read}; no problem means the store reads back exactly
+    as featurize wrote it (and the tree is unchanged)."""
 
     loc = to_location(store)
     if not exists(loc, "zarr.json"):
         raise ValueError(f"{loc}: not a speechcls feature store (no zarr.json)")
-    group = open_group(loc, mode="r")
+    group = open_group_checked(loc)
     attrs = dict(group.attrs)
     problems = []
-    if attrs.get("format_version") != FORMAT_VERSION:
-        return {"problems": [f"format version {attrs.get('format_version')}, not {FORMAT_VERSION}: "
+    version = attrs.get("format_version")
+    if version not in READABLE_VERSIONS:
+        return {"problems": [f"format version {version}, not {FORMAT_VERSION}: "
                              "this speechcls cannot verify it; rebuild it with its featurize command"],
                 "chunks": 0, "bytes": 0}  # fmt: skip
+    unproven = version != FORMAT_VERSION
+    if unproven:
+        problems.append(
+            f"format version {version}: its chunks' checksums and attributes are checked, but a format-{version} "
+            "store records neither its chunks' places nor its arrays' metadata, so verify cannot prove them; run "
+            f"its featurize command to rebuild it as format {FORMAT_VERSION}: {rebuild_command(attrs)}"
+        )
     structure = structure_damage(loc, group)
     if structure:
         problems.append(structure)
     if not attrs.get("complete"):
         problems.append("the store is not complete: run its featurize command again to finish it")
     held = _chunk_objects(loc)  # one listing: read and checked here, then the missing ones counted
-    checked = nbytes = 0
-    for name, objects in sorted(held.items()):
-        bad = []
-        for _, key in sorted(objects.items()):
-            data = read_bytes(loc, key)
-            checked, nbytes = checked + 1, nbytes + len(data)
-            if not chunk_checksum_ok(data):
-                bad.append(key)
-        if bad:
-            problems.append(f"{len(bad)} chunk(s) of {name} fail their checksum: {', '.join(bad[:5])}"
+    failed, misplaced, checked, nbytes = check_objects(loc, group, held)
+    for found, what in ((failed, "fail their checksum"),
+                        (misplaced, "are not the objects featurize wrote at their place (moved, swapped or copied "
+                                    "from another store?)")):  # fmt: skip
+        for name, bad in sorted(found.items()):
+            problems.append(f"{len(bad)} chunk(s) of {name} {what}: {', '.join(bad[:5])}"
                             + (" ..." if len(bad) > 5 else ""))  # fmt: skip
     if not structure and (lost := lost_chunks(loc, group, checksums=False, held=held)):
         problems.append(damage_message(loc, group, lost))
     if root is not None:
         problems += _tree_problems(loc, group, attrs, root)
-    return {"problems": problems, "chunks": checked, "bytes": nbytes}
+    return {"problems": problems, "chunks": checked, "bytes": nbytes, "unproven": unproven and len(problems) == 1}
 
 
 def _tree_problems(loc: Location, group, attrs: dict, root) -> list[str]:

@@ -10,6 +10,7 @@ distributed run writing disjoint blocks never write the same object.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -20,16 +21,21 @@ import numpy as np
 from speechcls.config import FeatureParams
 from speechcls.store.format import (
     ARRAY_CONFIG,
+    ARRAYS,
+    BLOCK_ARRAYS,
     FORMAT_VERSION,
+    DamagedStore,
     Layout,
     attr_digests,
     checksummed,
+    digest,
     dimension_names,
     make_codec,
     record_codecs,
+    stored_crc32c,
 )
-from speechcls.store.location import Location, exists, is_empty, open_group, remove, to_location
-from speechcls.store.reader import lost_chunks, read_attrs, read_skipped
+from speechcls.store.location import Location, exists, is_empty, members, open_group, read_bytes, remove, to_location
+from speechcls.store.reader import lost_chunks, read_attrs, read_skipped, structure_damage
 
 
 def plan(loc: Location, request: dict, engine: dict, overwrite: bool, tree: Path | None = None) -> str | None:
@@ -39,7 +45,10 @@ def plan(loc: Location, request: dict, engine: dict, overwrite: bool, tree: Path
 
     Nothing but a store speechcls made is ever replaced, `overwrite` or not: a location that is, holds or
     lies inside the `tree` being read is refused (a store there would delete the clips or land among the
-    word folders), and so is any other non-empty location that is not a speechcls store."""
+    word folders), and so is any other non-empty location that is not a speechcls store; and a store is
+    replaced only with nothing in it but its own objects (`foreign_files`: a user's notes.txt is never
+    deleted). A store of this format whose metadata or attributes are not what featurize wrote is damaged:
+    an error naming what differs (never "present"), which --overwrite answers."""
     if tree is not None:
         _refuse_tree(loc, tree)
     if not exists(loc):
@@ -52,12 +61,23 @@ def plan(loc: Location, request: dict, engine: dict, overwrite: bool, tree: Path
         raise ValueError(_not_a_store(loc))
     attrs = _speechcls_attrs(loc)
     if attrs is None:
-        raise ValueError(_not_a_store(loc))
+        if not _damaged_group_metadata(loc):
+            raise ValueError(_not_a_store(loc))
+        if not overwrite:
+            raise DamagedStore(
+                f"{loc}: the store's zarr.json cannot be read (damaged: a flipped byte, a partial copy?), so its "
+                "attributes are lost; make it anew with its featurize command and --overwrite"
+            )
+        attrs = {}
+    version = attrs.get("format_version")
+    if overwrite or not isinstance(version, int) or version < FORMAT_VERSION or not attrs.get("created"):
+        refuse_foreign_files(loc)  # what follows replaces the store
     if overwrite:
         return None
-    version = attrs.get("format_version")
     if version < FORMAT_VERSION:
         return "rebuild"  # made by an older speechcls: unreadable by this one, so made again in full
+    if version == FORMAT_VERSION and attrs.get("created") and (problem := structure_damage(loc, _open(loc))):
+        raise DamagedStore(problem)
     old = attrs.get("request")
     if old != request:
         diff = sorted(k for k in set(old or {}) | set(request) if (old or {}).get(k) != request.get(k))
@@ -65,7 +85,7 @@ def plan(loc: Location, request: dict, engine: dict, overwrite: bool, tree: Path
             f"{loc} holds a store made with other settings (differs in: {', '.join(diff)}); "
             "pass --overwrite to replace it or --out for a new store"
         )
-    if attrs.get("complete") and not lost_chunks(loc, open_group(loc, mode="r")):
+    if attrs.get("complete") and not lost_chunks(loc, _open(loc)):
         return "present"
     if attrs.get("engine") != engine:
         raise ValueError(
@@ -88,6 +108,54 @@ def _refuse_tree(loc: Location, tree: Path) -> None:
         raise ValueError(
             f"{loc} lies inside the tree being read ({tree}): its index would take the store for a word; "
             "choose another --out"
+        )
+
+
+def _open(loc: Location):
+    return open_group(loc, mode="r")
+
+
+def _damaged_group_metadata(loc: Location) -> bool:
+    """The group's zarr.json of a speechcls store is unreadable while its arrays are there: every array of
+    a format-4 or later store (chunk_crc32c is format 5's) holds a zarr.json, and nothing else is at the top."""
+    import json
+
+    try:
+        json.loads(read_bytes(loc, "zarr.json"))
+        return False  # readable: another kind of Zarr node, or none
+    except (ValueError, UnicodeDecodeError):
+        pass
+    tops = {key.split("/")[0] for key in members(loc)} - {"zarr.json"}
+    needed = set(ARRAYS) - {"chunk_crc32c"}
+    return needed <= tops <= set(ARRAYS) and all(exists(loc, f"{name}/zarr.json") for name in needed)
+
+
+def foreign_files(loc: Location) -> list[str]:
+    """The files under a store that are none of its own objects: its zarr.json, and in each array's folder
+    (one holding a zarr.json) that zarr.json and the chunk objects under c/; the temporary files of writes
+    a kill cut short (`<name>.<32 hex>.partial`) count as its own."""
+    keys = members(loc)
+    arrays = {k.split("/")[0] for k in keys if k.count("/") == 1 and k.endswith("/zarr.json")}
+
+    def own(key: str) -> bool:
+        parts = key.split("/")
+        if key == "zarr.json" or _PARTIAL.fullmatch(parts[-1]):
+            return True
+        return parts[0] in arrays and (parts[1:] == ["zarr.json"] or (len(parts) > 2 and parts[1] == "c"))
+
+    return sorted(k for k in keys if not own(k))
+
+
+def refuse_foreign_files(loc: Location) -> None:
+    """Replacing a store deletes its folder: refused, naming them, while it holds files featurize did not
+    write (a user's notes, another program's output), --overwrite or not."""
+    foreign = foreign_files(loc)
+    if foreign:
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        raise ValueError(
+            f"{loc} holds {', '.join(foreign[:3])}{more}, which featurize did not write: replacing the store would "
+            "delete it, and featurize never deletes a file of yours; move it out of the store's folder (or remove "
+            "the folder yourself), then run the command again"
         )
 
 
@@ -126,8 +194,8 @@ class StoreWriter:
         self.loc = loc
         self.group = group
         self.layout = layout
-        names = ("features", "valid", "done", "skip_reason", "resampled", "audio_crc32c")
-        self.features, self.decoded, self.done, self.reasons, self.resampled, self.crcs = (
+        names = ("features", "valid", "done", "skip_reason", "resampled", "audio_crc32c", "chunk_crc32c")
+        self.features, self.decoded, self.done, self.reasons, self.resampled, self.crcs, self.places = (
             (arrays[k] if arrays else group[k]).with_config(ARRAY_CONFIG) for k in names
         )
 
@@ -139,6 +207,7 @@ class StoreWriter:
         compressors = checksummed(make_codec(codec))
         loc = to_location(loc)
         if exists(loc):
+            refuse_foreign_files(loc)
             _remove_aside(loc)
         if isinstance(loc, Path):
             loc.parent.mkdir(parents=True, exist_ok=True)
@@ -156,6 +225,7 @@ class StoreWriter:
         state = {"attr_digests": attr_digests(attrs), "created": False, "complete": False}
         group = open_group(loc, mode="w", attributes={**attrs, **state})
         n, blocks, rows_chunk, records = layout.n, layout.n_blocks, (layout.chunk_rows,), record_codecs()
+        slots = len(BLOCK_ARRAYS) * layout.chunks_per_block + 1
         specs = {
             "features": {"shape": (n, *params.shape), "chunks": (layout.chunk_rows, *params.shape),
                          "dtype": params.store_dtype, "compressors": compressors, "fill_value": 0},
@@ -164,6 +234,7 @@ class StoreWriter:
             "audio_crc32c": {"shape": (n,), "chunks": rows_chunk, "dtype": "int64"},
             "done": {"shape": (blocks,), "chunks": (1,), "dtype": "bool"},
             "resampled": {"shape": (blocks,), "chunks": (1,), "dtype": "int32"},
+            "chunk_crc32c": {"shape": (blocks, slots), "chunks": (1, slots), "dtype": "int64", "fill_value": -1},
         } | {  # label, split, speaker, path: known before any decoding, one chunk each
             name: {"shape": values.shape, "chunks": (max(len(values), 1),), "dtype": _row_dtype(values)}
             for name, values in rows.items()
@@ -171,8 +242,15 @@ class StoreWriter:
         dims = dimension_names(params.variant)
         specs = {name: {"compressors": records, "dimension_names": dims[name]} | spec for name, spec in specs.items()}
         arrays = _create_arrays(group, specs)
-        _put([encode_chunk(arrays[name], 0, values) for name, values in rows.items() if len(values)])
-        group.attrs["created"] = True  # the last write of creation
+        written = {name: encode_chunk(arrays[name], 0, values) for name, values in rows.items() if len(values)}
+        _put(list(written.values()))
+        # the last write of creation: the digest of each array's metadata as stored (read back: the document
+        # zarr wrote), each record's CRC-32C by key, and the digests of the attributes with them
+        documents = {name: json.loads(read_bytes(loc, f"{name}/zarr.json")) for name in specs}
+        crcs = {f"{name}/{arrays[name].metadata.encode_chunk_key((0,))}": stored_crc32c(data.to_bytes())
+                for name, (_, data) in written.items()}  # fmt: skip
+        update_attrs(group, {"array_digests": {k: digest(v) for k, v in documents.items()},
+                             "records_crc32c": crcs, "created": True})  # fmt: skip
         return cls(loc, group, layout, arrays)
 
     @classmethod
@@ -192,11 +270,25 @@ class StoreWriter:
         other threads while earlier blocks were written); without it they are encoded here."""
         if encoded is None:
             encoded = [encode_chunk(*job) for job in self.block_chunks(b, features, batch, paths)]
-        # every chunk object of the block and its resampled count, concurrently (encoded here, not through
-        # zarr's setitem: ~1 ms less of the writing thread a record)
-        _put([*encoded, encode_chunk(self.resampled, b, np.array([batch.resampled], dtype=np.int32))])
+        encoded = [*encoded, encode_chunk(self.resampled, b, np.array([batch.resampled], dtype=np.int32))]
+        # every chunk object of the block, its resampled count and the record of their CRC-32Cs by slot,
+        # concurrently (encoded here, not through zarr's setitem: ~1 ms less of the writing thread a record)
+        _put([*encoded, encode_chunk(self.places, b, self.place_record(encoded)[None])])
         # marked only once the block's chunks are on disk: a kill before this line redoes the block
         _put([encode_chunk(self.done, b, np.ones(1, dtype=bool))])
+
+    def place_record(self, encoded: list) -> np.ndarray:
+        """Block's chunk_crc32c row (format.block_slots) from its encoded objects, `block_chunks`' order (each
+        of BLOCK_ARRAYS' chunks in turn, fewer in a last block) and the resampled count's last."""
+        per_block = self.layout.chunks_per_block
+        record = np.full(len(BLOCK_ARRAYS) * per_block + 1, -1, dtype=np.int64)
+        *chunks, resampled = encoded
+        k = len(chunks) // len(BLOCK_ARRAYS)  # chunks of each array in this block
+        assert len(chunks) == k * len(BLOCK_ARRAYS) and 0 < k <= per_block, (len(chunks), per_block)
+        for i, (_, data) in enumerate(chunks):
+            record[(i // k) * per_block + i % k] = stored_crc32c(data.to_bytes())
+        record[-1] = stored_crc32c(resampled[1].to_bytes())
+        return record
 
     def block_chunks(self, b: int, features: np.ndarray, batch, paths) -> list[tuple]:
         """Block b's chunks as (array, chunk index, rows) for `encode_chunk`: features and the per-row
@@ -204,6 +296,7 @@ class StoreWriter:
         rows = self.layout.block(b)
         features[~batch.decoded] = 0  # a skipped clip keeps its row, zero-filled
         reasons = np.array([batch.skipped.get(p, "") for p in paths], dtype=str)
+        # BLOCK_ARRAYS' order: the slots of the block's chunk_crc32c record follow it
         records = [
             (self.features, features), (self.decoded, batch.decoded), (self.reasons, reasons), (self.crcs, batch.crc32c)
         ]  # fmt: skip
@@ -237,13 +330,13 @@ class StoreWriter:
             return
         blocks = set()
         for name, chunks in lost.items():
-            if name in ("done", "resampled"):  # one chunk per block
+            if name in ("done", "resampled", "chunk_crc32c"):  # one chunk per block
                 blocks.update(chunks)
             elif name in rows:
                 write_rows(self.group, name, rows[name])
             else:  # chunked along rows like features
                 blocks.update(c * self.layout.chunk_rows // self.layout.block_rows for c in chunks)
-        self.group.attrs["complete"] = False  # first: killed in between, the next run repairs again
+        update_attrs(self.group, {"complete": False})  # first: killed in between, the next run repairs again
         for b in sorted(blocks):
             self.done[b] = False
 
@@ -253,8 +346,15 @@ class StoreWriter:
         if not self.done[:].all():
             raise AssertionError("finish() before every block was written")
         skipped, resampled = read_skipped(self.group), int(self.resampled[:].sum())
-        self.group.attrs.update({**extra, "skipped": skipped, "resampled": resampled, "complete": True})
+        update_attrs(self.group, {**extra, "skipped": skipped, "resampled": resampled, "complete": True})
         return skipped, resampled
+
+
+def update_attrs(group, updates: dict) -> None:
+    """Write `updates` into the group's attributes with the digests of them all (format.attr_digests), in
+    one write of the group's zarr.json: an attribute is never on disk without its digest."""
+    new = {**dict(group.attrs), **updates}
+    group.update_attributes({**updates, "attr_digests": attr_digests(new)})  # attrs.update writes once a key
 
 
 _PARTIAL = re.compile(r".*\.[0-9a-f]{32}\.partial")  # zarr LocalStore's temporary file of one object write
