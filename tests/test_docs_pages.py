@@ -19,7 +19,7 @@ def python_blocks(page: str) -> list[str]:
 
 
 def test_the_store_page_shows_speechcls_zarr_and_xarray_readers():
-    blocks = python_blocks("store-format.md")
+    blocks = python_blocks("store-format.md")[1:]  # the first checks the records (below)
     assert len(blocks) == 3
     assert "open_store" in blocks[0] and "zarr.open_group" in blocks[1] and "xr.open_zarr" in blocks[2]
 
@@ -40,7 +40,7 @@ def mini_store(mini_root, tmp_path_factory) -> str:
 def test_each_reading_example_of_the_store_page_runs(n, mini_store):
     pytest.importorskip("xarray")
     store = mini_store
-    code = re.sub(r'"[^"]*\.zarr"', repr(store), python_blocks("store-format.md")[n])
+    code = re.sub(r'"[^"]*\.zarr"', repr(store), python_blocks("store-format.md")[n + 1])
     names: dict = {}
     exec(compile(code, f"store-format.md block {n}", "exec"), names)
     group = open_store(store)
@@ -54,3 +54,24 @@ def test_each_reading_example_of_the_store_page_runs(n, mini_store):
     else:
         yes = group.attrs["classes"].index("yes")
         assert names["test_yes"].sizes["clip"] == int(((labels == yes) & (read_all(group, "split") == 2)).sum()) > 0
+
+
+def test_the_store_pages_check_of_the_records_passes_an_intact_store_and_fails_an_edited_one(mini_store, tmp_path):
+    """The page's code (zarr and hashlib alone) checks array_digests and records_crc32c as the spec says."""
+    import json
+    import shutil
+
+    block = python_blocks("store-format.md")[0]
+    assert "array_digests" in block and "records_crc32c" in block
+    exec(compile(re.sub(r'"[^"]*\.zarr"', repr(mini_store), block), "store-format.md block 0", "exec"), {})
+    for edit in ("metadata", "swap"):
+        copy = shutil.copytree(mini_store, tmp_path / f"{edit}.zarr")
+        if edit == "metadata":
+            meta = copy / "label" / "zarr.json"
+            meta.write_text(json.dumps(json.loads(meta.read_text()) | {"data_type": "int32"}))
+        else:
+            a, b = (copy / "label/c/0").read_bytes(), (copy / "audio_crc32c/c/0").read_bytes()
+            (copy / "label/c/0").write_bytes(b)
+            (copy / "audio_crc32c/c/0").write_bytes(a)
+        with pytest.raises(AssertionError, match="label"):
+            exec(compile(re.sub(r'"[^"]*\.zarr"', repr(str(copy)), block), "store-format.md block 0", "exec"), {})
