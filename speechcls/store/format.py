@@ -15,7 +15,7 @@ Layout (N = every indexed clip, rows in a seeded shuffled order so each chunk mi
                               `speechcls verify --root` re-hashes the audio against it
     done      (B,) bool       block b (a run of whole chunks) is written; one object per block
     resampled (B,) int32      clips of block b that were resampled; one object per block
-    chunk_crc32c (B, K) int64 the CRC-32C ending each chunk object block b wrote, slot by slot
+    chunk_crc32c (B, K) int64 b, then the CRC-32C ending each chunk object block b wrote, slot by slot
                               (block_slots); one object per block
 
 Every chunk is an object, all-zero ones included (zarr's write_empty_chunks, off by default, is turned

@@ -44,43 +44,56 @@ def _chunk_objects(loc: Location) -> dict[str, dict[int, str]]:
     return held
 
 
-def recorded_places(group) -> dict[str, int]:
+def recorded_places(group) -> tuple[dict[str, int], set[str]]:
     """{chunk key: the CRC-32C featurize recorded for the object at that key}: each block's chunk_crc32c row
     (format.block_slots) and creation's records_crc32c. A checksum proves an object's bytes, the record
     proves they are the bytes of its place: a chunk moved or swapped to another key fails it. A record
-    that cannot be read (its own object lost or damaged, reported as such) records nothing."""
+    that cannot be read records nothing, and its key is returned second: an object that passes its checksum
+    there but does not decode as a record is another array's chunk, out of place."""
     attrs = group.attrs
     records = attrs.get("records_crc32c")
     places = {str(k): v for k, v in records.items() if isinstance(v, int)} if isinstance(records, dict) else {}
     try:
-        table = group["chunk_crc32c"]
+        table, done = group["chunk_crc32c"], group["done"]
         per_block = attrs["block_rows"] // attrs["chunk_rows"]
         arrays = {name: group[name] for name in {name for name, _ in block_slots(0, per_block)}}
     except Exception:  # metadata gone or unreadable, a layout attribute edited: reported by structure_damage
-        return places
-    try:
-        rows = list(table[:])
-    except Exception:  # one record fails its checksum: read the others one by one
-        rows = []
-        for b in range(table.shape[0]):
-            try:
-                rows.append(table[b])
-            except Exception:
-                rows.append(None)
+        return places, set()
+    rows = _decoded_chunks(table)
+    # the done flags are no record's: all alike, they need none; one that does not decode is another's chunk
+    flags = _decoded_chunks(done)
+    unreadable = {f"done/{done.metadata.encode_chunk_key((b,))}" for b, f in enumerate(flags) if f is None}
     for b, row in enumerate(rows):
-        if row is None or len(row) != len(block_slots(b, per_block)):
+        # a record starts with its block's index: one moved to another block's key (swapped) is out of place
+        if row is None or len(row) != 1 + len(block_slots(b, per_block)) or row[0] != b:
+            unreadable.add(f"chunk_crc32c/{table.metadata.encode_chunk_key((b, 0))}")
             continue
-        for (name, c), crc in zip(block_slots(b, per_block), row.tolist()):
+        for (name, c), crc in zip(block_slots(b, per_block), row[1:].tolist()):
             if crc >= 0:
                 a = arrays[name]
                 places[f"{name}/{a.metadata.encode_chunk_key((c,) + (0,) * (a.ndim - 1))}"] = crc
-    return places
+    return places, unreadable
+
+
+def _decoded_chunks(array) -> list:
+    """Each row-chunk of a per-block array (one chunk a block) decoded, None where it cannot be (lost,
+    failing its checksum: reported as such; or another array's bytes)."""
+    try:
+        return list(array[:])
+    except Exception:  # one fails: read the others one by one
+        rows = []
+        for b in range(array.shape[0]):
+            try:
+                rows.append(array[b])
+            except Exception:
+                rows.append(None)
+        return rows
 
 
 def check_objects(loc: Location, group, held: dict) -> tuple[dict[str, list[str]], dict[str, list[str]], int, int]:
     """Read every chunk object in `held` (_chunk_objects): ({array: keys failing their CRC-32C}, {array: keys
     whose CRC-32C is not the one recorded for their place}, objects read, bytes read)."""
-    places = recorded_places(group)
+    places, unreadable = recorded_places(group)
     failed, misplaced, checked, nbytes = {}, {}, 0, 0
     for name, objects in sorted(held.items()):
         for _, key in sorted(objects.items()):
@@ -88,7 +101,7 @@ def check_objects(loc: Location, group, held: dict) -> tuple[dict[str, list[str]
             checked, nbytes = checked + 1, nbytes + len(data)
             if not chunk_checksum_ok(data):
                 failed.setdefault(name, []).append(key)
-            elif key in places and stored_crc32c(data) != places[key]:
+            elif key in unreadable or (key in places and stored_crc32c(data) != places[key]):
                 misplaced.setdefault(name, []).append(key)
     return failed, misplaced, checked, nbytes
 
@@ -397,7 +410,7 @@ def verify(store: str | Location, root: str | None = None) -> dict:
         )
     structure = structure_damage(loc, group)
     if structure:
-        problems.append(structure)
+        problems.append(structure.removeprefix(f"{loc}: "))  # the CLI prints the store before each problem
     if not attrs.get("complete"):
         problems.append("the store is not complete: run its featurize command again to finish it")
     held = _chunk_objects(loc)  # one listing: read and checked here, then the missing ones counted

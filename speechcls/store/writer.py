@@ -141,7 +141,8 @@ def foreign_files(loc: Location) -> list[str]:
         parts = key.split("/")
         if key == "zarr.json" or _PARTIAL.fullmatch(parts[-1]):
             return True
-        return parts[0] in arrays and (parts[1:] == ["zarr.json"] or (len(parts) > 2 and parts[1] == "c"))
+        chunk = len(parts) > 2 and parts[1] == "c" and all(p.isdigit() for p in parts[2:])
+        return parts[0] in arrays and (parts[1:] == ["zarr.json"] or chunk)
 
     return sorted(k for k in keys if not own(k))
 
@@ -225,7 +226,7 @@ class StoreWriter:
         state = {"attr_digests": attr_digests(attrs), "created": False, "complete": False}
         group = open_group(loc, mode="w", attributes={**attrs, **state})
         n, blocks, rows_chunk, records = layout.n, layout.n_blocks, (layout.chunk_rows,), record_codecs()
-        slots = len(BLOCK_ARRAYS) * layout.chunks_per_block + 1
+        slots = 1 + len(BLOCK_ARRAYS) * layout.chunks_per_block + 1  # the block's index, then format.block_slots
         specs = {
             "features": {"shape": (n, *params.shape), "chunks": (layout.chunk_rows, *params.shape),
                          "dtype": params.store_dtype, "compressors": compressors, "fill_value": 0},
@@ -273,20 +274,22 @@ class StoreWriter:
         encoded = [*encoded, encode_chunk(self.resampled, b, np.array([batch.resampled], dtype=np.int32))]
         # every chunk object of the block, its resampled count and the record of their CRC-32Cs by slot,
         # concurrently (encoded here, not through zarr's setitem: ~1 ms less of the writing thread a record)
-        _put([*encoded, encode_chunk(self.places, b, self.place_record(encoded)[None])])
+        _put([*encoded, encode_chunk(self.places, b, self.place_record(b, encoded)[None])])
         # marked only once the block's chunks are on disk: a kill before this line redoes the block
         _put([encode_chunk(self.done, b, np.ones(1, dtype=bool))])
 
-    def place_record(self, encoded: list) -> np.ndarray:
-        """Block's chunk_crc32c row (format.block_slots) from its encoded objects, `block_chunks`' order (each
-        of BLOCK_ARRAYS' chunks in turn, fewer in a last block) and the resampled count's last."""
+    def place_record(self, b: int, encoded: list) -> np.ndarray:
+        """Block b's chunk_crc32c row from its encoded objects, `block_chunks`' order (each of BLOCK_ARRAYS'
+        chunks in turn, fewer in a last block) and the resampled count's last: b itself, then the CRC-32C of
+        each slot of format.block_slots (-1 where the block has no such chunk)."""
         per_block = self.layout.chunks_per_block
-        record = np.full(len(BLOCK_ARRAYS) * per_block + 1, -1, dtype=np.int64)
+        record = np.full(1 + len(BLOCK_ARRAYS) * per_block + 1, -1, dtype=np.int64)
+        record[0] = b
         *chunks, resampled = encoded
         k = len(chunks) // len(BLOCK_ARRAYS)  # chunks of each array in this block
         assert len(chunks) == k * len(BLOCK_ARRAYS) and 0 < k <= per_block, (len(chunks), per_block)
         for i, (_, data) in enumerate(chunks):
-            record[(i // k) * per_block + i % k] = stored_crc32c(data.to_bytes())
+            record[1 + (i // k) * per_block + i % k] = stored_crc32c(data.to_bytes())
         record[-1] = stored_crc32c(resampled[1].to_bytes())
         return record
 
@@ -434,6 +437,26 @@ def write_rows(group, name: str, values: np.ndarray) -> None:
     group[name].with_config(ARRAY_CONFIG)[:] = values
 
 
+def cannot_write(loc: Location, e: OSError, then: str = "") -> ValueError:
+    """The one line for a store that cannot be written: the system's reason, the folder that refused when
+    it is outside the store (a read-only or forbidden parent, the lock file's folder), and what to do: free
+    space only when space ran out."""
+    import errno
+
+    reason = e.strerror or str(e) or type(e).__name__
+    hint = (
+        "the disk is full; free some space or choose another --out"
+        if e.errno in (errno.ENOSPC, errno.EDQUOT)
+        else "choose another --out"
+    )
+    where = ""
+    if e.filename is not None and isinstance(loc, Path):
+        failed = Path(os.fsdecode(e.filename))
+        if failed != loc and loc not in failed.parents:  # outside the store: say which folder refused
+            where = f"{failed if failed in loc.parents else failed.parent}: "
+    return ValueError(f"cannot write the store at {loc}: {where}{reason}; {hint}{then}")
+
+
 @contextlib.contextmanager
 def lock(loc: Location):
     """Hold an exclusive lock on a local store while featurize writes it: a second featurize on the same
@@ -451,9 +474,7 @@ def lock(loc: Location):
         loc.parent.mkdir(parents=True, exist_ok=True)
         handle = open(loc.with_name(f".{loc.name}.lock"), "a+")
     except OSError as e:
-        raise ValueError(
-            f"cannot write the store at {loc}: {e.strerror or e}. Free space or choose another --out"
-        ) from None
+        raise cannot_write(loc, e) from None
     with handle as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
