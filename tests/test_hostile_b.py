@@ -534,3 +534,19 @@ def test_the_default_layout_fits_with_room(words10_tree, tmp_path):
         rows = default_chunk_rows(params)
         need = layout_bytes(params, Layout(64_727, rows, -(-config.BATCH_SIZE // rows) * rows))
         assert need < 2 << 30 < available_ram(), (variant, need)  # the full release, the defaults: under 2 GiB
+
+
+# --- weak: what a tree holds that is no clip is named by featurize too, as data info names it ---------------
+def test_featurize_names_links_and_folders_that_are_no_clips(words10_tree, tmp_path):
+    from helpers import copy_tree
+
+    tree = copy_tree(words10_tree, tmp_path / "tree", per_word=2)
+    word = sorted(p for p in tree.iterdir() if p.is_dir())[0].name
+    (tree / word / "loop_nohash_0.wav").symlink_to("loop_nohash_0.wav")
+    (tree / word / "dangling_nohash_0.wav").symlink_to("/nonexistent/x.wav")
+    (tree / word / "dir_nohash_0.wav").mkdir()
+    r = runner.invoke(app, ["featurize", "--root", str(tree), "--out", str(tmp_path / "s.zarr"), *MEL])
+    assert r.exit_code == 0, r.output
+    for name, reason in (("loop", "symbolic link loop"), ("dangling", "broken symbolic link"), ("dir", "directory")):
+        assert f"left out {word}/{name}_nohash_0.wav (" in r.output and reason in r.output, r.output
+    assert "3 entries of the tree (no clip files) left out: not in the store" in r.output

@@ -113,9 +113,10 @@ def featurize(
     for rel, reason in left_out[:20]:
         err.print(f"left out {rel} ({reason})")
     if len(left_out) > 20:
-        err.print(f"... {len(left_out) - 20} more manifest rows left out (`speechcls data info --manifest` lists all)")
+        err.print(f"... {len(left_out) - 20} more left out (`speechcls data info` lists all)")
     if left_out:
-        err.print(f"{len(left_out)} manifest row(s) left out: not in the store")
+        what = "manifest row(s)" if manifest is not None else "entries of the tree (no clip files)"
+        err.print(f"{len(left_out)} {what} left out: not in the store")
     for rel, reason in sorted(result.skipped.items())[:20]:
         err.print(f"skipped {rel}: {reason}")
     if len(result.skipped) > 20:

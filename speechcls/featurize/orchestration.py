@@ -18,7 +18,7 @@ from speechcls.runtime import Progress, resolve_device
 from speechcls.store import format as fmt
 from speechcls.store.location import Location, to_location
 from speechcls.store.reader import read_attrs, store_info
-from speechcls.store.writer import StoreWriter, lock, plan
+from speechcls.store.writer import StoreWriter, cannot_write, lock, plan
 
 
 @dataclass
@@ -210,7 +210,7 @@ def featurize(
             status = dist.from_main(rank, lambda: plan(loc, request, engine, overwrite, tree=tree))
             if status == "present":
                 present = FeaturizeResult.of(loc, "present")
-                present.left_out = index.unusable if index.manifest is not None else None
+                present.left_out = index.unusable  # a manifest's bad rows, a tree's links and folders named .wav
                 return present
 
             def create() -> StoreWriter:
@@ -223,10 +223,7 @@ def featurize(
                 profile = pipeline.profile(computed, setup_s, opened_s, read_s)
                 summary = _finish(writer, rank, computed, time.perf_counter() - t_start)
             except OSError as e:
-                raise ValueError(
-                    f"cannot write the store at {loc}: {e.strerror or e}. Free space or choose another --out; the "
-                    "store is not marked complete and the same command resumes it"
-                ) from e
+                raise cannot_write(loc, e, "; the store is not marked complete and the same command resumes it") from e
     progress.end()
     if summary is None:  # a rank other than 0: the store as rank 0 completed it
         result = FeaturizeResult.of(loc, "written", 0.0, computed)
@@ -236,7 +233,7 @@ def featurize(
     profile.finish_s = result.seconds - setup_s - profile.pipeline_s
     result.profile = profile
     result.status = {"resume": "resumed", "repair": "repaired", "rebuild": "rebuilt"}.get(status, "written")
-    result.left_out = index.unusable if index.manifest is not None else None
+    result.left_out = index.unusable
     return result
 
 
