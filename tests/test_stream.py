@@ -145,7 +145,7 @@ def test_an_onnx_file_slides_as_it_scores_windows(tmp_path):
     onnx_file = export(run, "onnx")["path"]
     scorer = open_scorer(onnx_file, "cpu")
     audio = _speechy(6.0)
-    assert choose_way(scorer, 1_600)[0] == "frames"
+    assert choose_way(scorer, 1_600, "frames")[0] == "frames" and choose_way(scorer, 1_600)[0] == "windows"
     _, by_windows = posteriors(audio, scorer, 1_600, 16, "windows")  # the file's own STFT per window
     _, by_frames = posteriors(audio, scorer, 1_600, 16, "frames")  # torch's frames, the file's classifier
     _, by_torch = posteriors(audio, open_scorer(run, "cpu"), 1_600, 16, "windows")

@@ -25,7 +25,15 @@ threshold; a new detection is refused within `suppression_ms` of the last one):
   Speech Commands utterance: it swallows the echoes of one word and still tells apart a word said twice
   a second apart. TensorFlow's RecognizeCommands suppresses every label for `suppression_ms` after a
   detection (500 ms by default; its test_streaming_accuracy.cc passes 1,500 ms, test_streaming_accuracy.py
-  500 ms) and never repeats the previous label until another one, `_silence_` included, was detected.
+  500 ms) and never repeats the previous label until another one, `_silence_` included, was detected;
+- **the consecutive-window rule**: a run of fewer than `min_windows` windows is no detection (1: any);
+- **the threshold**: `--threshold` where given, else the operating point `speechcls stream eval` measured
+  (the run's streaming.json, an ONNX file's metadata: stream_eval.py), else DEFAULT_THRESHOLD; listen
+  says which;
+- **the features**: `way` "frames" computes the recording's STFT frames once and gathers each window's
+  (stream_frames.py: the per-window features exactly), "windows" hands every window to the model's own
+  front end; "auto" takes frames where they apply. `stream eval` calls the same posteriors, smooth and
+  decide: one code path.
 """
 
 from __future__ import annotations
@@ -308,11 +316,16 @@ def choose_way(scorer: Scorer, hop: int, way: str = "auto") -> tuple[str, str]:
     """(way, why): "frames" (stream_frames.py: the recording's frames computed once, the model slid over
     them) where it gives the per-window features exactly and the scorer can classify features, else
     "windows" (every window through the model's own front end); `why` says why not frames ("" where
-    frames). way "frames" where it cannot be is a ValueError saying why."""
+    frames). "auto" keeps an ONNX file on its own graph (measured faster there). way "frames" where it
+    cannot be is a ValueError saying why."""
     from speechcls.infer.stream_frames import can_slide
 
     if way == "windows":
         return "windows", "asked for"
+    if way == "auto" and isinstance(scorer, OnnxScorer):
+        # measured (benchmarks/streaming.py, 2 shared cores, two runs): ONNX Runtime's own graph, its STFT
+        # included, scored 1.3-1.7x faster than torch's frames handed to the file's classifier
+        return "windows", "ONNX Runtime's whole graph measured faster than torch's frames with its classifier"
     why = can_slide(scorer.params, hop) if hasattr(scorer, "params") else "the scorer has no feature parameters"
     if why is None and isinstance(scorer, OnnxScorer) and scorer.classifier_session() is None:
         why = "the onnx package (pip install 'speechcls[export]') is needed to cut the file's classifier out"
