@@ -203,3 +203,29 @@ def test_an_edited_manifest_is_not_the_stored_one(tmp_path):
     assert featurize(params, manifest=tmp_path / "m.csv", out=out, device="cpu", overwrite=True).status == "written"
     assert read_store(out)["split"].tolist().count(2) == 1
     shutil.rmtree(out)
+
+
+def test_verify_checks_the_manifest_a_store_was_made_from(tmp_path):
+    """verify --manifest: the manifest's rows and every clip it lists, as verify --root does for a tree."""
+    for i in range(4):
+        write_wav(tmp_path / f"{i}.wav", (np.arange(4000) % 50 * i).astype(np.int16), 16000, "PCM_16")
+    rows = "path,label,split\n0.wav,a,train\n1.wav,a,test\n2.wav,b,train\n3.wav,b,test\n"
+    (tmp_path / "m.csv").write_text(rows)
+    out = tmp_path / "s.zarr"
+    featurize(FeatureParams("waveform"), manifest=tmp_path / "m.csv", out=out, device="cpu")
+    verify = ["verify", str(out), "--manifest", str(tmp_path / "m.csv")]
+    r = CliRunner().invoke(app, verify)
+    assert r.exit_code == 0 and ": ok:" in r.output, r.output
+    (tmp_path / "m.csv").write_text(rows.replace("1.wav,a,test", "1.wav,b,test"))  # a label changed
+    r = CliRunner().invoke(app, verify)
+    assert r.exit_code == 1 and "manifest's rows" in r.output and f"the manifest {tmp_path / 'm.csv'}" in r.output
+    (tmp_path / "m.csv").write_text(rows)
+    write_wav(tmp_path / "2.wav", np.ones(4000, np.int16), 16000, "PCM_16")  # a clip's audio changed
+    r = CliRunner().invoke(app, verify)
+    assert r.exit_code == 1 and "1 clip(s) whose audio bytes changed since featurize: 2.wav" in r.output
+    (tmp_path / "m.csv").write_text(rows + "4.wav,b,train\n")
+    write_wav(tmp_path / "4.wav", np.ones(4000, np.int16), 16000, "PCM_16")  # a clip added
+    r = CliRunner().invoke(app, verify)
+    assert r.exit_code == 1 and "in the manifest but not in the store: 4.wav" in r.output
+    r = CliRunner().invoke(app, [*verify, "--root", str(tmp_path)])
+    assert r.exit_code == 1 and "a store is made from one source" in r.output

@@ -146,12 +146,16 @@ def verify(
     root: Annotated[
         Optional[Path], typer.Option(help="The tree it was made from: check that it has not changed since.")
     ] = None,
+    manifest: Annotated[
+        Optional[Path],
+        typer.Option(help="The manifest it was made from (instead of --root): check it and its clips are unchanged."),
+    ] = None,
 ) -> None:
-    """Read every chunk and check its checksum, the metadata and the attributes (and, with --root, the
-    tree); exit 1 on any mismatch."""
+    """Read every chunk and check its checksum, the metadata and the attributes (and, with --root or
+    --manifest, the source); exit 1 on any mismatch."""
     from speechcls.store.reader import verify as check
 
-    r = check(store, str(root) if root is not None else None)
+    r = check(store, str(root) if root is not None else None, str(manifest) if manifest is not None else None)
     for problem in r["problems"]:
         typer.echo(f"{store}: {problem}", err=True)
     status = "UNPROVEN" if r.get("unproven") else "DAMAGED" if r["problems"] else "ok"

@@ -383,10 +383,11 @@ def store_info(store: str | Location) -> dict:
     }
 
 
-def verify(store: str | Location, root: str | None = None) -> dict:
+def verify(store: str | Location, root: str | None = None, manifest: str | None = None) -> dict:
     """`speechcls verify`: read every chunk object's bytes and check its CRC-32C and that it is the object
     recorded for its place, check every array's metadata and every attribute against their digests, and
-    with `root` check that the tree is the one the store was made from. Returns {"problems": [one line
+    with `root` (or `manifest`) check that the tree (or the manifest and the clips it lists) is the one the
+    store was made from. Returns {"problems": [one line
     each], "chunks": objects checked, "bytes": bytes read}; no problem means the store reads back exactly
     as featurize wrote it (and the tree is unchanged)."""
 
@@ -423,39 +424,49 @@ def verify(store: str | Location, root: str | None = None) -> dict:
                             + (" ..." if len(bad) > 5 else ""))  # fmt: skip
     if not structure and (lost := lost_chunks(loc, group, checksums=False, held=held)):
         problems.append(damage_message(loc, group, lost))
-    if root is not None:
-        problems += _tree_problems(loc, group, attrs, root)
+    if root is not None and manifest is not None:
+        raise ValueError(
+            f"--root {root} and --manifest {manifest}: a store is made from one source; give the one it was"
+        )
+    if root is not None or manifest is not None:
+        problems += _tree_problems(loc, group, attrs, root, manifest)
     return {"problems": problems, "chunks": checked, "bytes": nbytes, "unproven": unproven and len(problems) == 1}
 
 
-def _tree_problems(loc: Location, group, attrs: dict, root) -> list[str]:
-    """How the tree at `root` differs from the one the store was made from: clips added or removed, the
-    lists changed, and every file's bytes re-hashed (CRC-32C) against the store's record of them."""
-    from pathlib import Path
-
+def _tree_problems(loc: Location, group, attrs: dict, root, manifest=None) -> list[str]:
+    """How the tree at `root` (or the clips `manifest` lists) differs from the one the store was made from:
+    clips added or removed, the lists (the manifest's rows) changed, and every file's bytes re-hashed
+    (CRC-32C) against the store's record of them."""
     from speechcls.audio.decode import file_crc32c
     from speechcls.data.tree import index_tree
     from speechcls.store.format import tree_fingerprint
 
-    index = index_tree(root)
+    if manifest is not None:
+        from speechcls.data.manifest import read_manifest
+
+        index, source = read_manifest(manifest), f"the manifest {manifest} (and the clips it lists)"
+    else:
+        index, source = index_tree(root), f"the tree at {root}"
     paths = [str(p) for p in read_all(group, "path")]
     now, before = set(index.paths), set(paths)
     problems = []
-    for what, names in (("not in the tree any more", before - now), ("in the tree but not in the store", now - before)):
+    where = "the manifest" if manifest is not None else "the tree"
+    for what, names in ((f"not in {where} any more", before - now), (f"in {where} but not in the store", now - before)):
         if names:
             problems.append(
                 f"{len(names)} clip(s) {what}: {', '.join(sorted(names)[:5])}" + (" ..." if len(names) > 5 else "")
             )
     crcs = read_all(group, "audio_crc32c")
-    changed = [p for p, crc in zip(paths, crcs.tolist()) if p in now and file_crc32c(Path(root) / p) != crc]
+    changed = [p for p, crc in zip(paths, crcs.tolist()) if p in now and file_crc32c(index.root / p) != crc]
     if changed:
         problems.append(
             f"{len(changed)} clip(s) whose audio bytes changed since featurize: {', '.join(sorted(changed)[:5])}"
             + (" ..." if len(changed) > 5 else "")
         )
     if not problems and tree_fingerprint(index) != (attrs.get("request") or {}).get("tree"):
-        problems.append("the validation / testing lists or the files' modification times changed since featurize")
+        what = "the manifest's rows" if manifest is not None else "the validation / testing lists"
+        problems.append(f"{what} or the files' modification times changed since featurize")
     if problems:
-        problems.append(f"the tree at {root} is not the one the store was made from: run the featurize command with "
+        problems.append(f"{source} is not the one the store was made from: run the featurize command with "
                         "--overwrite to make the store anew")  # fmt: skip
     return problems
