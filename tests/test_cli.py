@@ -69,6 +69,8 @@ def test_data_info_on_the_mini_tree(mini_root):
     assert "validation_list.txt: 6754 entries" in out and "testing_list.txt: 6784 entries" in out
     assert "21 shorter than 1 s" in out
     assert "unreadable files: 0" in out
+    longer = runner.invoke(app, ["data", "info", "--root", str(mini_root), "--clip-seconds", "1.5"]).output
+    assert "300 shorter than 1.5 s, 0 longer" in longer  # counted against featurize's --clip-seconds
 
 
 def test_data_info_reports_unreadable_files(tmp_path, mini_root):

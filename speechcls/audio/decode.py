@@ -26,8 +26,9 @@ class AudioSurvey:
     files: int = 0
     sample_rates: Counter = field(default_factory=Counter)  # Hz -> files
     channels: Counter = field(default_factory=Counter)  # channel count -> files
-    short: int = 0  # clips under one second once at 16 kHz (they get zero-padded)
-    long: int = 0  # clips over one second (they get truncated)
+    short: int = 0  # clips under the clip length once at 16 kHz (they get zero-padded)
+    long: int = 0  # clips over it (they get truncated)
+    clip_seconds: float = config.CLIP_SECONDS  # the length counted against
     unreadable: dict[str, str] = field(default_factory=dict)  # relative path -> reason
 
 
@@ -40,10 +41,12 @@ def _info(path: Path):
         return e
 
 
-def survey(root: Path, paths: list[str], workers: int = 8) -> AudioSurvey:
-    """Read the header of every file in `paths` (relative to `root`). libsndfile releases the GIL, so
-    a thread pool overlaps the many small reads of a 65k-file tree."""
-    out = AudioSurvey()
+def survey(root: Path, paths: list[str], workers: int = 8, clip_seconds: float = config.CLIP_SECONDS) -> AudioSurvey:
+    """Read the header of every file in `paths` (relative to `root`), counting clips shorter and longer
+    than `clip_seconds` (featurize --clip-seconds). libsndfile releases the GIL, so a thread pool
+    overlaps the many small reads of a 65k-file tree."""
+    out = AudioSurvey(clip_seconds=clip_seconds)
+    clip_samples = round(clip_seconds * config.SAMPLE_RATE)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for rel, info in zip(paths, pool.map(_info, (root / p for p in paths))):
             out.files += 1
@@ -53,9 +56,9 @@ def survey(root: Path, paths: list[str], workers: int = 8) -> AudioSurvey:
             out.sample_rates[info.samplerate] += 1
             out.channels[info.channels] += 1
             frames_16k = info.frames * config.SAMPLE_RATE / info.samplerate
-            if frames_16k < config.CLIP_SAMPLES:
+            if frames_16k < clip_samples:
                 out.short += 1
-            elif frames_16k > config.CLIP_SAMPLES:
+            elif frames_16k > clip_samples:
                 out.long += 1
     return out
 

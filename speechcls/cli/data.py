@@ -117,6 +117,12 @@ def data_info(
         int, typer.Option(help="Seed of the random 60/20/20 split shown beside the official one.")
     ] = config.SPLIT_SEED,
     check_audio: Annotated[bool, typer.Option(help="Read every file's header (finds unreadable files).")] = True,
+    clip_seconds: Annotated[
+        float,
+        typer.Option(
+            help="The clip length to count shorter and longer clips against (featurize's).", metavar="S", min=0.01
+        ),
+    ] = config.CLIP_SECONDS,
     task: Annotated[
         str,
         typer.Option(
@@ -151,7 +157,7 @@ def data_info(
         index = tree.index_tree(root if root is not None else config.default_root())
     # an unknown task, kws12 on a tree without its words, a keyword that is no label: refused first
     the_task = make_task("keywords" if words else task, index.classes, words)
-    survey = decode.survey(index.root, index.paths) if check_audio else None
+    survey = decode.survey(index.root, index.paths, clip_seconds=clip_seconds) if check_audio else None
     out = console()
     report.print_index(index, seed, survey, out)
     if the_task.name != "words":

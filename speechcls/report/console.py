@@ -76,7 +76,8 @@ def print_index(index: DatasetIndex, seed: int, survey: AudioSurvey | None, cons
     if survey is not None:
         rates = ", ".join(f"{r} Hz: {n}" for r, n in sorted(survey.sample_rates.items()))
         chans = ", ".join(f"{c} ch: {n}" for c, n in sorted(survey.channels.items()))
-        console.print(f"audio: {rates or '-'}; {chans or '-'}; {survey.short} shorter than 1 s, {survey.long} longer")
+        lengths = f"{survey.short} shorter than {survey.clip_seconds:g} s, {survey.long} longer"
+        console.print(f"audio: {rates or '-'}; {chans or '-'}; {lengths}")
         console.print(f"unreadable files: {len(survey.unreadable)}")
         for path, reason in sorted(survey.unreadable.items())[:20]:
             console.print(f"  {path}: {reason}")
