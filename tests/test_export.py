@@ -279,7 +279,7 @@ def test_the_file_says_what_it_is(trained, exported):
         assert json.loads(meta["frontend"]) is True and meta["task"] == "words"
         assert json.loads(meta["input"]) == {
             "name": "waveform", "shape": ["batch", 16_000], "dtype": "float32", "range": [-1.0, 1.0],
-            "sample_rate": 16_000,
+            "sample_rate": 16_000, "clip_seconds": 1.0,
         }  # fmt: skip
     session = ort.InferenceSession(onnx_file)
     (inp,), (out,) = session.get_inputs(), session.get_outputs()
