@@ -122,7 +122,7 @@ BAD = {
     "mixed header": ("path,label;split\na.wav,yes\n", ":1: the header mixes delimiters"),
     "empty label": ("path,label\na.wav,yes\nb.wav,\n", ":3: the label of b.wav is empty"),
     "escaping path": ("path,label\na.wav,yes\n../x.wav,no\n", ":3: the path '../x.wav' has a '..' component"),
-    "absolute path": ("path,label\n/etc/x.wav,no\n", ":2: the path '/etc/x.wav' is absolute"),
+    "absolute path": ("path,label\n/etc/x.wav,no\n", ":2: the path '/etc/x.wav' is an absolute path"),
     "duplicate path": ("path,label\na.wav,yes\n./a.wav,no\n", ":3: a.wav is already on line 2"),
     "unknown split": ("path,label,split\na.wav,yes,holdout\n", ":2: split 'holdout'"),
     "one column": ("path\na.wav\n", ":1: the header 'path' has one column"),

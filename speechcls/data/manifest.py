@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from speechcls import config
-from speechcls.data.tree import Clip, DatasetIndex, which_set
+from speechcls.data.tree import Clip, DatasetIndex, relative_path, which_set
 
 COLUMNS = ("path", "label", "split", "speaker")  # the first two required
 REQUIRED = ("path", "label")
@@ -208,18 +208,9 @@ def _check_columns(path: Path, number: int, names: list[str]) -> None:
 def manifest_path(value: str, path: Path, number: int) -> str:
     """A path cell as the relative path it names, in one spelling (`a/b.wav`; backslashes, `./`, `//`
     normalized). Refused, naming the line: empty, absolute (a drive letter too), any `..` component."""
-    entry = value.strip().replace("\\", "/")
-    why = None
-    if not entry:
-        why = "is empty"
-    elif entry.startswith("/") or re.match(r"^[A-Za-z]:", entry):
-        why = "is absolute"
-    elif ".." in entry.split("/"):
-        why = "has a '..' component"
-    else:
-        entry = posixpath.normpath(entry)
-        if entry in (".", ""):
-            why = "names the manifest's folder itself"
+    entry, why = relative_path(value) if value.strip() else ("", "is empty")
+    if why is None and entry in (".", ""):
+        why = "names the manifest's folder itself"
     if why is not None:
         raise ValueError(
             f"{path}:{number}: the path {value!r} {why}; every path is a file relative to the manifest's folder "

@@ -149,6 +149,19 @@ def _read_list(root: Path, name: str) -> list[str] | None:
     return entries
 
 
+def relative_path(value: str) -> tuple[str, str | None]:
+    """A path as written in a list or a manifest, in one spelling: surrounding whitespace and backslashes
+    gone, `./`, `//` and `/./` normalized (posixpath.normpath). Returns (the path, None), or (the text,
+    why it is refused): absolute (a drive letter too) or with any `..` component, even one that lexically
+    comes back (through a linked folder the file system would not come back to the same place)."""
+    entry = value.strip().replace("\\", "/")
+    if entry.startswith("/") or re.match(r"^[A-Za-z]:", entry):
+        return entry, "is an absolute path"
+    if ".." in entry.split("/"):
+        return entry, "has a '..' component"
+    return posixpath.normpath(entry), None
+
+
 def list_entry(line: str, path: Path, number: int) -> str:
     """A list line as the relative path it names, in the one spelling the index uses (`yes/x.wav`).
 
@@ -158,14 +171,9 @@ def list_entry(line: str, path: Path, number: int) -> str:
     (absolute, a drive letter, any `..` component, even one that lexically comes back, as in
     `dog/../yes/x.wav`: through a linked folder the file system would not come back to the same place,
     and the release never writes one) and one that is not `<word>/<file>.wav`."""
-    entry = line.strip().replace("\\", "/")
     where = f"{path}:{number}: {line.strip()!r}"
-    if entry.startswith("/") or re.match(r"^[A-Za-z]:", entry):
-        why = "is an absolute path"
-    elif ".." in entry.split("/"):
-        why = "has a '..' component"
-    else:
-        entry = posixpath.normpath(entry)
+    entry, why = relative_path(line)
+    if why is None:
         parts = entry.split("/")
         if len(parts) == 2 and parts[0] not in (".", "") and parts[1].lower().endswith(".wav") and parts[1] != ".wav":
             return entry
