@@ -109,8 +109,9 @@ def bench_model(model: str, folder: Path, repeats: int, audio_s: float) -> dict:
     import warnings
 
     from speechcls.infer.export import export
-    from speechcls.infer.listen import OnnxScorer, TorchScorer, posteriors
+    from speechcls.infer.listen import posteriors
     from speechcls.infer.predict import load_run
+    from speechcls.infer.scorers import OnnxScorer, TorchScorer
 
     ckpt = fake_checkpoint(model, folder)
     run = load_run(ckpt, "cpu")

@@ -54,7 +54,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     from speechcls.infer.export import export
-    from speechcls.infer.listen import OnnxScorer, TorchScorer, posteriors
+    from speechcls.infer.listen import posteriors
+    from speechcls.infer.scorers import OnnxScorer, TorchScorer
 
     audio = noise_with_bursts(args.minutes * 60)
     seconds = len(audio) / 16_000

@@ -268,7 +268,8 @@ def test_int8_is_smaller_and_close(exported, clips):
 def test_the_file_says_what_it_is(trained, exported):
     import warnings
 
-    from speechcls.infer.export import read_onnx_metadata, read_torchscript_metadata
+    from speechcls.infer.export import read_torchscript_metadata
+    from speechcls.infer.scorers import read_onnx_metadata
 
     ckpt = checkpoint.load(trained / "best.pt")
     onnx_file, features_file, ts_file = (exported[k]["path"] for k in ("onnx", "features", "torchscript"))

@@ -133,7 +133,8 @@ def test_export_rewrites_its_own_output_and_replaces_another_file_only_with_over
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, [*args, "--out", str(place["notes"]), "--overwrite"])  # said so: replaced
     assert r.exit_code == 0, r.output
-    from speechcls.infer.export import read_onnx_metadata, read_torchscript_metadata
+    from speechcls.infer.export import read_torchscript_metadata
+    from speechcls.infer.scorers import read_onnx_metadata
 
     read = read_onnx_metadata if fmt == "onnx" else read_torchscript_metadata
     assert json.loads(read(place["notes"])["classes"]) == ["a", "b", "c"]  # the export, whole

@@ -407,7 +407,7 @@ def test_an_onnx_file_that_does_not_fit_its_metadata_is_refused_in_one_line(case
     line = _one_error_line(runner.invoke(app, ["listen", str(path), str(next(mini_root.glob("bed/*.wav")))]))
     assert str(path) in line and words in line, line
     if words != "memory":  # the one reader of the metadata: export's refuses the file as listen does
-        from speechcls.infer.export import read_onnx_metadata
+        from speechcls.infer.scorers import read_onnx_metadata
 
         with pytest.raises(ValueError, match=words):
             read_onnx_metadata(path)

@@ -144,7 +144,8 @@ def _checkpoint(tmp: Path, mini_root: Path) -> Path:
 def test_a_run_and_its_onnx_file_listen_alike(mini_root, tmp_path):
     pytest.importorskip("onnxruntime")
     from speechcls.infer.export import export
-    from speechcls.infer.listen import open_scorer, posteriors
+    from speechcls.infer.listen import posteriors
+    from speechcls.infer.scorers import open_scorer
 
     run = _checkpoint(tmp_path, mini_root).parent
     onnx_file = export(run, "onnx")["path"]
@@ -290,7 +291,8 @@ def test_every_keyword_is_found_where_it_was_placed(spotter):
 
 @pytest.mark.slow
 def test_noise_alone_gives_no_detection(spotter):
-    from speechcls.infer.listen import listen, open_scorer, posteriors
+    from speechcls.infer.listen import listen, posteriors
+    from speechcls.infer.scorers import open_scorer
 
     base, _, noise_dir, _ = spotter
     files = sorted(noise_dir.glob("*.wav"))

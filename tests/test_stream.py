@@ -114,7 +114,8 @@ def _speechy(seconds: float, seed: int = 0) -> np.ndarray:
 
 @pytest.mark.parametrize("cmn", [False, True], ids=["standardized", "cmn"])
 def test_sliding_and_per_window_posteriors_agree(tmp_path, cmn):
-    from speechcls.infer.listen import choose_way, open_scorer, posteriors
+    from speechcls.infer.listen import choose_way, posteriors
+    from speechcls.infer.scorers import open_scorer
 
     run = _checkpoint(tmp_path, cmn=cmn)
     scorer = open_scorer(run, "cpu")
@@ -139,7 +140,8 @@ def test_an_onnx_file_slides_as_it_scores_windows(tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
     from speechcls.infer.export import export
-    from speechcls.infer.listen import choose_way, open_scorer, posteriors
+    from speechcls.infer.listen import choose_way, posteriors
+    from speechcls.infer.scorers import open_scorer
 
     run = _checkpoint(tmp_path)
     onnx_file = export(run, "onnx")["path"]
@@ -442,8 +444,9 @@ def test_listen_takes_the_operating_point(judged):
 @pytest.mark.slow
 def test_the_export_carries_the_operating_point(judged):
     pytest.importorskip("onnxruntime")
-    from speechcls.infer.export import export, read_onnx_metadata
+    from speechcls.infer.export import export
     from speechcls.infer.listen import listen
+    from speechcls.infer.scorers import read_onnx_metadata
 
     run, prefix, _ = judged
     point = json.loads((run / "streaming.json").read_text())["operating_point"]

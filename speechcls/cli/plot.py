@@ -131,7 +131,7 @@ def plot_det(
 ) -> None:
     """False rejects against false accepts per hour (log x) from streaming.csv: one curve per run (per keyword
     too, for one run), the operating point marked."""
-    from speechcls.infer.stream_eval import result_paths
+    from speechcls.infer.stream_results import result_paths
     from speechcls.report import plots
 
     plots.check_out(out, tuple(p for r in runs for p in result_paths(r).values()), overwrite)

@@ -123,7 +123,7 @@ def export(
     read = run / "best.pt" if run.is_dir() else run
     check_out(out, reads=(read,), own=marked(OWN_MARK), overwrite=overwrite, command="export")
     m = load_run(run, "cpu")
-    from speechcls.infer.stream_eval import read_operating_point
+    from speechcls.infer.stream_results import read_operating_point
 
     meta = metadata(m, frontend, quantize, fmt, read_operating_point(run))
     if fmt == "torchscript":
@@ -327,13 +327,3 @@ def _save_onnx(proto, path: Path) -> None:
 
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))  # one file: a speechcls model is megabytes, far from protobuf's 2 GB
-
-
-def read_onnx_metadata(path: str | Path) -> dict[str, str]:
-    """metadata_props of an ONNX file, read by onnxruntime (no onnx package needed), as strings, once
-    listen's reader has checked them against the graph (ValueError naming the file where they do not fit)."""
-    from speechcls.infer.listen import onnx_metadata, onnx_session
-
-    session = onnx_session(Path(path))
-    onnx_metadata(session, Path(path))
-    return dict(session.get_modelmeta().custom_metadata_map)

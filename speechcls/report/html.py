@@ -39,7 +39,7 @@ def run_data(metrics: dict, cfg: dict) -> str:
 
 def streaming(run: Path) -> dict | None:
     """The run's streaming.json (`speechcls stream eval`) where it has one with a curve to draw, else None."""
-    from speechcls.infer.stream_eval import read_results, result_paths
+    from speechcls.infer.stream_results import read_results, result_paths
 
     record = read_results(run)
     if record is None or not record.get("keyword_labels") or not result_paths(run)["csv"].is_file():

@@ -389,7 +389,7 @@ def det(runs: list[Path], out: Path) -> Path:
 
 def det_figure(runs: list[Path]):
     """The figure of `det` (matplotlib Figure)."""
-    from speechcls.infer.stream_eval import read_curve, read_results
+    from speechcls.infer.stream_results import read_curve, read_results
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=FIGSIZE, dpi=DPI, layout="constrained")
