@@ -244,13 +244,14 @@ def _store_cases(variant: str, waves, threads: dict, stages: list[str], tmp: Pat
     from speechcls.audio.features import FeatureExtractor
     from speechcls.config import FeatureParams
     from speechcls.store import format as fmt
+    from speechcls.store import layout
     from speechcls.store.writer import encode_chunk
 
     params = FeatureParams(variant)
     ex, n = FeatureExtractor(params), len(waves)
     with torch.inference_mode():
         feats = torch.cat([ex(torch.from_numpy(waves[i : i + 256])) for i in range(0, n, 256)]).numpy()
-    rows, codec = fmt.default_chunk_rows(params), fmt.default_codec(variant, params.store_dtype)
+    rows, codec = layout.default_chunk_rows(params), fmt.default_codec(variant, params.store_dtype)
     array = zarr.open_group(store=zarr.storage.MemoryStore(), mode="w").create_array(
         variant, shape=feats.shape, chunks=(rows, *feats.shape[1:]), dtype=feats.dtype, fill_value=0,
         compressors=fmt.checksummed(fmt.make_codec(codec)), config=fmt.ARRAY_CONFIG,

@@ -19,7 +19,7 @@ from speechcls import config
 from speechcls.config import FeatureParams
 from speechcls.data.tree import index_tree
 from speechcls.featurize import featurize
-from speechcls.store import FORMAT_VERSION, DamagedStore, IncompleteStore, location, reader, writer
+from speechcls.store import FORMAT_VERSION, DamagedStore, IncompleteStore, location, proof, reader, writer
 
 from helpers import copy_tree, fsdd_tree, read_store, reference, write_wav
 
@@ -534,7 +534,7 @@ def test_every_chunk_is_an_object_and_lost_ones_are_recomputed(mini_root, mini_s
     import shutil
 
     original = mini_stores["mel"].store  # 300 rows, chunks of 32, blocks of 64 rows (5 blocks)
-    assert reader.lost_chunks(original, location.open_group(original, mode="r")) == {}
+    assert proof.lost_chunks(original, location.open_group(original, mode="r")) == {}
     copy = tmp_path / "copy.zarr"
     shutil.copytree(original, copy)
     for key in ("features/c/3/0/0/0", "skip_reason/c/5", "label/c/0", "resampled/c/4"):

@@ -527,7 +527,7 @@ def test_a_layout_whose_buffers_exceed_the_memory_is_refused_before_the_store(
 def test_the_default_layout_fits_with_room(words10_tree, tmp_path):
     from speechcls.config import FeatureParams
     from speechcls.runtime import available_ram
-    from speechcls.store.format import Layout, default_chunk_rows, layout_bytes
+    from speechcls.store.layout import Layout, default_chunk_rows, layout_bytes
 
     for variant in ("spectrogram", "mel", "complex", "waveform"):
         params = FeatureParams(variant)

@@ -200,7 +200,7 @@ def test_verify_passes_a_good_store_and_reads_every_chunk(original, words10_tree
 def test_a_second_featurize_on_a_store_being_written_is_refused(copy, original, words10_tree):
     """The first holds the lock (as a running featurize does): a second one, with --overwrite too, is
     refused at once instead of doing the work twice or pulling the store from under the first."""
-    from speechcls.store.writer import lock
+    from speechcls.store.guard import lock
 
     with lock(copy):
         for overwrite in (False, True):

@@ -18,7 +18,8 @@ import numpy as np
 import soundfile as sf
 
 from speechcls import config
-from speechcls.data.synth import colored_noise, to_pcm16, write_lists
+from speechcls.data.signals import colored_noise, to_pcm16
+from speechcls.data.synth import write_lists
 
 SR = config.SAMPLE_RATE
 

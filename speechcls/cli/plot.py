@@ -132,10 +132,10 @@ def plot_det(
     """False rejects against false accepts per hour (log x) from streaming.csv: one curve per run (per keyword
     too, for one run), the operating point marked."""
     from speechcls.infer.stream_results import result_paths
-    from speechcls.report import plots
+    from speechcls.report import det, plots
 
     plots.check_out(out, tuple(p for r in runs for p in result_paths(r).values()), overwrite)
-    _plotted(plots.det(runs, out))
+    _plotted(det.det(runs, out))
 
 
 @app.command()

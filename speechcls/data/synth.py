@@ -11,8 +11,8 @@ thread order.
 
 Variety for a wake word (off by default, so the demo tree stays byte for byte what it was): `reverb`, the
 chance that a clip is played in a simple room (a synthetic impulse response: the direct sound, then
-exponentially decaying noise with RT60 uniform in ROOM_RT60 seconds, mixed at a wet share uniform in
-ROOM_WET), and `snr`, background noise (the tree's white / pink / brown recordings) mixed at a
+exponentially decaying noise with RT60 uniform in signals.ROOM_RT60 seconds, mixed at a wet share uniform in
+signals.ROOM_WET), and `snr`, background noise (the tree's white / pink / brown recordings) mixed at a
 signal-to-noise ratio uniform in [low, high] dB against the speech's own power. Both in numpy (an FFT
 convolution, a power ratio): a few lines each, no sox binary to install, and drawn from their own
 generator, default_rng([seed, 4, voice, word]), so turning them on leaves every other draw alone.
@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from speechcls import config
+from speechcls.data.signals import colored_noise, reverberate, room, to_pcm16
 from speechcls.runtime import Progress, zarr_root
 
 ESPEAK = "espeak-ng"
@@ -52,8 +53,6 @@ RATES = (120, 140, 160, 180)  # words per minute; at 120 the longest word still 
 PITCHES = (30, 40, 50, 60, 70)  # espeak-ng's 0-99 pitch scale
 NOISE_FILES = {"white_noise.wav": 0.0, "pink_noise.wav": 1.0, "brown_noise.wav": 2.0}  # name -> spectral slope
 NOISE_SECONDS = 30
-ROOM_RT60 = (0.15, 0.6)  # seconds for the reverberation to fall 60 dB: a small office to a living room
-ROOM_WET = (0.2, 0.6)  # share of the reverberant sound in the mix
 MAX_CLIP_SECONDS = 10.0  # a clip is cropped from the NOISE_SECONDS recordings; a phrase fits in far less
 
 
@@ -111,28 +110,6 @@ def is_word(word: str) -> bool:
     such words with one space between them ("hey computer"). Never an espeak-ng option (`-x`,
     `--path=...`, `-w FILE`) nor a hidden or special folder name (`_x`, `.`)."""
     return all(part.isalnum() for w in word.split(" ") for part in w.split("-"))
-
-
-def room(n: int, rate: int, rng: np.random.Generator) -> np.ndarray:
-    """A simple room's impulse response: 1 (the direct sound), then noise whose envelope falls 60 dB in an
-    RT60 drawn from ROOM_RT60, scaled so that it is a wet share drawn from ROOM_WET of the energy.
-    Returns: (min(n, RT60 x rate),) float32."""
-    rt60 = rng.uniform(*ROOM_RT60)
-    wet = rng.uniform(*ROOM_WET)
-    length = min(n, max(2, int(rt60 * rate)))
-    t = np.arange(1, length) / rate
-    tail = rng.standard_normal(length - 1) * np.exp(-6.9078 * t / rt60)  # ln(1000): -60 dB at rt60
-    tail *= np.sqrt(wet / (1 - wet) / max(float(np.sum(tail**2)), 1e-12))
-    return np.concatenate([[1.0], tail]).astype(np.float32)
-
-
-def reverberate(clip: np.ndarray, ir: np.ndarray) -> np.ndarray:
-    """`clip` through the room `ir` (an FFT convolution), cut to the clip's length, at the clip's peak."""
-    n = len(clip) + len(ir) - 1
-    size = 1 << (n - 1).bit_length()
-    out = np.fft.irfft(np.fft.rfft(clip, size) * np.fft.rfft(ir, size), size)[: len(clip)]
-    peak = float(np.abs(out).max())
-    return (out * (float(np.abs(clip).max()) / peak) if peak > 0 else out).astype(np.float32)
 
 
 def parse_snr(text: str) -> tuple[float, float]:
@@ -202,19 +179,6 @@ def _trim(audio: np.ndarray, rel_threshold: float = 0.01, margin: int = 320) -> 
     if loud.size == 0:
         return audio
     return audio[max(loud[0] - margin, 0) : loud[-1] + margin + 1]
-
-
-def colored_noise(n: int, slope: float, rng: np.random.Generator) -> np.ndarray:
-    """Noise whose power falls as 1/f**slope (0 white, 1 pink, 2 brown), peak 0.5."""
-    spectrum = np.fft.rfft(rng.standard_normal(n))
-    f = np.fft.rfftfreq(n)
-    f[0] = f[1]
-    noise = np.fft.irfft(spectrum / f ** (slope / 2), n)
-    return (0.5 * noise / np.abs(noise).max()).astype(np.float32)
-
-
-def to_pcm16(x: np.ndarray) -> np.ndarray:
-    return np.clip(np.round(x * 32767.0), -32768, 32767).astype(np.int16)
 
 
 def make_clip(

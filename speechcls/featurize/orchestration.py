@@ -1,5 +1,5 @@
 """Featurize a tree into a store: resolve the backend, the tree and the codec; under the store's lock
-decide what to do with the location (store/writer.py's plan), open the writer, run the pipeline
+decide what to do with the location (store/guard.py's plan), open the writer, run the pipeline
 (stages.py), complete the store and report it."""
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ from speechcls.featurize.profile import Profile, default_workers
 from speechcls.featurize.stages import _Pipeline
 from speechcls.runtime import Progress, resolve_device
 from speechcls.store import format as fmt
+from speechcls.store import layout as layout_of
+from speechcls.store.guard import cannot_write, lock, plan
 from speechcls.store.location import Location, to_location
 from speechcls.store.reader import read_attrs, store_info
-from speechcls.store.writer import StoreWriter, cannot_write, lock, plan
+from speechcls.store.writer import StoreWriter
 
 
 @dataclass
@@ -130,7 +132,7 @@ def codec_for(loc: Location, params: FeatureParams, overwrite: bool) -> str:
     """The codec when --codec is not given: the one of a store already at `loc` (so a store made with an
     earlier default is found present, resumed or repaired, not "made with other settings"), else the
     variant's default (format.default_codec); with `overwrite`, the default."""
-    from speechcls.store.writer import store_attrs
+    from speechcls.store.guard import store_attrs
 
     attrs = None if overwrite else store_attrs(loc)
     old = (attrs or {}).get("codec")
@@ -188,9 +190,9 @@ def featurize(
     root = index.root
     tree = None if index.manifest is not None else root  # a manifest's folder is no tree: a store may lie inside
     _, rows = fmt.row_arrays(index, row_seed)
-    chunk_rows = chunk_rows or fmt.default_chunk_rows(params)
-    layout = fmt.Layout(len(index.clips), chunk_rows, -(-batch_size // chunk_rows) * chunk_rows)
-    fmt.check_layout(params, layout, batch_size)  # before the pipeline, the lock and the store
+    chunk_rows = chunk_rows or layout_of.default_chunk_rows(params)
+    layout = layout_of.Layout(len(index.clips), chunk_rows, -(-batch_size // chunk_rows) * chunk_rows)
+    layout_of.check_layout(params, layout, batch_size)  # before the pipeline, the lock and the store
     loc = to_location(out) if out is not None else fmt.default_location(index.name, params)
     if tree is None:
         refuse_manifest_folder(loc, index)
@@ -205,7 +207,7 @@ def featurize(
     with _Pipeline(index.root, rows["path"], params, layout, mine, workers, backend, run_device) as pipeline:
         request = fmt.request(params, rows, row_seed, codec, chunk_rows, fmt.tree_fingerprint(index))
         with _lock(rank, loc, tree):  # one featurize at a time writes a local store
-            # rank 0 alone decides what to do with the location (store/writer.py's plan; never the tree), every
+            # rank 0 alone decides what to do with the location (store/guard.py's plan; never the tree), every
             # rank gets its verdict, errors included, so no rank waits at a barrier for a store that never comes
             status = dist.from_main(rank, lambda: plan(loc, request, engine, overwrite, tree=tree))
             if status == "present":
@@ -238,7 +240,7 @@ def featurize(
 
 
 def _lock(rank, loc: Location, root: Path | None):
-    """Rank 0 holds the store's lock (store/writer.py) while it decides and writes. Not taken for a location
+    """Rank 0 holds the store's lock (store/guard.py) while it decides and writes. Not taken for a location
     that is, holds or lies inside the tree: plan() refuses those, and no lock file goes into a tree
     (`root` None: a manifest's, no tree)."""
     if not rank.main or not isinstance(loc, Path):

@@ -1,1 +1,2 @@
-"""What a person reads: console tables (console.py), the chapter's figures (plots.py), the HTML report (html.py)."""
+"""What a person reads: console tables (console.py), the chapter's figures (plots.py), stream evaluation's DET curve
+(det.py), the HTML report (html.py)."""

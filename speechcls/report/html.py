@@ -86,7 +86,7 @@ def streaming_section(loaded: list[tuple]) -> str:
 def _load(runs: list[Path]) -> list[tuple]:
     """(run, metrics, config, {figure: data URI}) of each run."""
     from speechcls.engine.run_dir import RunDir
-    from speechcls.report import plots
+    from speechcls.report import det, plots
 
     loaded = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -97,7 +97,7 @@ def _load(runs: list[Path]) -> list[tuple]:
                 png = fn(run, Path(tmp) / f"{i}-{kind}.png")
                 images[kind] = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
             if streaming(run) is not None:  # judged by `speechcls stream eval`: its DET curve
-                png = plots.det([run], Path(tmp) / f"{i}-det.png")
+                png = det.det([run], Path(tmp) / f"{i}-det.png")
                 images["det"] = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
             loaded.append((run, metrics, cfg, images))
     return loaded
