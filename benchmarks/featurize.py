@@ -1,11 +1,15 @@
 """featurize throughput: the peer's one on-the-fly pass vs `speechcls featurize` end to end, per variant,
 with the stage breakdown of each of our runs; and (--scaling) each stage's rate by worker count.
 
-Peer: one pass of the DataLoader over every clip (batch 128, shuffle), num_workers 0 and the machine's
-core count. Ours: `featurize()` from the tree into a fresh, complete store (index, decode, features,
-compression, writes), for each backend (torch, DALI where installed), device (CPU, CUDA where present)
-and --workers count (default: every core). The ratio is ours / the faster peer. Median of --repeats
-after one warm-up run each; the stage breakdown printed is the median run's.
+Each timed run is a process of its own, timed from its start to its exit: what a user waits for (the
+imports included). Peer: `python benchmarks/peer.py`, one pass of the DataLoader over every clip (batch
+128, shuffle), num_workers 0 and the machine's core count. Ours: featurize from the tree into a fresh,
+complete store (index, decode, features, encoding, writes) with the CLI's imports, for each backend
+(torch, DALI where installed), device (CPU, CUDA where present), --dtypes and --workers count (default:
+every core). Before every run the disk is synced and left --settle seconds: a store's writeback must not
+fall into the next run. The ratio is ours / the faster peer. Median of --repeats after --warmup runs; the
+stage breakdown printed is the median run's. The disk's own write rate (2 GB, fsynced) is measured
+before and after: a store larger than the page cache's dirty limit is written at that rate.
 
 --scaling instead measures the stages on their own, by worker count (1, 2, the core count, or
 --workers): decoding (our RIFF reader and libsndfile, on a thread pool and on a process pool), the CPU
@@ -14,17 +18,21 @@ per 256-clip block, the way before), chunk encoding and file writing. Per-core r
 another machine's.
 
     python benchmarks/featurize.py [--root TREE] [--voices 134] [--variants mel,spectrogram] [--quick]
+    python benchmarks/featurize.py --full [--dtypes float32,float16] [--tmp DIR]   # 64,727 clips
     python benchmarks/featurize.py --scaling [--root TREE] [--workers 1,2] [--clips 2048]
 
-Without --root it synthesizes a tree (`speechcls synth`, 30 words x --voices) under benchmarks/.data/.
-"""
+Without --root it synthesizes a tree (`speechcls synth`, 30 words x --voices) under benchmarks/.data/;
+with --clips N (--full: 64,727, Speech Commands v0.01's size) a tools/make_tree.py tree of N clips there."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shlex
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,16 +40,25 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, md_table, peer_workers, timed, write_results  # noqa: E402
+from common import machine, md_table, peer_workers, write_results  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
 
-def bench_tree(root: Path | None, voices: int) -> Path:
-    """--root, else the synthetic tree of `voices` x 30 words under benchmarks/.data/ (built once)."""
+def bench_tree(root: Path | None, voices: int, clips: int | None = None) -> Path:
+    """--root; else with `clips` a tools/make_tree.py tree of that many clips (--full: Speech Commands'
+    64,727), else the synthetic tree of `voices` x 30 words; under benchmarks/.data/, built once."""
     if root is not None:
         print(f"tree: {root}", flush=True)
         return root
+    if clips is not None:
+        where = HERE / ".data" / f"tree_{clips}"
+        if not (where / "testing_list.txt").exists():
+            print(f"building a {clips:,}-clip tree under {where} (tools/make_tree.py; kept) ...", flush=True)
+            make = HERE.parent / "tools" / "make_tree.py"
+            subprocess.run([sys.executable, str(make), "--out", str(where), "--clips", str(clips)], check=True)
+        print(f"tree: {where}", flush=True)
+        return where
     from speechcls.config import V001_WORDS
     from speechcls.data.synth import synthesize
 
@@ -57,13 +74,6 @@ def bench_tree(root: Path | None, voices: int) -> Path:
     return out
 
 
-def peer_pass(root: Path, params, workers: int) -> None:
-    from peer import peer_loader
-
-    for _x, _y in peer_loader(root, params, num_workers=workers):
-        pass
-
-
 def worker_counts(spec: str | None, quick: bool) -> list[int]:
     """--workers "1,4,16", else 1, 2 and the core count for --scaling (just the core count with --quick)."""
     from speechcls.featurize import default_workers
@@ -73,13 +83,65 @@ def worker_counts(spec: str | None, quick: bool) -> list[int]:
     return [default_workers()] if quick else sorted({1, 2, default_workers()})
 
 
+# What a user waits for: each timed run is a process of its own, timed from its start to its exit, as
+# `speechcls featurize` is (the interpreter, the imports: torch, torchaudio, zarr, ~2-3 s here; then the
+# featurize; then the exit), and so is the peer's epoch (`python benchmarks/peer.py`: its imports, the
+# DataLoader's workers, every batch). Timing featurize() inside a warm benchmark process, as this file did
+# before, left the imports out: on 4,020 clips they were two thirds of what a user waits for.
+OURS = """
+import json, sys
+import speechcls.cli  # the CLI's own imports (typer, rich), as `speechcls featurize` pays them
+from pathlib import Path
+from speechcls.config import FeatureParams
+from speechcls.featurize import featurize
+a = json.loads(sys.argv[1])
+r = featurize(FeatureParams(a["variant"], dtype=a["dtype"]), Path(a["root"]), out=Path(a["out"]), backend=a["backend"],
+              device=a["device"], workers=a["workers"])
+p = r.profile
+print("PROFILE " + json.dumps({"workers": p.workers, "bound": p.bound, "setup_s": p.setup_s, "pipeline_s": p.pipeline_s,
+                               "finish_s": p.finish_s, "stages": p.stages, "lines": p.lines()}))
+"""
+
+
+def _settle(settle_s: float) -> None:
+    """Before a timed run: the dirty pages of earlier runs written out (their writeback would share the disk
+    with this run), then a pause for the storage to catch up."""
+    os.sync()
+    time.sleep(settle_s)
+
+
+def _process_s(cmd: list[str]) -> tuple[float, str]:
+    """Seconds from the start of `cmd` to its exit, and its output."""
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"COLUMNS": "200"})
+    seconds = time.perf_counter() - t
+    if proc.returncode:
+        raise SystemExit(f"{shlex.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return seconds, proc.stdout
+
+
+def disk_write_MBps(folder: Path, mb: int) -> float:
+    """MB/s of writing `mb` MB of new data to `folder` and fsyncing it: the storage's own write rate, which
+    bounds a featurize whose store outgrows the page cache's dirty limit."""
+    path = folder / "disk-probe.bin"
+    block = os.urandom(16 << 20)
+    t = time.perf_counter()
+    with open(path, "wb") as f:
+        for _ in range(max(1, mb // 16)):
+            f.write(block)
+        f.flush()
+        os.fsync(f.fileno())
+    seconds = time.perf_counter() - t
+    path.unlink()
+    return max(1, mb // 16) * 16 * 1.048576 / seconds
+
+
 def featurize_runs(args, root: Path, n: int, tmp: Path) -> tuple[list[dict], list[str]]:
-    """The peer and our featurize per variant, engine and worker count; rows and the breakdowns."""
+    """The peer and our featurize per variant, engine, dtype and worker count, each run a process timed
+    from start to exit after the disk settled; rows and the breakdowns."""
     import torch
 
     from speechcls.audio import dali
-    from speechcls.config import FeatureParams
-    from speechcls.featurize import featurize
 
     repeats, warmup = (1, 0) if args.quick else (args.repeats, args.warmup)
     peer_counts = [] if args.no_peer else peer_workers(args.peer_workers, args.quick)
@@ -89,54 +151,65 @@ def featurize_runs(args, root: Path, n: int, tmp: Path) -> tuple[list[dict], lis
         engines.append(("torch", "cuda"))
     if args.engines != "all":
         engines = [tuple(e.split("/")) for e in args.engines.split(",")]
-    if any(device == "cuda" for _, device in engines):
-        torch.zeros(1, device="cuda")  # CUDA's start-up (seconds) outside any timed run, warm-up or not
+    settle = 0.0 if args.quick else args.settle
     rows, breakdowns = [], []
     for variant in args.variants.split(","):
-        params = FeatureParams(variant)
         peer = f"peer (num_workers {', '.join(map(str, peer_counts))}) then " if peer_counts else ""
         print(
             f"featurizing {variant}: {n:,} clips, {peer}ours ({', '.join('/'.join(e) for e in engines)}, workers "
-            f"{args.workers or 'all'}), {repeats} repeat(s) after {warmup} warm-up ...",
+            f"{args.workers or 'all'}, {args.dtypes}), {repeats} repeat(s) after {warmup} warm-up, each a process ...",
             flush=True,
         )
         peer_best = None
         for workers in peer_counts:
-            t = timed(lambda: peer_pass(root, params, workers), repeats, warmup)
-            rate = n / t["median_s"]
+            cmd = [sys.executable, str(HERE / "peer.py"), "--root", str(root), "--variant", variant,
+                   "--workers", str(workers)]  # fmt: skip
+            times = []
+            for _ in range(warmup + repeats):
+                _settle(settle)
+                times.append(_process_s(cmd)[0])
+            times = times[warmup:]
+            rate = n / statistics.median(times)
             peer_best = max(peer_best or 0.0, rate)
-            rows.append({"variant": variant, "way": f"peer, num_workers={workers}", "clips_per_s": rate,
-                         "min_s": t["min_s"], "median_s": t["median_s"], "max_s": t["max_s"],
-                         "threads": 1})  # fmt: skip
+            rows.append({"variant": variant, "way": f"peer, num_workers={workers}", "dtype": "float32",
+                         "clips_per_s": rate, "median_s": statistics.median(times), "min_s": min(times),
+                         "max_s": max(times), "threads": 1})  # fmt: skip
             print(f"{variant:11s} {rows[-1]['way']:40s} {rate:8.0f} clips/s", flush=True)
         for backend, device in engines:
             if backend == "dali" and variant not in dali.DALI_VARIANTS:
                 continue  # DALI serves only the power variants; the others would time torch twice
-            for workers in ours_counts:
-                runs, times = [], []
-                for k in range(warmup + repeats):
-                    shutil.rmtree(tmp / "s.zarr", ignore_errors=True)  # a fresh location, as the peer's epoch
-                    t0 = time.perf_counter()
-                    runs.append(featurize(params, root, out=tmp / "s.zarr", backend=backend, device=device,
-                                          workers=workers))  # fmt: skip
-                    times.append(time.perf_counter() - t0)  # featurize returns once the store is complete
-                times, runs = times[warmup:], runs[warmup:]
-                t = {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
-                median = sorted(runs, key=lambda r: r.seconds)[len(runs) // 2]
-                rate = n / t["median_s"]
-                way = f"speechcls featurize {backend}/{device}" + (f", workers={workers}" if workers else "")
-                profile = median.profile
-                rows.append({"variant": variant, "way": way, "clips_per_s": rate, "min_s": t["min_s"],
-                             "median_s": t["median_s"], "max_s": t["max_s"], "threads": torch.get_num_threads(),
-                             "workers": profile.workers, "ratio_vs_peer": rate / peer_best if peer_best else None,
-                             "bound": profile.bound, "setup_s": profile.setup_s, "pipeline_s": profile.pipeline_s,
-                             "finish_s": profile.finish_s, "stages": profile.stages})  # fmt: skip
-                ratio = f"  x{rate / peer_best:.2f} vs peer" if peer_best else ""
-                print(f"{variant:11s} {way:40s} {rate:8.0f} clips/s{ratio}", flush=True)
-                lines = [f"{variant}, {backend}/{device}, {profile.workers} workers (the median run):"]
-                lines += ["    " + line for line in profile.lines()]
-                print("\n".join(lines), flush=True)
-                breakdowns.append("\n".join(lines))
+            for dtype in args.dtypes.split(",") if variant != "waveform" else ["int16"]:
+                for workers in ours_counts:
+                    job = {"variant": variant, "dtype": "float32" if dtype == "int16" else dtype,
+                           "root": str(root), "out": str(tmp / "s.zarr"), "backend": backend, "device": device,
+                           "workers": workers}  # fmt: skip
+                    runs = []
+                    for _ in range(warmup + repeats):
+                        shutil.rmtree(tmp / "s.zarr", ignore_errors=True)  # a fresh location, as the peer's epoch
+                        _settle(settle)
+                        seconds, out = _process_s([sys.executable, "-c", OURS, json.dumps(job)])
+                        line = next(x for x in out.splitlines() if x.startswith("PROFILE "))
+                        runs.append((seconds, json.loads(line[len("PROFILE ") :])))
+                    shutil.rmtree(tmp / "s.zarr", ignore_errors=True)
+                    runs = sorted(runs[warmup:], key=lambda r: r[0])
+                    times = [t for t, _ in runs]
+                    median_s, profile = runs[len(runs) // 2]
+                    rate = n / median_s
+                    way = f"speechcls featurize {backend}/{device}" + (f", workers={workers}" if workers else "")
+                    rows.append({"variant": variant, "way": way, "dtype": dtype, "clips_per_s": rate,
+                                 "min_s": min(times), "median_s": median_s, "max_s": max(times), "threads": 2,
+                                 "workers": profile["workers"],
+                                 "ratio_vs_peer": rate / peer_best if peer_best else None,
+                                 "bound": profile["bound"], "setup_s": profile["setup_s"],
+                                 "pipeline_s": profile["pipeline_s"], "finish_s": profile["finish_s"],
+                                 "stages": profile["stages"]})  # fmt: skip
+                    ratio = f"  x{rate / peer_best:.2f} vs peer" if peer_best else ""
+                    print(f"{variant:11s} {way + ' ' + dtype:40s} {rate:8.0f} clips/s{ratio}", flush=True)
+                    lines = [f"{variant}, {backend}/{device}, {dtype}, {profile['workers']} workers (the median run, "
+                             f"{median_s:.2f} s from the process's start to its exit):"]  # fmt: skip
+                    lines += ["    " + x for x in profile["lines"]]
+                    print("\n".join(lines), flush=True)
+                    breakdowns.append("\n".join(lines))
     return rows, breakdowns
 
 
@@ -335,9 +408,19 @@ def main() -> None:
     )
     ap.add_argument("--no-peer", action="store_true", help="time only ours (e.g. by --workers count)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed runs before the timed ones")
+    ap.add_argument("--tmp", type=Path, default=None, help="where our stores are written [default: the system's temp]")
     ap.add_argument("--scaling", action="store_true", help="each stage alone by worker count, not the end-to-end runs")
     ap.add_argument("--stages", default="decode,features,encode,write", help="--scaling: the stages to time")
-    ap.add_argument("--clips", type=int, default=2048, help="--scaling: clips of the tree to time")
+    ap.add_argument(
+        "--clips", type=int, default=None,
+        help="without --root: a tools/make_tree.py tree of this many clips; --scaling: clips of the tree to time "
+        "[default: 2048]",
+    )  # fmt: skip
+    ap.add_argument("--full", action="store_true", help="Speech Commands' size: --clips 64727 (13.4 GB of complex)")
+    ap.add_argument("--dtypes", default="float32", help="our stores' dtypes to time, e.g. float32,float16")
+    ap.add_argument(
+        "--settle", type=float, default=5.0, help="seconds to wait after syncing the disk before each timed run"
+    )
     ap.add_argument("--quick", action="store_true", help="one repeat, no warm-up, workers 0 only (for tests)")
     ap.add_argument(
         "--out", type=Path, default=None, help="results folder [default: benchmarks/results; --quick: results/quick]"
@@ -345,29 +428,39 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
+    from speechcls import config
     from speechcls.data.tree import index_tree
 
-    root = bench_tree(args.root, args.voices)
+    if args.full:
+        args.clips = config.RELEASES["v0.01"].n_clips
+    root = bench_tree(args.root, args.voices, None if args.scaling else args.clips)
     n = len(index_tree(root).clips)
     repeats = 1 if args.quick else args.repeats
     if args.scaling:
         counts = worker_counts(args.workers, args.quick)
-        print(f"each stage alone: {min(args.clips, n):,} clips, workers {counts}, {repeats} repeat(s) ...", flush=True)
+        clips = min(args.clips or 2048, n)
+        print(f"each stage alone: {clips:,} clips, workers {counts}, {repeats} repeat(s) ...", flush=True)
         torch.set_num_threads(1)  # as featurize runs its CPU stages: one torch thread per worker
-        rows = scaling_rows(root, args.variants.split(","), counts, args.clips, repeats, args.stages.split(","))
-        info = machine() | {"clips": min(args.clips, n), "data": str(root)}
+        rows = scaling_rows(root, args.variants.split(","), counts, clips, repeats, args.stages.split(","))
+        info = machine() | {"clips": clips, "data": str(root)}
         md = md_table(rows, ["stage", "variant", "way", "workers", "clips_per_s", "per_worker", "median_s", "min_s"])
         stem = write_results("featurize_scaling", info, rows, md, args.out, repeats=repeats, quick=args.quick)
         print(md)
         print(f"wrote {stem}.json and {stem}.md")
         return
-    tmp = Path(tempfile.mkdtemp(prefix="speechcls-bench-"))
+    tmp = Path(tempfile.mkdtemp(prefix="speechcls-bench-", dir=args.tmp))
     try:
+        disk = None if args.quick else disk_write_MBps(tmp, 2048)
+        if disk is not None:
+            print(f"the disk under {tmp} writes {disk:,.0f} MB/s (2 GB, fsynced)", flush=True)
         rows, breakdowns = featurize_runs(args, root, n, tmp)
+        after = None if args.quick else disk_write_MBps(tmp, 2048)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     info = machine() | {"clips": n, "data": str(root)}
-    columns = ["variant", "way", "clips_per_s", "median_s", "min_s", "max_s", "threads", "ratio_vs_peer", "bound"]
+    if disk is not None:
+        info |= {"disk_write_MBps_before": round(disk), "disk_write_MBps_after": round(after)}
+    columns = ["variant", "way", "dtype", "clips_per_s", "median_s", "min_s", "max_s", "ratio_vs_peer", "bound"]
     md = md_table(rows, columns) + "\n\nStage breakdowns (busy: wall seconds with a task of the stage running):\n\n"
     md += "\n\n".join(f"```\n{b}\n```" for b in breakdowns)
     stem = write_results("featurize", info, rows, md, args.out, repeats=repeats, quick=args.quick)

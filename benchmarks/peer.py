@@ -85,3 +85,23 @@ def peer_loader(
         ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, worker_init_fn=_one_thread,
         generator=g, persistent_workers=False,
     ))  # fmt: skip
+
+
+def main() -> None:
+    """One epoch of the peer over a tree, as a user's script runs it: `python benchmarks/peer.py --root TREE
+    --variant complex --workers 2` (benchmarks/featurize.py times this process from start to exit)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--root", type=Path, required=True)
+    ap.add_argument("--variant", default="spectrogram")
+    ap.add_argument("--workers", type=int, default=0)
+    args = ap.parse_args()
+    clips = 0
+    for _x, y in peer_loader(args.root, FeatureParams(args.variant), num_workers=args.workers):
+        clips += len(y)
+    print(f"peer epoch: {clips} clips")
+
+
+if __name__ == "__main__":
+    main()

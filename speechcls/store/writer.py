@@ -97,7 +97,7 @@ class StoreWriter:
         # the last write of creation: the digest of each array's metadata as stored (read back: the document
         # zarr wrote), each record's CRC-32C by key, and the digests of the attributes with them
         documents = {name: json.loads(read_bytes(loc, f"{name}/zarr.json")) for name in specs}
-        crcs = {f"{name}/{arrays[name].metadata.encode_chunk_key((0,))}": stored_crc32c(data.to_bytes())
+        crcs = {f"{name}/{arrays[name].metadata.encode_chunk_key((0,))}": stored_crc32c(tail(data))
                 for name, (_, data) in written.items()}  # fmt: skip
         update_attrs(group, {"array_digests": {k: digest(v) for k, v in documents.items()},
                              "records_crc32c": crcs, "created": True})  # fmt: skip
@@ -138,8 +138,8 @@ class StoreWriter:
         k = len(chunks) // len(BLOCK_ARRAYS)  # chunks of each array in this block
         assert len(chunks) == k * len(BLOCK_ARRAYS) and 0 < k <= per_block, (len(chunks), per_block)
         for i, (_, data) in enumerate(chunks):
-            record[1 + (i // k) * per_block + i % k] = stored_crc32c(data.to_bytes())
-        record[-1] = stored_crc32c(resampled[1].to_bytes())
+            record[1 + (i // k) * per_block + i % k] = stored_crc32c(tail(data))
+        record[-1] = stored_crc32c(tail(resampled[1]))
         return record
 
     def block_chunks(self, b: int, features: np.ndarray, batch, paths) -> list[tuple]:
@@ -209,12 +209,53 @@ def update_attrs(group, updates: dict) -> None:
     group.update_attributes({**updates, "attr_digests": attr_digests(new)})  # attrs.update writes once a key
 
 
+class RawChunk:
+    """A chunk object of an uncompressed array (codecs: bytes, crc32c) kept as its two parts: the chunk's
+    values where they already lie (the block's rows, no copy) and the CRC-32C of their bytes. Its bytes
+    are those zarr's codec chain stores (the values, then the CRC little endian); `_put` writes the parts
+    into the file one after the other, where the codec chain would first copy them into one buffer."""
+
+    def __init__(self, values: np.ndarray):
+        import google_crc32c
+
+        self.view = values.reshape(-1).view(np.uint8)  # contiguous: a view, not a copy
+        self.crc = google_crc32c.value(self.view).to_bytes(4, "little")
+
+    def __len__(self) -> int:
+        return len(self.view) + 4
+
+    def to_bytes(self) -> bytes:
+        return self.view.tobytes() + self.crc
+
+    def tail(self) -> bytes:
+        return self.crc
+
+
+def _is_raw(meta) -> bool:
+    """The array's codec chain is bytes (little endian, or a 1-byte dtype) then crc32c, nothing else."""
+    from zarr.codecs import BytesCodec, Crc32cCodec
+
+    codecs = meta.codecs
+    return (
+        len(codecs) == 2 and isinstance(codecs[0], BytesCodec) and isinstance(codecs[1], Crc32cCodec)
+        and (codecs[0].endian is None or codecs[0].endian.name == "little")
+    )  # fmt: skip
+
+
+def tail(data) -> bytes:
+    """The last 4 bytes of an encoded chunk object (its CRC-32C), without copying the rest."""
+    return data.tail() if isinstance(data, RawChunk) else data[-4:].to_bytes()
+
+
 def encode_chunk(array, c: int, values: np.ndarray):
     """(where, bytes) of chunk c (along rows) of `array` holding `values`, byte for byte what zarr's own
     write stores (tests/test_featurize_pipeline.py holds them equal): a partial last chunk padded with
     the fill value to the chunk shape, then the array's codec chain (bytes, compressor, crc32c), each
-    codec's synchronous encode. Thread-safe, and the costly part of a write: featurize runs it on its
-    pool while earlier blocks are written (numcodecs and the CRC release the GIL)."""
+    codec's synchronous encode. An uncompressed array's chunk is a RawChunk instead (the same bytes, not
+    copied). Thread-safe, and the costly part of a write: featurize runs it on its pool while earlier
+    blocks are written (numcodecs and the CRC release the GIL)."""
+    import sys
+
     from zarr.abc.codec import ArrayArrayCodec, SupportsSyncCodec
     from zarr.core.buffer import default_buffer_prototype
 
@@ -226,25 +267,69 @@ def encode_chunk(array, c: int, values: np.ndarray):
         full = np.full(spec.shape, meta.fill_value, dtype=dtype)
         full[: len(values)] = values
         values = full
-    data = prototype.nd_buffer.from_numpy_array(np.ascontiguousarray(values, dtype=dtype))
+    values = np.ascontiguousarray(values, dtype=dtype)
+    where = array.store_path / meta.encode_chunk_key(coords)
+    if _is_raw(meta) and values.dtype.kind in "biuf" and (values.dtype.itemsize == 1 or sys.byteorder == "little"):
+        return where, RawChunk(values)
+    data = prototype.nd_buffer.from_numpy_array(values)
     for codec in meta.codecs:
         # the store's arrays have no array-to-array codec (transpose): the chunk spec stays the same
         assert isinstance(codec, SupportsSyncCodec) and not isinstance(codec, ArrayArrayCodec), codec
         data = codec._encode_sync(data, spec)
-    return array.store_path / meta.encode_chunk_key(coords), data
+    return where, data
+
+
+def _write_file(path: Path, parts: list) -> None:
+    """`parts` into the file at `path` as zarr's LocalStore writes an object: a temporary file
+    (<name>.<32 hex>.partial) renamed into place, so a kill leaves the old object or none."""
+    import uuid
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_suffix(f".{uuid.uuid4().hex}.partial")
+    try:
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        try:
+            views = [memoryview(x).cast("B") for x in parts if len(x)]
+            while views:  # writev may write less than asked: the rest again
+                n = os.writev(fd, views)
+                while views and n >= len(views[0]):
+                    n -= len(views.pop(0))
+                if views:
+                    views[0] = views[0][n:]
+        finally:
+            os.close(fd)
+        os.replace(part, path)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
 
 
 def _put(objects: list) -> None:
-    """Write encoded chunk objects concurrently, each as zarr writes it (LocalStore: a temporary file
-    renamed into place); the file writes run on zarr's I/O threads."""
+    """Write encoded chunk objects, each as zarr writes it (LocalStore: a temporary file renamed into
+    place): concurrently on zarr's I/O threads, and a RawChunk's parts straight from where they lie
+    (into a local store's file with one writev; elsewhere joined, then stored by zarr)."""
     import asyncio
 
+    from zarr.core.buffer import default_buffer_prototype
     from zarr.core.sync import sync
+    from zarr.storage import LocalStore
+
+    local, rest = [], []
+    for where, data in objects:
+        if isinstance(data, RawChunk) and isinstance(where.store, LocalStore):
+            local.append((Path(where.store.root) / where.path, [data.view, data.crc]))
+        elif isinstance(data, RawChunk):
+            rest.append((where, default_buffer_prototype().buffer.from_bytes(data.to_bytes())))
+        else:
+            rest.append((where, data))
+    for path, parts in local:
+        _write_file(path, parts)
 
     async def put_all():
-        await asyncio.gather(*(where.set(data) for where, data in objects))
+        await asyncio.gather(*(where.set(data) for where, data in rest))
 
-    sync(put_all())
+    if rest:
+        sync(put_all())
 
 
 def _remove_aside(loc: Location) -> None:
