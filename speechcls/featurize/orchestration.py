@@ -72,10 +72,12 @@ def resolve_backend(backend: str, params: FeatureParams, device: str) -> str:
     from speechcls.audio import dali
 
     if backend == "auto":
-        # DALI's CPU pipeline decodes and (spectrogram, mel) transforms faster than torch on a CPU-only
-        # machine; with CUDA, torch's batched STFT on the GPU is the fast path and needs no DALI.
-        use = device == "cpu" and params.variant in dali.DALI_VARIANTS and dali.available()
-        return "dali" if use else "torch"
+        # torch: on the CPU its spectra go into the block's rows (audio/spectra.py), and at Speech Commands'
+        # size (`python benchmarks/featurize.py --full --dtypes float32,float16`, 2 cores) it featurized
+        # spectrogram at 2,973 clips/s against DALI's 2,501 and mel at 2,770 against 2,863; with float16
+        # stores DALI fell to 498 and 856 (its features spend the run waiting on blosc's encoding, whatever
+        # slows it there). With CUDA, torch's batched STFT on the GPU is the fast path.
+        return "torch"
     if backend == "dali":
         if not dali.available():
             raise ValueError(
