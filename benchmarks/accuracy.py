@@ -156,17 +156,18 @@ def rule_means(results: list[dict]) -> list[dict]:
     return out
 
 
-SUMMARY_COLS = ["data", "model", "recipe", "options", "epochs", "seeds", "test_acc", "last_test_acc"]
+SUMMARY_COLS = ["data", "store", "model", "recipe", "options", "epochs", "seeds", "test_acc", "last_test_acc"]
 
 
 def summary(results: list[dict]) -> list[dict]:
     """Per (data, model, recipe, options): mean (min-max) of both test accuracies over the seeds."""
     groups: dict[tuple, list[dict]] = {}
     for r in results:
-        groups.setdefault((r["data"], r["model"], r["recipe"], r["options"], r["epochs"]), []).append(r)
+        groups.setdefault((r["data"], r.get("store"), r["model"], r["recipe"], r["options"], r["epochs"]), []).append(r)
     out = []
-    for (data, model, recipe, options, epochs), rs in groups.items():
-        row = {"data": data, "model": model, "recipe": recipe, "options": options, "epochs": epochs, "seeds": len(rs)}
+    for (data, store, model, recipe, options, epochs), rs in groups.items():
+        row = {"data": data, "store": store, "model": model, "recipe": recipe, "options": options, "epochs": epochs,
+               "seeds": len(rs)}  # fmt: skip
         for k in ("test_acc", "last_test_acc"):
             v = [r[k] for r in rs]
             row[k] = f"{sum(v) / len(v):.3f} ({min(v):.3f}-{max(v):.3f})"
@@ -188,6 +189,11 @@ def main() -> None:
     ap.add_argument("--selection", action="store_true", help="every selection rule's accuracy (test_acc_by)")
     ap.add_argument("--reuse", action="store_true", help="read finished runs in --work instead of training again")
     ap.add_argument("--epochs-by", default="", help="per-protocol epochs, e.g. mini:100 (else --epochs)")
+    ap.add_argument(
+        "--chapter-variant", default="mel", help="the store the chapter's rows train on: mel (the book's) | "
+        "spectrogram | complex",
+    )  # fmt: skip
+    ap.add_argument("--dtype", default="float32", help="that store's dtypes, each a row: float32,float16")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--work", type=Path, default=None, help="keep trees, stores and runs here")
     args = ap.parse_args()
@@ -211,13 +217,20 @@ def main() -> None:
             else:
                 tree, data = fsdd_tree(args.fsdd, work / f"fsdd-{protocol}", protocol), f"fsdd/{protocol}"
             stores = {}
-            for variant in ("waveform", "mel"):
-                stores[variant] = work / f"{data.split('/')[0]}-{protocol}-{variant}.zarr"
-                if not stores[variant].exists():
-                    speechcls("featurize", "--variant", variant, "--root", str(tree), "--out", str(stores[variant]))
+            dtypes = args.dtype.split(",")
+            for variant, dtype in [("waveform", "int16")] + [(args.chapter_variant, d) for d in dtypes]:
+                cast = [] if dtype in ("int16", "float32") else ["--dtype", dtype]
+                stores[variant, dtype] = (
+                    work / f"{data.split('/')[0]}-{protocol}-{variant}{'-' + dtype if cast else ''}.zarr"
+                )
+                if not stores[variant, dtype].exists():
+                    speechcls("featurize", "--variant", variant, "--root", str(tree), "--out",
+                              str(stores[variant, dtype]), *cast)  # fmt: skip
             epochs = int(epochs_by.get(protocol, args.epochs))
-            for (model, recipe, options), seed in ((r, s) for r in rows_spec for s in seeds):
-                store = stores["mel"] if recipe == "chapter" else stores["waveform"]
+            jobs = [(r, d, s) for r in rows_spec for d in (dtypes if r[1] == "chapter" else ["int16"]) for s in seeds]
+            for (model, recipe, options), dtype, seed in jobs:
+                kind = (args.chapter_variant, dtype) if recipe == "chapter" else ("waveform", "int16")
+                store = stores[kind]
                 extra = ["--features", "mel"] if recipe == "kws" else []
                 if recipe == "kws":
                     if protocol != "synth":  # no background recordings: no noise mixing (shift and masks stay)
@@ -225,8 +238,9 @@ def main() -> None:
                     extra += shlex.split(args.options)
                 extra += shlex.split(options)
                 tag = "".join(c for c in options if c.isalnum() or c in "-.")
-                out = work / "runs" / f"{protocol}-{model}-{recipe}{tag}-seed{seed}"
-                row = {"data": data, "seed": seed}
+                on = "" if kind in (("mel", "float32"), ("waveform", "int16")) else "-" + "-".join(kind)
+                out = work / "runs" / f"{protocol}-{model}-{recipe}{tag}{on}-seed{seed}"
+                row = {"data": data, "seed": seed, "store": " ".join(kind)}
                 row |= train_row(store, model, recipe, epochs, out, extra, seed, reuse=args.reuse)
                 results.append(row)
                 print(json.dumps(row), flush=True)
@@ -239,7 +253,8 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
     info = machine()
     cols = [
-        "data", "model", "recipe", "options", "seed", "epochs", "best_epoch", "test_acc", "last_test_acc", "parameters",
+        "data", "store", "model", "recipe", "options", "seed", "epochs", "best_epoch", "test_acc", "last_test_acc",
+        "parameters",
         "macs", "train_samples_per_s",
     ]  # fmt: skip
     if args.selection:

@@ -107,3 +107,18 @@ def test_the_printed_table_and_the_script(runs):
 
 def test_demo_script_parses():
     subprocess.run(["bash", "-n", str(REPO / "tools" / "demo.sh")], check=True)
+
+
+@pytest.mark.parametrize(
+    "seconds, shown",
+    [
+        (None, "-"),
+        (59.94, "59.9 s"),
+        (60.0, "1 min 00 s"),
+        (179.6, "3 min 00 s"),
+        (179.4, "2 min 59 s"),
+        (3601, "60 min 01 s"),
+    ],
+)
+def test_durations_never_show_60_seconds(seconds, shown):
+    assert demo_table.duration(seconds) == shown

@@ -47,7 +47,10 @@ def run_row(run: str | Path) -> dict:
 def duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
-    return f"{seconds:.1f} s" if seconds < 60 else f"{int(seconds // 60)} min {seconds % 60:02.0f} s"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)  # whole seconds first: 179.6 s is 3 min 00 s, not 2 min 60 s
+    return f"{minutes} min {rest:02d} s"
 
 
 def test_set_line(rows: list[dict]) -> str:
