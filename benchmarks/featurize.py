@@ -124,16 +124,16 @@ def disk_write_MBps(folder: Path, mb: int) -> float:
     """MB/s of writing `mb` MB of new data to `folder` and fsyncing it: the storage's own write rate, which
     bounds a featurize whose store outgrows the page cache's dirty limit."""
     path = folder / "disk-probe.bin"
-    block = os.urandom(16 << 20)
+    block, blocks = os.urandom(16 << 20), max(1, mb // 16)
     t = time.perf_counter()
     with open(path, "wb") as f:
-        for _ in range(max(1, mb // 16)):
+        for _ in range(blocks):
             f.write(block)
         f.flush()
         os.fsync(f.fileno())
     seconds = time.perf_counter() - t
     path.unlink()
-    return max(1, mb // 16) * 16 * 1.048576 / seconds
+    return blocks * len(block) / 1e6 / seconds
 
 
 def featurize_runs(args, root: Path, n: int, tmp: Path) -> tuple[list[dict], list[str]]:

@@ -95,10 +95,10 @@ def _transform(params: FeatureParams, backend: str, device: str, block_rows: int
 
     # the spectra straight into the block's rows (audio/spectra.py: torchaudio's numbers, fewer passes),
     # one CpuSpectra a pool thread (each reuses its frame buffer); waveform through the extractor
-    local = threading.local()
+    local, served = threading.local(), spectra.supports(params)
 
     def into(wave: np.ndarray, out: np.ndarray) -> None:
-        if not spectra.supports(params):
+        if not served:
             out[:] = call(wave).numpy()
             return
         if not hasattr(local, "spectra"):

@@ -221,14 +221,8 @@ class RawChunk:
         self.view = values.reshape(-1).view(np.uint8)  # contiguous: a view, not a copy
         self.crc = google_crc32c.value(self.view).to_bytes(4, "little")
 
-    def __len__(self) -> int:
-        return len(self.view) + 4
-
     def to_bytes(self) -> bytes:
         return self.view.tobytes() + self.crc
-
-    def tail(self) -> bytes:
-        return self.crc
 
 
 def _is_raw(meta) -> bool:
@@ -244,7 +238,7 @@ def _is_raw(meta) -> bool:
 
 def tail(data) -> bytes:
     """The last 4 bytes of an encoded chunk object (its CRC-32C), without copying the rest."""
-    return data.tail() if isinstance(data, RawChunk) else data[-4:].to_bytes()
+    return data.crc if isinstance(data, RawChunk) else data[-4:].to_bytes()
 
 
 def encode_chunk(array, c: int, values: np.ndarray):
